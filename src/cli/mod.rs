@@ -1,0 +1,38 @@
+//! Subcommands of the `lockstep` binary.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+/// Lockstep keeps a virtual machine alive across the death of its host.
+#[derive(Debug, Parser)]
+#[command(name = "lockstep", version, about, long_about = None)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+}
+
+pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
+    match command {}
+}
+
+pub fn init_tracing(verbose: u8) {
+    let level = match verbose {
+        0 => "warn",
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
