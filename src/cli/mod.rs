@@ -15,8 +15,7 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
-}
+pub enum Command {}
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {}
