@@ -1,5 +1,7 @@
 //! Subcommands of the `lockstep` binary.
 
+mod model_check;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -15,10 +17,15 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Exhaustively check the replication protocol's safety and liveness.
+    ModelCheck(model_check::ModelCheckArgs),
+}
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::ModelCheck(args) => model_check::run(args),
+    }
 }
 
 pub fn init_tracing(verbose: u8) {

@@ -141,6 +141,11 @@ impl Node {
         &self.codec
     }
 
+    /// The latest `now` this node was given.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
     /// The generation this node is in.
     pub fn generation(&self) -> Generation {
         self.generation
