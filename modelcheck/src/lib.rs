@@ -21,7 +21,7 @@ mod model;
 
 pub use model::{Bounds, Ghost, Host, LockstepModel, ModelAction, ModelState};
 
-use stateright::{Checker, Model};
+use stateright::{Checker, Expectation, Model};
 
 /// The outcome of one property.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -56,7 +56,11 @@ impl Report {
 
 /// Checks `model` breadth first, to `depth` steps if given.
 pub fn check(model: LockstepModel, depth: Option<usize>, threads: usize) -> Report {
-    let names: Vec<&'static str> = model.properties().iter().map(|p| p.name).collect();
+    let names: Vec<(&'static str, bool)> = model
+        .properties()
+        .iter()
+        .map(|p| (p.name, matches!(p.expectation, Expectation::Sometimes)))
+        .collect();
     let mut builder = model.checker().threads(threads.max(1));
     if let Some(depth) = depth {
         builder = builder.target_max_depth(depth);
@@ -65,12 +69,14 @@ pub fn check(model: LockstepModel, depth: Option<usize>, threads: usize) -> Repo
     let discoveries = checker.discoveries();
     let properties = names
         .into_iter()
-        .map(|name| {
+        .map(|(name, sometimes)| {
             let found = discoveries.get(name);
+            // A discovery is a counterexample, except for a `sometimes`
+            // property, where it is the example sought.
             PropertyResult {
                 name,
-                violated: found.is_some(),
-                counterexample: found.map(|path| {
+                violated: found.is_some() != sometimes,
+                counterexample: found.filter(|_| !sometimes).map(|path| {
                     path.clone()
                         .into_actions()
                         .iter()

@@ -60,6 +60,16 @@ impl Bounds {
         }
     }
 
+    /// The re-protection variant: fair delivery, one crash and one restart,
+    /// long enough for the restarted host to be copied and certified.
+    pub fn reprotect(level: Level) -> Bounds {
+        Bounds {
+            restarts_max: 1,
+            time_max_ticks: 36,
+            ..Bounds::fair(level)
+        }
+    }
+
     /// The liveness variant: one crash, no loss, fair delivery.
     pub fn fair(level: Level) -> Bounds {
         Bounds {
@@ -136,7 +146,8 @@ pub struct ModelState {
     pub clock: Time,
     /// Fault budgets used.
     pub crashes: u8,
-    restarts: u8,
+    /// Restarts used.
+    pub restarts: u8,
     losses: u8,
     duplicates: u8,
     outputs: u8,
@@ -560,6 +571,12 @@ impl Model for LockstepModel {
                 |_, s: &ModelState| s.ghost.live_release,
             ));
         }
+        if self.bounds.fair && self.bounds.restarts_max > 0 {
+            properties.push(Property::sometimes(
+                "R1: a restarted host is copied, certified and protects again",
+                |_, s: &ModelState| s.restarts > 0 && reprotected(s),
+            ));
+        }
         properties
     }
 
@@ -602,6 +619,18 @@ impl LockstepModel {
         }
         Some(())
     }
+}
+
+/// A primary is protected by a backup in its own generation.
+fn reprotected(state: &ModelState) -> bool {
+    let nodes: Vec<&Node> = state.hosts.iter().filter_map(|h| h.node.as_ref()).collect();
+    let [a, b] = nodes[..] else { return false };
+    let pair = |p: &Node, q: &Node| {
+        p.protection() == Some(protocol::Protection::Protected)
+            && q.role() == RoleKind::Backup
+            && p.generation() == q.generation()
+    };
+    pair(a, b) || pair(b, a)
 }
 
 fn take_one(state: &mut ModelState, key: &(NodeId, NodeId, Message)) {

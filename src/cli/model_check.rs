@@ -16,7 +16,7 @@ pub struct ModelCheckArgs {
     #[arg(long, default_value = "ft")]
     level: Level,
     /// Steps per path in the safety check.
-    #[arg(long, default_value_t = 18)]
+    #[arg(long, default_value_t = 11)]
     depth: usize,
     /// Checker threads (default: the machine's cores).
     #[arg(long)]
@@ -49,6 +49,16 @@ pub fn run(args: ModelCheckArgs) -> anyhow::Result<ExitCode> {
         };
         println!(
             "\nliveness model, level {}: fair delivery, one crash, {:?}",
+            args.level, model.bounds
+        );
+        let report = check(model, None, threads);
+        passed &= print_report(&report, started);
+        let started = Instant::now();
+        let model = LockstepModel {
+            bounds: Bounds::reprotect(args.level),
+        };
+        println!(
+            "\nre-protection model, level {}: fair delivery, a crash and a restart, {:?}",
             args.level, model.bounds
         );
         let report = check(model, None, threads);
