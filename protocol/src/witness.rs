@@ -139,3 +139,92 @@ impl Witness {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::types::Generation;
+
+    const A: NodeId = NodeId(0);
+    const B: NodeId = NodeId(1);
+
+    fn witness() -> Witness {
+        let grant = Grant {
+            generation: Generation(1),
+            holder: A,
+            backup: Some(B),
+        };
+        Witness::new(NodeId(2), [A, B], grant, Codec::plain())
+    }
+
+    fn request(w: &mut Witness, from: NodeId, want: u64, known: u64) -> Grant {
+        let msg = Message::GrantRequest {
+            want: Generation(want),
+            known: Generation(known),
+            backup: None,
+        };
+        w.handle_message(Time(0), from, msg);
+        while w.poll_action().is_some() {}
+        w.grant()
+    }
+
+    #[test]
+    fn each_generation_is_granted_once() {
+        let mut w = witness();
+        assert_eq!(
+            request(&mut w, B, 2, 1).holder,
+            B,
+            "the certified backup may take over"
+        );
+        let after = request(&mut w, A, 2, 1);
+        assert_eq!(
+            (after.generation, after.holder),
+            (Generation(2), B),
+            "g2 is not granted twice"
+        );
+        assert_eq!(
+            request(&mut w, A, 3, 2).holder,
+            B,
+            "A is neither holder nor backup of g2"
+        );
+    }
+
+    #[test]
+    fn stale_and_skipping_requests_are_refused() {
+        let mut w = witness();
+        assert_eq!(
+            request(&mut w, A, 3, 1).generation,
+            Generation(1),
+            "no skipping"
+        );
+        assert_eq!(
+            request(&mut w, A, 2, 0).generation,
+            Generation(1),
+            "stale knowledge"
+        );
+        w.handle_message(
+            Time(0),
+            NodeId(9),
+            Message::WitnessPing {
+                generation: Generation(1),
+            },
+        );
+        assert_eq!(w.stats().dropped_misaddressed, 1);
+        assert!(w.poll_action().is_none(), "strangers get no answer");
+    }
+
+    #[test]
+    fn a_grant_is_persisted_before_it_is_announced() {
+        let mut w = witness();
+        let msg = Message::GrantRequest {
+            want: Generation(2),
+            known: Generation(1),
+            backup: None,
+        };
+        w.handle_message(Time(0), A, msg);
+        assert!(
+            matches!(w.poll_action(), Some(Action::PersistGrant(g)) if g.generation == Generation(2))
+        );
+        assert!(matches!(w.poll_action(), Some(Action::Send { to: A, .. })));
+    }
+}
