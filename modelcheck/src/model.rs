@@ -129,6 +129,9 @@ pub struct Ghost {
     /// Output released by the primary that holds the witness's current grant,
     /// produced in that term (the liveness goal).
     pub live_release: bool,
+    /// The holder of the current grant closed an epoch after the crash
+    /// window of the fair variants: its guest runs on.
+    pub progress_after_faults: bool,
 }
 
 /// The whole system.
@@ -275,6 +278,7 @@ impl LockstepModel {
             match action {
                 Action::Send { to, msg } => self.send(state, me, to, msg),
                 Action::CaptureDelta { epoch, .. } => {
+                    self.note_progress(state, i, node);
                     let capture = Capture {
                         bytes: vec![epoch.0 as u8],
                         ..Capture::default()
@@ -330,6 +334,14 @@ impl LockstepModel {
         if let Some(epoch) = newest {
             state.ghost.released_max = state.ghost.released_max.max(Some(epoch));
             self.note_live_release(state, i, generation);
+        }
+    }
+
+    fn note_progress(&self, state: &mut ModelState, i: usize, node: &Node) {
+        let grant = state.witness.grant();
+        let after_window = node.now().0 > self.bounds.time_max_ticks / 2;
+        if after_window && grant.holder == HOSTS[i] && grant.generation == node.generation() {
+            state.ghost.progress_after_faults = true;
         }
     }
 
@@ -569,6 +581,10 @@ impl Model for LockstepModel {
             properties.push(Property::eventually(
                 "L1: with the witness and one host up, output is released",
                 |_, s: &ModelState| s.ghost.live_release,
+            ));
+            properties.push(Property::eventually(
+                "L2: after the faults, the holder's guest runs on",
+                |_, s: &ModelState| s.ghost.progress_after_faults,
             ));
         }
         if self.bounds.fair && self.bounds.restarts_max > 0 {

@@ -145,7 +145,7 @@ impl Node {
                     self.stats.dropped_stale += 1;
                 }
             }
-            Message::Join { .. } => {
+            Message::Join { generation, .. } if generation >= self.generation => {
                 // The primary restarted without state: take over now.
                 self.ask_promotion();
             }

@@ -304,6 +304,10 @@ impl Node {
             }
             Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => {}
         }
+        // Held for acks that will never come: close the epoch unshipped.
+        if self.primary().phase == Phase::Held {
+            self.end_epoch();
+        }
     }
 
     /// Stop releasing the open epoch: if it was released, end it now so that
@@ -537,7 +541,10 @@ impl Node {
                     self.stats.dropped_unexpected += 1;
                 }
             }
-            Message::Join { disk, .. } => self.on_join(disk),
+            Message::Join {
+                generation: g,
+                disk,
+            } => self.on_join(g, disk),
             Message::Delta { .. } | Message::Copy { .. } => {
                 // An older primary still ships: tell it our generation.
                 self.stats.dropped_stale += 1;
@@ -591,6 +598,9 @@ impl Node {
             p.acked = p.acked.max(base.epoch);
             p.unacked = p.unacked.split_off(&base.epoch.next());
             p.pairing = Pairing::Certifying { joiner };
+            // Deltas sent before the joiner held its base were dropped: send
+            // them again now rather than after the retransmit timeout.
+            self.retransmit();
             self.hold_output();
             self.maybe_request_certification();
         } else if copy.final_due {
@@ -621,8 +631,16 @@ impl Node {
         }
     }
 
-    fn on_join(&mut self, disk: Option<CheckpointId>) {
+    fn on_join(&mut self, generation: Generation, disk: Option<CheckpointId>) {
         let p = self.primary_mut();
+        // A Join older than the current pairing is a stale duplicate: it must
+        // not break a pair (or a copy) that was formed after it. Alone, we
+        // take any joiner, whatever generation it last saw.
+        let stale = generation < p.pairing_generation;
+        if stale && !matches!(p.pairing, Pairing::Solo) {
+            self.stats.dropped_stale += 1;
+            return;
+        }
         match &p.pairing {
             Pairing::Paired { .. } => {
                 // Our backup restarted without its state.
