@@ -250,9 +250,7 @@ impl Node {
         self.adopt_generation(generation);
         self.stats.promotions += 1;
         self.push(Action::RestoreAndResume { checkpoint });
-        let mut primary =
-            Primary::running(&config, checkpoint, Pairing::Solo, generation, self.now);
-        primary.take_lineage(lineage);
+        let primary = Primary::running(&config, lineage, Pairing::Solo, generation, self.now);
         self.role = Role::Primary(Box::new(primary));
         self.peer_heard = self.now;
         self.tick();
@@ -362,13 +360,5 @@ impl Node {
         if let Some(base) = base {
             self.role = Role::Backup(Backup::new(base));
         }
-    }
-}
-
-impl Primary {
-    /// A promoted backup keeps the lineage it received.
-    pub(super) fn take_lineage(&mut self, lineage: Lineage) {
-        assert!(lineage.head().epoch < self.epoch);
-        self.set_lineage(lineage);
     }
 }

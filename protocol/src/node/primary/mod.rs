@@ -1,10 +1,14 @@
 //! The primary: runs the guest in epochs, ships deltas, releases output,
-//! secedes from a failed backup and re-protects a joining one.
+//! secedes from a failed backup; `reprotect` brings a joining one in.
+
+mod reprotect;
+
+use reprotect::Copy;
 
 use super::assembly::split;
 use super::lineage::{DiskHistory, Lineage};
-use super::{Joining, Node, Protection, Role};
-use crate::action::{Action, Capture, DiskCopy};
+use super::{Node, Protection, Role};
+use crate::action::{Action, Capture};
 use crate::config::Config;
 use crate::types::{CheckpointId, Epoch, Generation, Level, NodeId, Time};
 use crate::wire::{Message, PeerRole};
@@ -40,21 +44,6 @@ pub(super) enum Pairing {
     Certifying { joiner: NodeId },
 }
 
-/// A copy session in progress.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub(super) struct Copy {
-    joiner: NodeId,
-    session: Epoch,
-    round: u32,
-    disk: DiskCopy,
-    /// The round's bytes while they await the joiner's ack.
-    in_flight: Option<Vec<u8>>,
-    /// The checkpoint the final round establishes.
-    base: Option<CheckpointId>,
-    capturing: bool,
-    final_due: bool,
-}
-
 /// State of a primary.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Primary {
@@ -80,7 +69,7 @@ impl Primary {
     pub(super) fn bootstrap(config: &Config, boot: CheckpointId, now: Time) -> Primary {
         Primary::running(
             config,
-            boot,
+            Lineage::starting_at(boot),
             Pairing::Paired {
                 backup: config.peer,
             },
@@ -89,14 +78,15 @@ impl Primary {
         )
     }
 
-    /// A primary that resumes after `from`.
-    pub(super) fn running(
+    /// A primary that resumes after the head of `lineage`.
+    pub(in crate::node) fn running(
         config: &Config,
-        from: CheckpointId,
+        lineage: Lineage,
         pairing: Pairing,
         pairing_generation: Generation,
         now: Time,
     ) -> Primary {
+        let from = lineage.head();
         Primary {
             epoch: from.epoch.next(),
             epoch_started: now,
@@ -107,7 +97,7 @@ impl Primary {
             acked: from.epoch,
             last_shipped: now,
             released: from.epoch,
-            lineage: Lineage::starting_at(from),
+            lineage,
             history: DiskHistory::new(from.epoch.next(), config.disk_history_blocks_max),
             grant_wanted: None,
             witness_heard: now,
@@ -455,62 +445,6 @@ impl Node {
         }
     }
 
-    pub(super) fn on_copy_captured(&mut self, round: u32, capture: Capture) {
-        let (generation, chunk_max) = (self.generation, self.config.chunk_bytes_max);
-        let Role::Primary(p) = &mut self.role else {
-            return;
-        };
-        let is_final = p.phase == Phase::CapturingFinal;
-        let Pairing::Copying(copy) = &mut p.pairing else {
-            // The joiner was lost meanwhile; the final capture still ends the epoch.
-            if is_final {
-                p.history.record(p.epoch, &capture.disk_blocks);
-                p.lineage.extend(generation, p.epoch);
-                self.open_next_epoch();
-            }
-            return;
-        };
-        assert!(
-            copy.capturing && copy.round == round,
-            "CaptureCopy reported as asked"
-        );
-        copy.capturing = false;
-        self.stats.copy_rounds += 1;
-        let mut copy = copy.clone();
-        if is_final {
-            let base = CheckpointId {
-                generation,
-                epoch: p.epoch,
-            };
-            p.history.record(p.epoch, &capture.disk_blocks);
-            p.lineage.extend(generation, p.epoch);
-            copy.base = Some(base);
-        } else {
-            copy.final_due = capture.pages <= self.config.precopy_pages_threshold
-                || round + 1 >= self.config.precopy_rounds_max;
-        }
-        for chunk in split(&capture.bytes, chunk_max) {
-            let msg = Message::Copy {
-                generation,
-                session: copy.session,
-                round,
-                base: copy.base,
-                chunk,
-            };
-            self.send(copy.joiner, msg);
-        }
-        copy.in_flight = Some(capture.bytes);
-        let now = self.now;
-        let p = self.primary_mut();
-        p.last_shipped = now;
-        if is_final {
-            p.pairing = Pairing::Catching(copy);
-            self.open_next_epoch();
-        } else {
-            p.pairing = Pairing::Copying(copy);
-        }
-    }
-
     pub(super) fn on_primary_message(&mut self, msg: Message) {
         let (peer, generation) = (self.config.peer, self.generation);
         let pairing_generation = self.primary().pairing_generation;
@@ -581,119 +515,6 @@ impl Node {
         self.maybe_request_certification();
     }
 
-    fn on_copy_ack(&mut self, session: Epoch, round: u32) {
-        let p = self.primary_mut();
-        let (Pairing::Copying(copy) | Pairing::Catching(copy)) = &mut p.pairing else {
-            self.stats.dropped_unexpected += 1;
-            return;
-        };
-        if copy.session != session || copy.round != round || copy.in_flight.is_none() {
-            self.stats.dropped_unexpected += 1;
-            return;
-        }
-        copy.in_flight = None;
-        if let Some(base) = copy.base {
-            // The joiner holds the final round: it is a backup from `base` on.
-            let joiner = copy.joiner;
-            p.acked = p.acked.max(base.epoch);
-            p.unacked = p.unacked.split_off(&base.epoch.next());
-            p.pairing = Pairing::Certifying { joiner };
-            // Deltas sent before the joiner held its base were dropped: send
-            // them again now rather than after the retransmit timeout.
-            self.retransmit();
-            self.hold_output();
-            self.maybe_request_certification();
-        } else if copy.final_due {
-            copy.round += 1;
-            self.end_epoch();
-        } else {
-            copy.round += 1;
-            copy.capturing = true;
-            let (round, disk) = (copy.round, copy.disk.clone());
-            self.push(Action::CaptureCopy {
-                round,
-                disk,
-                last: false,
-            });
-        }
-    }
-
-    /// Certify the joiner once every released output is in a checkpoint it holds.
-    fn maybe_request_certification(&mut self) {
-        let want = self.generation.next();
-        let p = self.primary_mut();
-        let Pairing::Certifying { joiner } = p.pairing else {
-            return;
-        };
-        if p.grant_wanted.is_none() && p.acked >= p.released {
-            p.grant_wanted = Some((want, Some(joiner)));
-            self.request_grant(want, Some(joiner));
-        }
-    }
-
-    fn on_join(&mut self, generation: Generation, disk: Option<CheckpointId>) {
-        let p = self.primary_mut();
-        // A Join older than the current pairing is a stale duplicate: it must
-        // not break a pair (or a copy) that was formed after it. Alone, we
-        // take any joiner, whatever generation it last saw.
-        let stale = generation < p.pairing_generation;
-        if stale && !matches!(p.pairing, Pairing::Solo) {
-            self.stats.dropped_stale += 1;
-            return;
-        }
-        match &p.pairing {
-            Pairing::Paired { .. } => {
-                // Our backup restarted without its state.
-                self.peer_heard = self.now;
-                self.peer_lost();
-            }
-            Pairing::Solo => {
-                let disk = match disk {
-                    Some(cp) if p.lineage.contains(cp) => p
-                        .history
-                        .written_after(cp.epoch)
-                        .map_or(DiskCopy::Full, DiskCopy::Blocks),
-                    _ => DiskCopy::Full,
-                };
-                self.peer_heard = self.now;
-                self.start_copy(disk);
-            }
-            Pairing::Copying(_) | Pairing::Catching(_) => {
-                // The joiner restarted mid-copy: begin again.
-                self.peer_heard = self.now;
-                let p = self.primary_mut();
-                p.pairing = Pairing::Solo;
-                p.unacked.clear();
-                self.start_copy(DiskCopy::Full);
-            }
-            Pairing::Seceding | Pairing::Certifying { .. } => self.stats.dropped_unexpected += 1,
-        }
-    }
-
-    fn start_copy(&mut self, disk: DiskCopy) {
-        let (joiner, generation) = (self.config.peer, self.generation);
-        let p = self.primary_mut();
-        if p.phase == Phase::CapturingFinal {
-            return; // the previous session's final capture must land first
-        }
-        p.pairing_generation = generation;
-        p.pairing = Pairing::Copying(Copy {
-            joiner,
-            session: p.epoch,
-            round: 0,
-            disk: disk.clone(),
-            in_flight: None,
-            base: None,
-            capturing: true,
-            final_due: false,
-        });
-        self.push(Action::CaptureCopy {
-            round: 0,
-            disk,
-            last: false,
-        });
-    }
-
     pub(super) fn primary_witness_state(
         &mut self,
         generation: Generation,
@@ -737,17 +558,5 @@ impl Node {
             p.released = target;
             self.push(Action::ReleaseOutput { upto: target });
         }
-    }
-}
-
-impl From<Joining> for Role {
-    fn from(joining: Joining) -> Role {
-        Role::Joining(joining)
-    }
-}
-
-impl Primary {
-    pub(super) fn set_lineage(&mut self, lineage: Lineage) {
-        self.lineage = lineage;
     }
 }
