@@ -212,6 +212,7 @@ impl Node {
         if generation > self.generation {
             self.adopt_generation(generation);
         }
+        tracing::info!(node = %self.config.me, %generation, "our copy is stale: joining again");
         self.role = Role::Joining(Joining::new(disk));
         self.tick();
     }
@@ -249,6 +250,7 @@ impl Node {
         let lineage = b.lineage.clone();
         self.adopt_generation(generation);
         self.stats.promotions += 1;
+        tracing::info!(node = %self.config.me, %generation, restored = ?checkpoint, "promoted to primary");
         self.push(Action::RestoreAndResume { checkpoint });
         let primary = Primary::running(&config, lineage, Pairing::Solo, generation, self.now);
         self.role = Role::Primary(Box::new(primary));

@@ -4,6 +4,27 @@
 //! [`Node::poll_action`]; [`Node::poll_timeout`] says when to call
 //! [`Node::handle_timeout`] next. Every `handle_*` ends by checking the
 //! node's invariants.
+//!
+//! ```text
+//!            restart                      final copy round applied
+//!   (any) ----------> Joining ----------------------------------> Backup
+//!                       ^  ^                                      |  |
+//!     newer generation  |  |  primary moved on without us         |  | witness grants g+1
+//!     seen (step down)  |  +--------------------------------------+  | (we are its backup)
+//!                       |                                            v
+//!                       +------------------------------------- Primary
+//! ```
+//!
+//! A primary's pairing with its backup goes
+//! `Paired -> Seceding -> Solo -> Copying -> Catching -> Certifying -> Paired`:
+//! a suspected backup makes it ask the witness for a generation alone
+//! (`Seceding`, output held); granted, it runs `Solo` and releases output
+//! while its witness lease is fresh; a joiner gets pre-copy rounds while the
+//! guest runs (`Copying`), a final paused round that makes it the backup of
+//! one checkpoint (`Catching`, deltas follow), and once every released output
+//! is in a checkpoint the joiner holds, the witness certifies the pair under
+//! a new generation (`Certifying`, output held meanwhile) and it is
+//! `Protected` again.
 
 mod assembly;
 mod backup;
@@ -414,6 +435,7 @@ impl Node {
             "only a primary steps down"
         );
         self.stats.step_downs += 1;
+        tracing::warn!(node = %self.config.me, generation = %self.generation, ?newer, "stepping down: our authority is gone");
         self.push(Action::StopGuest);
         if let Some(generation) = newer.filter(|g| *g > self.generation) {
             self.adopt_generation(generation);

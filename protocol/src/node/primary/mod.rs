@@ -276,10 +276,11 @@ impl Node {
 
     /// The backup or joiner is gone (silent, or restarted without state).
     fn peer_lost(&mut self) {
-        let want = self.generation.next();
+        let (me, want) = (self.config.me, self.generation.next());
         let p = self.primary_mut();
         match p.pairing {
             Pairing::Paired { .. } => {
+                tracing::info!(node = %me, "backup suspected: asking the witness to go on alone");
                 p.pairing = Pairing::Seceding;
                 p.unacked.clear();
                 p.grant_wanted = Some((want, None));
@@ -540,6 +541,8 @@ impl Node {
                     }
                 };
                 self.adopt_generation(generation);
+                let protection = self.primary().protection();
+                tracing::info!(node = %me, %generation, ?protection, "granted");
                 self.primary_tick();
             }
             _ if generation > current => self.step_down(Some(generation)),

@@ -177,6 +177,8 @@ impl Node {
         if p.phase == Phase::CapturingFinal {
             return; // the previous session's final capture must land first
         }
+        tracing::info!(node = %self.config.me, %joiner, ?disk, "re-protection: copy begins");
+        let p = self.primary_mut();
         p.pairing_generation = generation;
         p.pairing = Pairing::Copying(Copy {
             joiner,
