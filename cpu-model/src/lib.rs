@@ -1,0 +1,416 @@
+//! Engine #1 of Lockstep: a deterministic multi-core x86-64 emulated on
+//! unicorn-engine. All vCPUs run on the calling thread, one unicorn
+//! instance each, round-robin in instruction-counted quanta drawn by a
+//! seeded scheduler; guest memory is one host buffer mapped into every
+//! instance. Same image, same seed, same inputs: same run, bit for bit.
+//!
+//! Time: one instruction is one nanosecond of guest time. A vCPU that
+//! executes `hlt` idles for the rest of its quantum, and when every vCPU
+//! sleeps the clock jumps to the next wake deadline, so guest time does
+//! not depend on how a run is cut into [`Engine::run`] calls.
+
+mod fault;
+mod hooks;
+mod ram;
+pub mod raw;
+mod regs;
+mod sched;
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use machine::codec::{Reader, Writer};
+use machine::guests::GuestImage;
+use machine::layout::GUEST_CODE;
+use machine::rng::SplitMix64;
+use machine::{
+    DeviceBus, Engine, EngineError, EngineStats, FaultKind, Gpa, GuestNs, Instructions, PageIndex,
+    RunExit, RunState, Shape, VcpuId, VcpuState, PAGE_SIZE,
+};
+use unicorn_engine::unicorn_const::{uc_error, Arch, Mode, Prot, X86CpuModel};
+use unicorn_engine::{RegisterX86, Unicorn};
+
+use hooks::{HookState, Shared, Vcpu};
+pub use sched::Quantum;
+use sched::Scheduler;
+
+/// How the emulated engine runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EmuConfig {
+    /// Seeds the scheduler and rdrand.
+    pub seed: u64,
+    /// Quantum lengths.
+    pub quantum: Quantum,
+}
+
+fn backend(error: uc_error) -> EngineError {
+    EngineError::Backend(format!("unicorn: {error:?}"))
+}
+
+/// Whether the last slice of a vCPU ended in `hlt`.
+enum SliceEnd {
+    Ran,
+    Halted,
+}
+
+/// The emulated engine.
+pub struct EmuEngine {
+    // Declared first so they drop first: the instances hold raw pointers
+    // into `ram` and `shared`.
+    vcpus: Vec<Vcpu>,
+    shared: Shared,
+    ram: ram::GuestRam,
+    shape: Shape,
+    boot_states: Vec<VcpuState>,
+    run_states: Vec<RunState>,
+    sched: Scheduler,
+    now: u64,
+    budget_end: u64,
+    code_stale: bool,
+    instructions: u64,
+    vcpu_switches: u64,
+}
+
+impl std::fmt::Debug for EmuEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EmuEngine")
+            .field("shape", &self.shape)
+            .field("now", &self.now)
+            .field("run_states", &self.run_states)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The addresses of the `hlt` instructions in the image, by linear sweep.
+fn hlt_addresses(image: &GuestImage) -> Vec<u64> {
+    Decoder::with_ip(64, &image.code, GUEST_CODE.0, DecoderOptions::NONE)
+        .iter()
+        .filter(|i| i.mnemonic() == Mnemonic::Hlt)
+        .map(|i| i.ip())
+        .collect()
+}
+
+impl EmuEngine {
+    /// Boots `image` on a machine of `shape`.
+    pub fn new(
+        shape: Shape,
+        image: &GuestImage,
+        config: EmuConfig,
+    ) -> Result<EmuEngine, EngineError> {
+        let memory = image.boot_memory(&shape);
+        let ram = ram::GuestRam::new(&memory);
+        let shared: Shared = Rc::new(RefCell::new(HookState::new(
+            shape.vcpus(),
+            shape.pages(),
+            config.seed,
+            ram.as_mut_ptr(),
+        )));
+        let halts = hlt_addresses(image);
+        let boot_states: Vec<VcpuState> = (0..shape.vcpus())
+            .map(|v| machine::boot::initial_vcpu_state(&shape, v))
+            .collect();
+        let mut vcpus = Vec::new();
+        for (v, state) in boot_states.iter().enumerate() {
+            let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
+            vcpus.push(new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?);
+        }
+        Ok(EmuEngine {
+            vcpus,
+            shared,
+            ram,
+            shape,
+            run_states: vec![RunState::Running; usize::from(shape.vcpus())],
+            boot_states,
+            sched: Scheduler::new(config.seed, config.quantum),
+            now: 0,
+            budget_end: 0,
+            code_stale: false,
+            instructions: 0,
+            vcpu_switches: 0,
+        })
+    }
+
+    fn check_range(&self, gpa: Gpa, len: usize) -> Result<(), EngineError> {
+        if gpa
+            .0
+            .checked_add(len as u64)
+            .is_none_or(|end| end > self.ram.len())
+        {
+            return Err(EngineError::OutOfRange { gpa, len });
+        }
+        Ok(())
+    }
+
+    /// Wakes halted vCPUs that have an event; true if any vCPU can run.
+    fn wake(&mut self) {
+        let mut state = self.shared.borrow_mut();
+        let now = GuestNs(self.now);
+        for (v, run_state) in self.run_states.iter_mut().enumerate() {
+            let vcpu = VcpuId(v as u16);
+            if *run_state == RunState::Halted && state.bus.wake_pending(vcpu, now) {
+                *run_state = RunState::Running;
+                state.bus.woke(vcpu, now);
+            }
+        }
+    }
+
+    fn run_inner(&mut self, budget: Instructions) -> Result<RunExit, EngineError> {
+        if self.code_stale {
+            for uc in &mut self.vcpus {
+                uc.ctl_flush_tb().map_err(backend)?;
+            }
+            self.code_stale = false;
+        }
+        self.budget_end += budget.0;
+        while self.now < self.budget_end {
+            if self.sched.remaining == 0 && !self.start_quantum() {
+                continue;
+            }
+            let v = usize::from(self.sched.current);
+            let slice = self.sched.remaining.min(self.budget_end - self.now);
+            if self.run_states[v] == RunState::Running {
+                match self.execute(v, slice)? {
+                    SliceEnd::Ran => self.instructions += slice,
+                    SliceEnd::Halted => self.run_states[v] = RunState::Halted,
+                }
+            }
+            self.now += slice;
+            self.sched.remaining -= slice;
+        }
+        self.wake();
+        let idle = self.run_states.iter().all(|s| *s == RunState::Halted);
+        Ok(if idle {
+            RunExit::Idle
+        } else {
+            RunExit::BudgetSpent
+        })
+    }
+
+    /// Picks the next quantum; if no vCPU can run, jumps the clock to the
+    /// next deadline (or the budget's end) and returns false.
+    fn start_quantum(&mut self) -> bool {
+        self.wake();
+        let run_states = &self.run_states;
+        let runnable = |v: u16| run_states[usize::from(v)] == RunState::Running;
+        match self.sched.next(self.shape.vcpus(), runnable) {
+            Some(switched) => {
+                self.vcpu_switches += u64::from(switched);
+                self.shared.borrow_mut().quantum_start = GuestNs(self.now);
+                true
+            }
+            None => {
+                let deadline = self.shared.borrow().bus.next_deadline();
+                let next = deadline.map_or(self.budget_end, |d| d.0.max(self.now + 1));
+                self.now = next.min(self.budget_end);
+                false
+            }
+        }
+    }
+
+    /// Runs vCPU `v` for `slice` instructions or until it halts.
+    fn execute(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
+        let uc = &mut self.vcpus[v];
+        let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
+        self.shared.borrow_mut().halting = None;
+        let count = usize::try_from(slice).expect("quanta are small");
+        let result = uc.emu_start(rip, 0, 0, count);
+        let unprotect = std::mem::take(&mut self.shared.borrow_mut().unprotect);
+        for &page in &unprotect {
+            let gpa = u64::from(page) * PAGE_SIZE;
+            uc.mem_protect(gpa, PAGE_SIZE, Prot::ALL).map_err(backend)?;
+        }
+        if !unprotect.is_empty() {
+            uc.ctl_flush_tlb().map_err(backend)?;
+        }
+        let fault = self.shared.borrow_mut().fault.take();
+        let kind = match (fault, result) {
+            (Some((_, kind)), _) => kind,
+            (None, Ok(())) => {
+                let halting = self.shared.borrow_mut().halting.take();
+                let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
+                let halted = halting.is_some_and(|at| rip == at + 1);
+                return Ok(if halted {
+                    SliceEnd::Halted
+                } else {
+                    SliceEnd::Ran
+                });
+            }
+            (None, Err(uc_error::INSN_INVALID)) => FaultKind::InvalidOpcode,
+            (
+                None,
+                Err(
+                    e @ (uc_error::READ_UNMAPPED
+                    | uc_error::WRITE_UNMAPPED
+                    | uc_error::FETCH_UNMAPPED),
+                ),
+            ) => FaultKind::Other(format!("unmapped access ({e:?})")),
+            (None, Err(e)) => FaultKind::Other(format!("{e:?}")),
+        };
+        Err(self.guest_fault(v, kind))
+    }
+
+    fn guest_fault(&self, v: usize, kind: FaultKind) -> EngineError {
+        let uc = &self.vcpus[v];
+        let rip = uc.reg_read(RegisterX86::RIP).unwrap_or(0);
+        let len = self.ram.len().saturating_sub(rip).min(64) as usize;
+        let mut bytes = vec![0u8; len];
+        let disassembly = match uc.mem_read(rip, &mut bytes) {
+            Ok(()) => fault::listing(&bytes, rip),
+            Err(_) => "   (rip is outside guest memory)\n".to_string(),
+        };
+        EngineError::GuestFault {
+            vcpu: VcpuId(v as u16),
+            rip,
+            kind,
+            disassembly,
+        }
+    }
+}
+
+/// One vCPU's unicorn instance: the qemu64 CPU model (no rdrand, so it
+/// traps), guest RAM mapped write-protected, hooks, boot registers.
+fn new_instance(
+    ram: &ram::GuestRam,
+    vcpu: VcpuId,
+    shared: &Shared,
+    halts: &[u64],
+    state: &VcpuState,
+) -> Result<Vcpu, uc_error> {
+    let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64)?;
+    uc.ctl_set_cpu_model(X86CpuModel::QEMU64 as i32)?;
+    // SAFETY: `ram` is a live allocation of `ram.len()` bytes, page-aligned,
+    // that outlives this instance (EmuEngine drops its instances before its
+    // RAM) and that Rust code only touches through unicorn afterwards.
+    unsafe { uc.mem_map_ptr(0, ram.len(), Prot::ALL, ram.as_mut_ptr().cast())? };
+    uc.mem_protect(0, ram.len(), Prot::READ | Prot::EXEC)?;
+    hooks::install(&mut uc, vcpu, shared, halts)?;
+    regs::write(&mut uc, state)?;
+    Ok(uc)
+}
+
+impl Engine for EmuEngine {
+    fn run(&mut self, bus: &mut DeviceBus, budget: Instructions) -> Result<RunExit, EngineError> {
+        std::mem::swap(bus, &mut self.shared.borrow_mut().bus);
+        let result = self.run_inner(budget);
+        std::mem::swap(bus, &mut self.shared.borrow_mut().bus);
+        result
+    }
+
+    fn now(&self) -> GuestNs {
+        GuestNs(self.now)
+    }
+
+    fn read_memory(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), EngineError> {
+        self.check_range(gpa, buf.len())?;
+        self.vcpus[0].mem_read(gpa.0, buf).map_err(backend)
+    }
+
+    fn write_memory(&mut self, gpa: Gpa, bytes: &[u8]) -> Result<(), EngineError> {
+        self.check_range(gpa, bytes.len())?;
+        if bytes.is_empty() {
+            return Ok(());
+        }
+        self.vcpus[0].mem_write(gpa.0, bytes).map_err(backend)?;
+        let mut state = self.shared.borrow_mut();
+        let first = gpa.0 / PAGE_SIZE;
+        let last = (gpa.0 + bytes.len() as u64 - 1) / PAGE_SIZE;
+        for page in first..=last {
+            if !std::mem::replace(&mut state.dirty[page as usize], true) {
+                state.dirty_list.push(page as u32);
+            }
+        }
+        self.code_stale = true;
+        Ok(())
+    }
+
+    fn take_dirty_pages(&mut self) -> Result<Vec<PageIndex>, EngineError> {
+        let mut pages = std::mem::take(&mut self.shared.borrow_mut().dirty_list);
+        pages.sort_unstable();
+        let mut state = self.shared.borrow_mut();
+        for &page in &pages {
+            state.dirty[page as usize] = false;
+        }
+        drop(state);
+        for uc in &mut self.vcpus {
+            for &page in &pages {
+                let gpa = u64::from(page) * PAGE_SIZE;
+                uc.mem_protect(gpa, PAGE_SIZE, Prot::READ | Prot::EXEC)
+                    .map_err(backend)?;
+            }
+            uc.ctl_flush_tlb().map_err(backend)?;
+        }
+        Ok(pages.into_iter().map(PageIndex).collect())
+    }
+
+    fn vcpu_state(&self, vcpu: VcpuId) -> Result<VcpuState, EngineError> {
+        let v = usize::from(vcpu.0);
+        let uc = self.vcpus.get(v).ok_or(EngineError::NoSuchVcpu(vcpu.0))?;
+        regs::read(uc, self.run_states[v], &self.boot_states[v]).map_err(backend)
+    }
+
+    fn set_vcpu_state(&mut self, vcpu: VcpuId, state: &VcpuState) -> Result<(), EngineError> {
+        let v = usize::from(vcpu.0);
+        let uc = self
+            .vcpus
+            .get_mut(v)
+            .ok_or(EngineError::NoSuchVcpu(vcpu.0))?;
+        regs::write(uc, state).map_err(backend)?;
+        self.run_states[v] = state.run_state;
+        Ok(())
+    }
+
+    fn save_engine_state(&self) -> Vec<u8> {
+        let state = self.shared.borrow();
+        let mut w = Writer::new();
+        w.u64(self.now);
+        w.u64(self.budget_end);
+        self.sched.save(&mut w);
+        w.u64(state.quantum_start.0);
+        w.u64(state.last_tsc);
+        w.u64(state.rng.state());
+        w.into_bytes()
+    }
+
+    fn restore_engine_state(&mut self, bytes: &[u8]) -> Result<(), EngineError> {
+        let bad = |e: machine::codec::DecodeError| EngineError::BadState(e.to_string());
+        let mut r = Reader::new(bytes);
+        let now = r.u64().map_err(bad)?;
+        let budget_end = r.u64().map_err(bad)?;
+        let mut sched = self.sched.clone();
+        sched.restore(&mut r, self.shape.vcpus()).map_err(bad)?;
+        let quantum_start = r.u64().map_err(bad)?;
+        let last_tsc = r.u64().map_err(bad)?;
+        let rng = r.u64().map_err(bad)?;
+        r.finish().map_err(bad)?;
+        self.now = now;
+        self.budget_end = budget_end;
+        self.sched = sched;
+        let mut state = self.shared.borrow_mut();
+        state.quantum_start = GuestNs(quantum_start);
+        state.last_tsc = last_tsc;
+        state.rng = SplitMix64::new(rng);
+        self.code_stale = true;
+        Ok(())
+    }
+
+    fn stats(&self) -> EngineStats {
+        EngineStats {
+            instructions: Instructions(self.instructions),
+            vcpu_switches: self.vcpu_switches,
+            dirty_faults: self.shared.borrow().dirty_faults,
+        }
+    }
+}
+
+/// A machine running `image` on the emulated engine, its disk on `store`.
+pub fn emulated_machine(
+    shape: Shape,
+    image: &GuestImage,
+    config: EmuConfig,
+    store: Box<dyn machine::devices::BlockStore>,
+) -> Result<machine::Machine<EmuEngine>, EngineError> {
+    let engine = EmuEngine::new(shape, image, config)?;
+    let bus = DeviceBus::new(shape.vcpus(), store);
+    Ok(machine::Machine::new(shape, engine, bus))
+}

@@ -1,0 +1,233 @@
+//! The device bus: routes port I/O to the devices and holds the per-vCPU
+//! wake state (clock deadlines, doorbells) that ends a `hlt`.
+
+use super::console::Console;
+use super::disk::{BlockStore, Disk};
+use super::nic::Nic;
+use super::*;
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::units::{GuestNs, VcpuId};
+
+/// Who is doing port I/O, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IoContext {
+    /// The vCPU executing the `in`/`out`.
+    pub vcpu: VcpuId,
+    /// Guest time of the access.
+    pub now: GuestNs,
+}
+
+/// Every device of a machine, reached by port number.
+#[derive(Debug)]
+pub struct DeviceBus {
+    vcpus: u16,
+    /// The console.
+    pub console: Console,
+    /// The NIC.
+    pub nic: Nic,
+    /// The disk's registers.
+    pub disk: Disk,
+    store: Box<dyn BlockStore>,
+    clock_latch: Vec<u64>,
+    wake_at: Vec<Option<GuestNs>>,
+    doorbell: Vec<bool>,
+    done: Vec<Option<u32>>,
+    unknown_port_accesses: u64,
+}
+
+impl DeviceBus {
+    /// Devices for `vcpus` vCPUs, the disk backed by `store`.
+    pub fn new(vcpus: u16, store: Box<dyn BlockStore>) -> DeviceBus {
+        let n = usize::from(vcpus);
+        DeviceBus {
+            vcpus,
+            console: Console::default(),
+            nic: Nic::new(vcpus),
+            disk: Disk::new(vcpus),
+            store,
+            clock_latch: vec![0; n],
+            wake_at: vec![None; n],
+            doorbell: vec![false; n],
+            done: vec![None; n],
+            unknown_port_accesses: 0,
+        }
+    }
+
+    /// The disk's backing store.
+    pub fn store(&mut self) -> &mut dyn BlockStore {
+        self.store.as_mut()
+    }
+
+    /// The value each vCPU reported on the done port, if any.
+    pub fn done(&self) -> &[Option<u32>] {
+        &self.done
+    }
+
+    /// Accesses to ports no device answers (reads return all ones).
+    pub fn unknown_port_accesses(&self) -> u64 {
+        self.unknown_port_accesses
+    }
+
+    /// A guest `in` of `size` bytes (1, 2 or 4) from `port`.
+    pub fn port_in(&mut self, ctx: IoContext, port: u16, size: u8) -> u32 {
+        let v = self.index(ctx.vcpu);
+        let value = match port {
+            PORT_NIC_RX_POP => self.nic.rx_pop(v),
+            PORT_NIC_RX_DATA => self.nic.rx_data(v),
+            PORT_DISK_DATA => self.disk.data_in(v),
+            PORT_DISK_STATUS => self.disk.status(v),
+            PORT_CLOCK_LO => {
+                self.clock_latch[v] = ctx.now.0;
+                ctx.now.0 as u32
+            }
+            PORT_CLOCK_HI => (self.clock_latch[v] >> 32) as u32,
+            _ => {
+                self.unknown_port_accesses += 1;
+                u32::MAX
+            }
+        };
+        match size {
+            1 => value & 0xff,
+            2 => value & 0xffff,
+            _ => value,
+        }
+    }
+
+    /// A guest `out` of `size` bytes of `value` to `port`.
+    pub fn port_out(&mut self, ctx: IoContext, port: u16, _size: u8, value: u32) {
+        let v = self.index(ctx.vcpu);
+        match port {
+            PORT_CONSOLE => self.console.write(value as u8),
+            PORT_NIC_TX_DATA => self.nic.tx_data(v, value),
+            PORT_NIC_TX_SEND => self.nic.tx_send(v, value),
+            PORT_DISK_BLOCK => self.disk.select(v, value),
+            PORT_DISK_OFFSET => self.disk.set_offset(v, value),
+            PORT_DISK_DATA => self.disk.data_out(v, value),
+            PORT_DISK_CMD => self.disk.command(v, value, self.store.as_mut()),
+            PORT_CLOCK_WAKE => self.wake_at[v] = Some(GuestNs(ctx.now.0 + u64::from(value))),
+            PORT_DOORBELL => {
+                for (i, bell) in self.doorbell.iter_mut().enumerate() {
+                    if value & (1 << i) != 0 {
+                        *bell = true;
+                    }
+                }
+            }
+            PORT_DONE => self.done[v] = Some(value),
+            _ => self.unknown_port_accesses += 1,
+        }
+    }
+
+    /// Whether a halted `vcpu` wakes at `now`: a packet waits, its doorbell
+    /// rang, or its clock deadline passed. Level-triggered, so a packet that
+    /// arrives between the guest's last poll and its `hlt` is not missed.
+    pub fn wake_pending(&self, vcpu: VcpuId, now: GuestNs) -> bool {
+        let v = self.index(vcpu);
+        self.nic.rx_len() > 0 || self.doorbell[v] || self.wake_at[v].is_some_and(|at| now >= at)
+    }
+
+    /// Clears the wake reasons of a vCPU that leaves `hlt`.
+    pub fn woke(&mut self, vcpu: VcpuId, now: GuestNs) {
+        let v = self.index(vcpu);
+        self.doorbell[v] = false;
+        if self.wake_at[v].is_some_and(|at| now >= at) {
+            self.wake_at[v] = None;
+        }
+    }
+
+    /// The earliest clock deadline of any vCPU: when an idle machine next
+    /// has something to do.
+    pub fn next_deadline(&self) -> Option<GuestNs> {
+        self.wake_at.iter().flatten().min().copied()
+    }
+
+    fn index(&self, vcpu: VcpuId) -> usize {
+        assert!(vcpu.0 < self.vcpus, "vCPU {} of {}", vcpu.0, self.vcpus);
+        usize::from(vcpu.0)
+    }
+
+    /// Appends the devices' state (not the store's blocks).
+    pub fn save(&self, w: &mut Writer) {
+        self.console.save(w);
+        self.nic.save(w);
+        self.disk.save(w);
+        for v in 0..usize::from(self.vcpus) {
+            w.u64(self.clock_latch[v]);
+            w.u64(self.wake_at[v].map_or(u64::MAX, |at| at.0));
+            w.u8(u8::from(self.doorbell[v]));
+            w.u64(self.done[v].map_or(u64::MAX, u64::from));
+        }
+        w.u64(self.unknown_port_accesses);
+    }
+
+    /// Replaces the devices' state with a saved one (the store is kept).
+    pub fn restore(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
+        let console = Console::restore(r)?;
+        let nic = Nic::restore(r, self.vcpus)?;
+        let disk = Disk::restore(r, self.vcpus)?;
+        let n = usize::from(self.vcpus);
+        let (mut latch, mut wake_at, mut doorbell, mut done) = (vec![], vec![], vec![], vec![]);
+        for _ in 0..n {
+            latch.push(r.u64()?);
+            wake_at.push(Some(r.u64()?).filter(|at| *at != u64::MAX).map(GuestNs));
+            doorbell.push(r.u8()? != 0);
+            done.push(u32::try_from(r.u64()?).ok());
+        }
+        let unknown = r.u64()?;
+        self.console = console;
+        self.nic = nic;
+        self.disk = disk;
+        self.clock_latch = latch;
+        self.wake_at = wake_at;
+        self.doorbell = doorbell;
+        self.done = done;
+        self.unknown_port_accesses = unknown;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::MemStore;
+
+    fn ctx(vcpu: u16, now: u64) -> IoContext {
+        IoContext {
+            vcpu: VcpuId(vcpu),
+            now: GuestNs(now),
+        }
+    }
+
+    #[test]
+    fn clock_deadline_and_doorbell_wake() {
+        let mut bus = DeviceBus::new(2, Box::new(MemStore::new(1)));
+        assert!(!bus.wake_pending(VcpuId(0), GuestNs(0)));
+        bus.port_out(ctx(0, 100), PORT_CLOCK_WAKE, 4, 50);
+        assert_eq!(bus.next_deadline(), Some(GuestNs(150)));
+        assert!(!bus.wake_pending(VcpuId(0), GuestNs(149)));
+        assert!(bus.wake_pending(VcpuId(0), GuestNs(150)));
+        bus.woke(VcpuId(0), GuestNs(150));
+        assert_eq!(bus.next_deadline(), None);
+        bus.port_out(ctx(0, 0), PORT_DOORBELL, 4, 0b10);
+        assert!(bus.wake_pending(VcpuId(1), GuestNs(0)));
+        assert!(!bus.wake_pending(VcpuId(0), GuestNs(0)));
+    }
+
+    #[test]
+    fn save_restore_round_trips() {
+        let mut bus = DeviceBus::new(2, Box::new(MemStore::new(1)));
+        bus.port_out(ctx(1, 7), PORT_CONSOLE, 1, u32::from(b'x'));
+        bus.port_out(ctx(1, 7), PORT_DONE, 4, 42);
+        bus.nic.deliver(vec![1, 2, 3]).expect("room");
+        assert_eq!(bus.port_in(ctx(0, 1 << 33), PORT_CLOCK_LO, 4), 0);
+        let mut w = Writer::new();
+        bus.save(&mut w);
+        let bytes = w.into_bytes();
+        let mut other = DeviceBus::new(2, Box::new(MemStore::new(1)));
+        other.restore(&mut Reader::new(&bytes)).expect("decodes");
+        let mut again = Writer::new();
+        other.save(&mut again);
+        assert_eq!(again.into_bytes(), bytes);
+        assert_eq!(other.port_in(ctx(0, 0), PORT_CLOCK_HI, 4), 2);
+        assert_eq!(other.done()[1], Some(42));
+    }
+}

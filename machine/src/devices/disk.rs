@@ -1,0 +1,243 @@
+//! The disk: a block device over a backing store the caller provides. Each
+//! vCPU has a block register, a one-block buffer and a cursor into it.
+
+use std::collections::BTreeSet;
+
+use crate::codec::{DecodeError, Reader, Writer};
+
+/// Bytes per disk block.
+pub const BLOCK_BYTES: usize = 512;
+
+/// Error from a backing store.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// Block number past the end of the store.
+    #[error("block {0} out of range")]
+    OutOfRange(u64),
+    /// The store failed the I/O.
+    #[error("I/O error: {0}")]
+    Io(String),
+}
+
+/// Where the disk's blocks live: memory in tests, a file or a simulated
+/// file elsewhere.
+pub trait BlockStore: std::fmt::Debug {
+    /// Number of blocks.
+    fn block_count(&self) -> u64;
+    /// Reads one block.
+    fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError>;
+    /// Writes one block.
+    fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError>;
+}
+
+/// A block store in memory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemStore {
+    bytes: Vec<u8>,
+}
+
+impl MemStore {
+    /// A zeroed store of `blocks` blocks.
+    pub fn new(blocks: u64) -> MemStore {
+        let len = usize::try_from(blocks).expect("store fits memory") * BLOCK_BYTES;
+        MemStore {
+            bytes: vec![0; len],
+        }
+    }
+
+    /// All bytes of the store.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    fn range(&self, block: u64) -> Result<std::ops::Range<usize>, StoreError> {
+        if block >= self.block_count() {
+            return Err(StoreError::OutOfRange(block));
+        }
+        let start = usize::try_from(block).expect("checked above") * BLOCK_BYTES;
+        Ok(start..start + BLOCK_BYTES)
+    }
+}
+
+impl BlockStore for MemStore {
+    fn block_count(&self) -> u64 {
+        (self.bytes.len() / BLOCK_BYTES) as u64
+    }
+
+    fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        let range = self.range(block)?;
+        buf.copy_from_slice(&self.bytes[range]);
+        Ok(())
+    }
+
+    fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        let range = self.range(block)?;
+        self.bytes[range].copy_from_slice(buf);
+        Ok(())
+    }
+}
+
+/// Result of the last disk command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskStatus {
+    /// Succeeded (or no command yet).
+    Ok = 0,
+    /// Failed: bad block, bad command or store error.
+    Error = 1,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Channel {
+    block: u64,
+    buffer: Box<[u8; BLOCK_BYTES]>,
+    cursor: usize,
+    status: DiskStatus,
+}
+
+/// The disk device's registers (the blocks live in the store).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Disk {
+    channels: Vec<Channel>,
+    written: BTreeSet<u64>,
+}
+
+impl Disk {
+    /// A disk with one channel per vCPU.
+    pub fn new(vcpus: u16) -> Disk {
+        let channel = Channel {
+            block: 0,
+            buffer: Box::new([0; BLOCK_BYTES]),
+            cursor: 0,
+            status: DiskStatus::Ok,
+        };
+        Disk {
+            channels: vec![channel; usize::from(vcpus)],
+            written: BTreeSet::new(),
+        }
+    }
+
+    /// Takes the numbers of the blocks written since the last call.
+    pub fn take_written(&mut self) -> BTreeSet<u64> {
+        std::mem::take(&mut self.written)
+    }
+
+    pub(crate) fn select(&mut self, vcpu: usize, block: u32) {
+        self.channels[vcpu].block = u64::from(block);
+    }
+
+    pub(crate) fn set_offset(&mut self, vcpu: usize, offset: u32) {
+        self.channels[vcpu].cursor = (offset as usize).min(BLOCK_BYTES);
+    }
+
+    pub(crate) fn status(&self, vcpu: usize) -> u32 {
+        self.channels[vcpu].status as u32
+    }
+
+    pub(crate) fn data_in(&mut self, vcpu: usize) -> u32 {
+        let channel = &mut self.channels[vcpu];
+        let mut word = [0u8; 4];
+        if channel.cursor + 4 <= BLOCK_BYTES {
+            word.copy_from_slice(&channel.buffer[channel.cursor..channel.cursor + 4]);
+            channel.cursor += 4;
+        }
+        u32::from_le_bytes(word)
+    }
+
+    pub(crate) fn data_out(&mut self, vcpu: usize, value: u32) {
+        let channel = &mut self.channels[vcpu];
+        if channel.cursor + 4 <= BLOCK_BYTES {
+            channel.buffer[channel.cursor..channel.cursor + 4]
+                .copy_from_slice(&value.to_le_bytes());
+            channel.cursor += 4;
+        }
+    }
+
+    pub(crate) fn command(&mut self, vcpu: usize, command: u32, store: &mut dyn BlockStore) {
+        let channel = &mut self.channels[vcpu];
+        let result = match command {
+            super::DISK_CMD_READ => store.read_block(channel.block, &mut channel.buffer),
+            super::DISK_CMD_WRITE => {
+                let result = store.write_block(channel.block, &channel.buffer);
+                if result.is_ok() {
+                    self.written.insert(channel.block);
+                }
+                result
+            }
+            other => Err(StoreError::Io(format!("unknown command {other}"))),
+        };
+        channel.status = match result {
+            Ok(()) => DiskStatus::Ok,
+            Err(_) => DiskStatus::Error,
+        };
+    }
+
+    pub(crate) fn save(&self, w: &mut Writer) {
+        for channel in &self.channels {
+            w.u64(channel.block);
+            w.raw(&channel.buffer[..]);
+            w.u32(u32::try_from(channel.cursor).expect("cursor within block"));
+            w.u8(channel.status as u8);
+        }
+        w.u32(u32::try_from(self.written.len()).expect("bounded by the store"));
+        for block in &self.written {
+            w.u64(*block);
+        }
+    }
+
+    pub(crate) fn restore(r: &mut Reader<'_>, vcpus: u16) -> Result<Disk, DecodeError> {
+        let mut disk = Disk::new(vcpus);
+        for channel in &mut disk.channels {
+            channel.block = r.u64()?;
+            channel.buffer.copy_from_slice(r.raw(BLOCK_BYTES)?);
+            channel.cursor = r.u32()? as usize;
+            if channel.cursor > BLOCK_BYTES {
+                return Err(DecodeError::Invalid("disk cursor".into()));
+            }
+            channel.status = match r.u8()? {
+                0 => DiskStatus::Ok,
+                1 => DiskStatus::Error,
+                other => return Err(DecodeError::Invalid(format!("disk status {other}"))),
+            };
+        }
+        for _ in 0..r.count(1 << 24)? {
+            disk.written.insert(r.u64()?);
+        }
+        Ok(disk)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::{DISK_CMD_READ, DISK_CMD_WRITE};
+
+    #[test]
+    fn write_then_read_through_the_store() {
+        let mut store = MemStore::new(4);
+        let mut disk = Disk::new(1);
+        disk.select(0, 2);
+        disk.set_offset(0, 8);
+        disk.data_out(0, 0xdead_beef);
+        disk.command(0, DISK_CMD_WRITE, &mut store);
+        assert_eq!(disk.status(0), 0);
+        assert_eq!(
+            &store.bytes()[2 * 512 + 8..2 * 512 + 12],
+            &[0xef, 0xbe, 0xad, 0xde]
+        );
+        let mut other = Disk::new(1);
+        other.select(0, 2);
+        other.command(0, DISK_CMD_READ, &mut store);
+        other.set_offset(0, 8);
+        assert_eq!(other.data_in(0), 0xdead_beef);
+        assert_eq!(disk.take_written().into_iter().collect::<Vec<_>>(), vec![2]);
+    }
+
+    #[test]
+    fn out_of_range_block_sets_error_status() {
+        let mut store = MemStore::new(1);
+        let mut disk = Disk::new(1);
+        disk.select(0, 5);
+        disk.command(0, DISK_CMD_READ, &mut store);
+        assert_eq!(disk.status(0), DiskStatus::Error as u32);
+    }
+}

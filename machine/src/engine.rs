@@ -1,0 +1,113 @@
+//! The `Engine` trait: what the machine needs from whatever executes the
+//! guest. `cpu-model` implements it on unicorn, `runtime` on KVM.
+//!
+//! Port I/O reaches devices through the [`DeviceBus`] the machine owns and
+//! lends to [`Engine::run`]: the emulated engine calls it from its `in`/`out`
+//! hooks, the KVM engine from its `KVM_EXIT_IO` handling. No device code
+//! lives in an engine.
+
+use crate::devices::DeviceBus;
+use crate::units::{Gpa, GuestNs, Instructions, PageIndex, VcpuId};
+use crate::vcpu::VcpuState;
+
+/// Why a guest stopped for good.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FaultKind {
+    /// An instruction the engine does not execute.
+    InvalidOpcode,
+    /// A memory access outside guest memory.
+    MemoryOutOfRange {
+        /// The address accessed.
+        address: u64,
+    },
+    /// An exception the guest cannot handle (it has no IDT): a triple fault.
+    TripleFault {
+        /// The exception vector.
+        vector: u32,
+    },
+    /// Anything else the engine reports.
+    Other(String),
+}
+
+/// Error from an engine.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The guest faulted; the run cannot go on.
+    #[error("guest fault on vCPU {vcpu} at rip {rip:#x}: {kind:?}\n{disassembly}", vcpu = vcpu.0)]
+    GuestFault {
+        /// The faulting vCPU.
+        vcpu: VcpuId,
+        /// Its instruction pointer.
+        rip: u64,
+        /// What went wrong.
+        kind: FaultKind,
+        /// The instructions at rip, disassembled.
+        disassembly: String,
+    },
+    /// A guest-physical range outside memory.
+    #[error("address range {gpa:#x}+{len} is outside guest memory", gpa = gpa.0)]
+    OutOfRange {
+        /// Start of the range.
+        gpa: Gpa,
+        /// Length in bytes.
+        len: usize,
+    },
+    /// No such vCPU.
+    #[error("no vCPU {0}")]
+    NoSuchVcpu(u16),
+    /// Saved engine state that cannot be restored.
+    #[error("bad engine state: {0}")]
+    BadState(String),
+    /// The backend (unicorn, KVM) failed.
+    #[error("engine backend: {0}")]
+    Backend(String),
+}
+
+/// How a call to [`Engine::run`] ended. The guest is paused either way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunExit {
+    /// The budget is spent.
+    BudgetSpent,
+    /// The budget is spent and every vCPU sleeps in `hlt` with no wake
+    /// event pending: the machine waits for input.
+    Idle,
+}
+
+/// Counters an engine keeps about its run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct EngineStats {
+    /// Guest instructions retired, all vCPUs together.
+    pub instructions: Instructions,
+    /// Times the engine switched from one vCPU to another.
+    pub vcpu_switches: u64,
+    /// Write-protection faults taken for dirty tracking.
+    pub dirty_faults: u64,
+}
+
+/// Runs a machine's vCPUs over its memory.
+pub trait Engine {
+    /// Runs the vCPUs until `budget` of guest time is spent (one
+    /// instruction counts one nanosecond on the emulated engine), calling
+    /// `bus` for every port access. Returns with all vCPUs paused.
+    fn run(&mut self, bus: &mut DeviceBus, budget: Instructions) -> Result<RunExit, EngineError>;
+    /// Current guest time.
+    fn now(&self) -> GuestNs;
+    /// Reads guest memory.
+    fn read_memory(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), EngineError>;
+    /// Writes guest memory; the pages count as dirty.
+    fn write_memory(&mut self, gpa: Gpa, bytes: &[u8]) -> Result<(), EngineError>;
+    /// The pages written since the last call (or since boot), sorted; then
+    /// starts tracking afresh.
+    fn take_dirty_pages(&mut self) -> Result<Vec<PageIndex>, EngineError>;
+    /// The state of one vCPU.
+    fn vcpu_state(&self, vcpu: VcpuId) -> Result<VcpuState, EngineError>;
+    /// Replaces the state of one vCPU.
+    fn set_vcpu_state(&mut self, vcpu: VcpuId, state: &VcpuState) -> Result<(), EngineError>;
+    /// Engine-private state a checkpoint must carry for the run to go on
+    /// identically (the emulated engine's clock, scheduler and rng).
+    fn save_engine_state(&self) -> Vec<u8>;
+    /// Restores what [`Engine::save_engine_state`] returned.
+    fn restore_engine_state(&mut self, bytes: &[u8]) -> Result<(), EngineError>;
+    /// Counters.
+    fn stats(&self) -> EngineStats;
+}

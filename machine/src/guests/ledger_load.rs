@@ -1,0 +1,356 @@
+//! The ledger's load generator (requests in on the NIC, replies out) and
+//! its invariant check against guest memory and the disk journal.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use super::ledger::*;
+use crate::devices::{DeviceBus, BLOCK_BYTES};
+use crate::engine::Engine;
+use crate::machine::{Machine, MachineError};
+use crate::rng::SplitMix64;
+use crate::units::{Gpa, Instructions};
+
+/// The shape of a ledger workload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LedgerConfig {
+    /// Number of accounts (at most `ACCOUNTS_MAX`).
+    pub accounts: u64,
+    /// Every account's balance at boot.
+    pub initial_balance: u64,
+    /// Distinct request ids to serve, `1..=requests`.
+    pub requests: u64,
+    /// Most packets in flight to the guest.
+    pub window: u64,
+    /// Percent of sends that repeat an earlier id.
+    pub repeat_percent: u64,
+}
+
+impl LedgerConfig {
+    /// A workload of `requests` requests with the usual other settings.
+    pub fn with_requests(requests: u64) -> LedgerConfig {
+        LedgerConfig {
+            accounts: 16,
+            initial_balance: 1000,
+            requests,
+            window: 16,
+            repeat_percent: 5,
+        }
+    }
+
+    /// The guest's boot parameters.
+    pub fn params(&self) -> [u64; crate::boot::BOOT_PARAMS] {
+        [self.accounts, self.initial_balance, 0, 0, 0, 0, 0, 0]
+    }
+}
+
+/// A transfer request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Request {
+    /// Request id, from 1.
+    pub id: u64,
+    /// Source account.
+    pub from: u32,
+    /// Destination account.
+    pub to: u32,
+    /// Amount.
+    pub amount: u64,
+}
+
+/// The guest's answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reply {
+    /// Request id.
+    pub id: u64,
+    /// Journal sequence number of the decision (from 1).
+    pub seq: u64,
+    /// One of the `STATUS_*` values.
+    pub status: u64,
+}
+
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(bytes[at..at + 8].try_into().expect("8 bytes"))
+}
+
+impl Request {
+    fn encode(&self) -> Vec<u8> {
+        let mut bytes = Vec::with_capacity(REQUEST_BYTES);
+        bytes.extend_from_slice(&self.id.to_le_bytes());
+        bytes.extend_from_slice(&self.from.to_le_bytes());
+        bytes.extend_from_slice(&self.to.to_le_bytes());
+        bytes.extend_from_slice(&self.amount.to_le_bytes());
+        bytes.extend_from_slice(&0u64.to_le_bytes());
+        bytes
+    }
+}
+
+/// Drives requests into the NIC and collects replies.
+#[derive(Debug, Clone)]
+pub struct LedgerLoad {
+    config: LedgerConfig,
+    rng: SplitMix64,
+    next_id: u64,
+    requests: BTreeMap<u64, Request>,
+    replies: BTreeMap<u64, Reply>,
+    in_flight: u64,
+    /// Replies that differ from an earlier reply to the same id, or that
+    /// answer an id never sent, or that do not parse.
+    pub bad_replies: Vec<String>,
+}
+
+impl LedgerLoad {
+    /// A load generator drawing from `seed`.
+    pub fn new(config: LedgerConfig, seed: u64) -> LedgerLoad {
+        assert!(config.requests < TABLE_ENTRIES, "ids index the reply table");
+        assert!(config.accounts > 0 && config.accounts <= ACCOUNTS_MAX);
+        LedgerLoad {
+            config,
+            rng: SplitMix64::new(seed ^ 0x6c65_6467_6572),
+            next_id: 1,
+            requests: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            in_flight: 0,
+            bad_replies: Vec::new(),
+        }
+    }
+
+    /// Distinct requests answered.
+    pub fn served(&self) -> u64 {
+        self.replies.len() as u64
+    }
+
+    /// Whether every request has an answer.
+    pub fn done(&self) -> bool {
+        self.served() == self.config.requests && self.in_flight == 0
+    }
+
+    /// The replies received, by id.
+    pub fn replies(&self) -> &BTreeMap<u64, Reply> {
+        &self.replies
+    }
+
+    fn draw(&mut self) -> Option<Request> {
+        let repeat = self.rng.range(0, 99) < self.config.repeat_percent;
+        if repeat && !self.requests.is_empty() {
+            let id = self.rng.range(1, self.next_id - 1);
+            return self.requests.get(&id).copied();
+        }
+        if self.next_id > self.config.requests {
+            return None;
+        }
+        let accounts = self.config.accounts - 1;
+        let request = Request {
+            id: self.next_id,
+            from: u32::try_from(self.rng.range(0, accounts)).expect("few accounts"),
+            to: u32::try_from(self.rng.range(0, accounts)).expect("few accounts"),
+            amount: self.rng.range(1, self.config.initial_balance),
+        };
+        self.requests.insert(request.id, request);
+        self.next_id += 1;
+        Some(request)
+    }
+
+    /// Delivers requests while the window and the NIC's rx queue allow.
+    pub fn feed(&mut self, bus: &mut DeviceBus) {
+        while self.in_flight < self.config.window
+            && bus.nic.rx_len() < crate::devices::nic::RX_QUEUE_MAX
+        {
+            let Some(request) = self.draw() else { break };
+            bus.nic.deliver(request.encode()).expect("checked room");
+            self.in_flight += 1;
+        }
+    }
+
+    /// Takes the guest's replies off the NIC.
+    pub fn drain(&mut self, bus: &mut DeviceBus) {
+        for packet in bus.nic.take_tx() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+            if packet.len() != REPLY_BYTES {
+                self.bad_replies
+                    .push(format!("reply of {} bytes", packet.len()));
+                continue;
+            }
+            let reply = Reply {
+                id: u64_at(&packet, 0),
+                seq: u64_at(&packet, 8),
+                status: u64_at(&packet, 16),
+            };
+            if !self.requests.contains_key(&reply.id) {
+                self.bad_replies
+                    .push(format!("reply to unsent id {}", reply.id));
+            }
+            match self.replies.get(&reply.id) {
+                Some(first) if *first != reply => self
+                    .bad_replies
+                    .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+                Some(_) => {}
+                None => {
+                    self.replies.insert(reply.id, reply);
+                }
+            }
+        }
+    }
+
+    /// One step of the driver: feed, run `slice`, drain.
+    pub fn step<E: Engine>(
+        &mut self,
+        machine: &mut Machine<E>,
+        slice: Instructions,
+    ) -> Result<(), MachineError> {
+        self.feed(machine.bus());
+        machine.run(slice)?;
+        self.drain(machine.bus());
+        Ok(())
+    }
+}
+
+/// What the invariant check found in a healthy ledger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerReport {
+    /// Journal records (decisions) written.
+    pub journal_records: u64,
+    /// Transfers applied.
+    pub applied: u64,
+    /// Transfers rejected or invalid.
+    pub refused: u64,
+    /// Sum of all balances (equals accounts × initial balance).
+    pub total_money: u64,
+    /// Per vCPU, lock acquisitions that found the lock held: each one is a
+    /// vCPU switch that happened inside the critical section.
+    pub contended: Vec<u64>,
+}
+
+fn read_u64<E: Engine>(machine: &Machine<E>, address: u64) -> Result<u64, MachineError> {
+    let mut bytes = [0u8; 8];
+    machine.engine().read_memory(Gpa(address), &mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+struct Record {
+    seq: u64,
+    id: u64,
+    from: u64,
+    to: u64,
+    status: u64,
+    amount: u64,
+}
+
+fn read_journal<E: Engine>(
+    machine: &mut Machine<E>,
+    records: u64,
+) -> Result<Vec<Record>, MachineError> {
+    let mut out = Vec::new();
+    let mut block = [0u8; BLOCK_BYTES];
+    for k in 0..records {
+        if k % RECORDS_PER_BLOCK == 0 {
+            machine
+                .bus()
+                .store()
+                .read_block(k / RECORDS_PER_BLOCK, &mut block)?;
+        }
+        let at = (k % RECORDS_PER_BLOCK) as usize * RECORD_BYTES;
+        let word = u64_at(&block, at + 16);
+        out.push(Record {
+            seq: u64_at(&block, at),
+            id: u64_at(&block, at + 8),
+            from: word & 0xffff,
+            to: (word >> 16) & 0xffff,
+            status: word >> 32,
+            amount: u64_at(&block, at + 24),
+        });
+    }
+    Ok(out)
+}
+
+/// Checks the ledger: money is conserved, replaying the journal gives the
+/// balances in memory and every decision was right, no id is in the
+/// journal twice, every reply matches its journal record, and every
+/// request was answered once the load is done. Returns what it found or
+/// a list of violations.
+pub fn check<E: Engine>(
+    machine: &mut Machine<E>,
+    load: &LedgerLoad,
+) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
+    let config = load.config;
+    let mut violations = load.bad_replies.clone();
+    let records = read_u64(machine, SEQ)?;
+    let journal = read_journal(machine, records)?;
+    let mut balances = vec![config.initial_balance; config.accounts as usize];
+    let (mut applied, mut refused) = (0, 0);
+    let mut ids = BTreeSet::new();
+    for (k, record) in journal.iter().enumerate() {
+        if record.seq != k as u64 + 1 {
+            violations.push(format!("journal record {k} has seq {}", record.seq));
+        }
+        if !ids.insert(record.id) {
+            violations.push(format!("id {} journaled twice", record.id));
+        }
+        if let Err(problem) = replay(&mut balances, record) {
+            violations.push(format!("journal record {k}: {problem}"));
+        }
+        if record.status == u64::from(STATUS_APPLIED) {
+            applied += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    let mut total_money = 0u64;
+    for (account, expected) in balances.iter().enumerate() {
+        let offset = read_u64(machine, BALANCES + 8 * account as u64)?;
+        let actual = config.initial_balance.wrapping_add(offset);
+        total_money = total_money.wrapping_add(actual);
+        if actual != *expected {
+            violations.push(format!(
+                "account {account}: memory {actual}, journal {expected}"
+            ));
+        }
+    }
+    if total_money != config.accounts * config.initial_balance {
+        violations.push(format!("money not conserved: {total_money}"));
+    }
+    for reply in load.replies.values() {
+        let matches = reply.seq >= 1
+            && journal
+                .get(reply.seq as usize - 1)
+                .is_some_and(|r| r.id == reply.id && r.status == reply.status);
+        if !matches {
+            violations.push(format!("reply {reply:?} does not match the journal"));
+        }
+    }
+    if load.done() && ids.len() as u64 != config.requests {
+        violations.push(format!(
+            "{} ids journaled for {} requests",
+            ids.len(),
+            config.requests
+        ));
+    }
+    let mut contended = Vec::new();
+    for vcpu in 0..u64::from(machine.shape().vcpus()) {
+        contended.push(read_u64(machine, CONTENDED + 8 * vcpu)?);
+    }
+    if !violations.is_empty() {
+        return Ok(Err(violations));
+    }
+    Ok(Ok(LedgerReport {
+        journal_records: records,
+        applied,
+        refused,
+        total_money,
+        contended,
+    }))
+}
+
+fn replay(balances: &mut [u64], record: &Record) -> Result<(), String> {
+    let accounts = balances.len() as u64;
+    let valid = record.from < accounts && record.to < accounts;
+    let status = u32::try_from(record.status).map_err(|_| "status".to_string())?;
+    match (status, valid) {
+        (STATUS_INVALID, false) => Ok(()),
+        (STATUS_REJECTED, true) if balances[record.from as usize] < record.amount => Ok(()),
+        (STATUS_APPLIED, true) if balances[record.from as usize] >= record.amount => {
+            balances[record.from as usize] -= record.amount;
+            balances[record.to as usize] += record.amount;
+            Ok(())
+        }
+        _ => Err(format!("wrong decision {status} (id {})", record.id)),
+    }
+}

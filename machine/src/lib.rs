@@ -1,0 +1,25 @@
+//! The guest-visible machine of Lockstep: memory map and boot state,
+//! devices on port I/O, the checkpoint format, the guest images, and the
+//! [`Engine`] trait that the emulated (`cpu-model`) and KVM (`runtime`)
+//! engines implement. Nothing here does I/O or reads the clock.
+#![forbid(unsafe_code)]
+
+pub mod boot;
+pub mod checkpoint;
+pub mod codec;
+pub mod devices;
+pub mod engine;
+pub mod guests;
+pub mod layout;
+pub mod machine;
+pub mod rng;
+pub mod units;
+pub mod vcpu;
+
+pub use checkpoint::{Checkpoint, Kind, CHECKPOINT_BYTES_MAX};
+pub use devices::DeviceBus;
+pub use engine::{Engine, EngineError, EngineStats, FaultKind, RunExit};
+pub use layout::Shape;
+pub use machine::{Machine, MachineError};
+pub use units::{Gpa, GuestNs, Instructions, PageIndex, Port, VcpuId, PAGE_SIZE};
+pub use vcpu::{RunState, VcpuState};

@@ -1,0 +1,207 @@
+//! A machine: an engine, the device bus it calls, and the checkpoint
+//! sequence. Taking and restoring checkpoints lives here, engine-neutral.
+
+use crate::checkpoint::{Checkpoint, Kind};
+use crate::codec::{DecodeError, Reader, Writer};
+use crate::devices::{DeviceBus, StoreError, BLOCK_BYTES};
+use crate::engine::{Engine, EngineError, RunExit};
+use crate::layout::Shape;
+use crate::rng::Fnv64;
+use crate::units::{Instructions, PageIndex, VcpuId, PAGE_SIZE};
+
+/// Error from machine operations.
+#[derive(Debug, thiserror::Error)]
+pub enum MachineError {
+    /// The engine failed or the guest faulted.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The disk's store failed.
+    #[error("disk store: {0}")]
+    Store(#[from] StoreError),
+    /// Saved state did not decode.
+    #[error("saved state: {0}")]
+    Decode(#[from] DecodeError),
+    /// A checkpoint for a machine of another shape.
+    #[error("checkpoint is for {vcpus} vCPUs and {memory_bytes} bytes")]
+    ShapeMismatch {
+        /// Its vCPU count.
+        vcpus: u16,
+        /// Its memory size.
+        memory_bytes: u64,
+    },
+    /// A delta whose base is not this machine's current checkpoint.
+    #[error("delta applies on checkpoint {base}, machine is at {current}")]
+    WrongBase {
+        /// The delta's base.
+        base: u64,
+        /// This machine's last checkpoint.
+        current: u64,
+    },
+}
+
+/// An engine with its devices.
+#[derive(Debug)]
+pub struct Machine<E: Engine> {
+    shape: Shape,
+    engine: E,
+    bus: DeviceBus,
+    sequence: u64,
+}
+
+impl<E: Engine> Machine<E> {
+    /// A machine from an engine booted on `shape` and its device bus.
+    pub fn new(shape: Shape, engine: E, bus: DeviceBus) -> Machine<E> {
+        Machine {
+            shape,
+            engine,
+            bus,
+            sequence: 0,
+        }
+    }
+
+    /// The machine's shape.
+    pub fn shape(&self) -> Shape {
+        self.shape
+    }
+
+    /// The engine.
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The engine, mutably.
+    pub fn engine_mut(&mut self) -> &mut E {
+        &mut self.engine
+    }
+
+    /// The devices.
+    pub fn bus(&mut self) -> &mut DeviceBus {
+        &mut self.bus
+    }
+
+    /// The last checkpoint taken or restored (boot is 0).
+    pub fn sequence(&self) -> u64 {
+        self.sequence
+    }
+
+    /// Runs the guest for `budget`.
+    pub fn run(&mut self, budget: Instructions) -> Result<RunExit, MachineError> {
+        Ok(self.engine.run(&mut self.bus, budget)?)
+    }
+
+    /// Takes a checkpoint of the paused machine. Either kind restarts dirty
+    /// tracking, so the next delta holds what changed after this one.
+    pub fn checkpoint(&mut self, kind: Kind) -> Result<Checkpoint, MachineError> {
+        let dirty = self.engine.take_dirty_pages()?;
+        let written = self.bus.disk.take_written();
+        let page_indices: Vec<PageIndex> = match kind {
+            Kind::Full => (0..self.shape.pages()).map(PageIndex).collect(),
+            Kind::Delta => dirty,
+        };
+        let mut pages = Vec::with_capacity(page_indices.len());
+        for index in page_indices {
+            let mut bytes = vec![0u8; PAGE_SIZE as usize];
+            self.engine.read_memory(index.gpa(), &mut bytes)?;
+            pages.push((index, bytes));
+        }
+        let block_numbers: Vec<u64> = match kind {
+            Kind::Full => (0..self.bus.store().block_count()).collect(),
+            Kind::Delta => written.into_iter().collect(),
+        };
+        let mut blocks = Vec::with_capacity(block_numbers.len());
+        for block in block_numbers {
+            let mut bytes = [0u8; BLOCK_BYTES];
+            self.bus.store().read_block(block, &mut bytes)?;
+            blocks.push((block, bytes.to_vec()));
+        }
+        let base_sequence = self.sequence;
+        self.sequence += 1;
+        Ok(Checkpoint {
+            kind,
+            sequence: self.sequence,
+            base_sequence,
+            vcpus: self.shape.vcpus(),
+            memory_bytes: self.shape.memory_bytes(),
+            pages,
+            vcpu_states: self.vcpu_states()?,
+            devices: self.save_devices(),
+            engine: self.engine.save_engine_state(),
+            blocks,
+        })
+    }
+
+    /// Restores a checkpoint: a full one onto any machine of the same shape,
+    /// a delta onto the machine at its base checkpoint.
+    pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), MachineError> {
+        if checkpoint.vcpus != self.shape.vcpus()
+            || checkpoint.memory_bytes != self.shape.memory_bytes()
+        {
+            return Err(MachineError::ShapeMismatch {
+                vcpus: checkpoint.vcpus,
+                memory_bytes: checkpoint.memory_bytes,
+            });
+        }
+        if checkpoint.kind == Kind::Delta && checkpoint.base_sequence != self.sequence {
+            return Err(MachineError::WrongBase {
+                base: checkpoint.base_sequence,
+                current: self.sequence,
+            });
+        }
+        self.bus.restore(&mut Reader::new(&checkpoint.devices))?;
+        self.engine.restore_engine_state(&checkpoint.engine)?;
+        for (index, bytes) in &checkpoint.pages {
+            self.engine.write_memory(index.gpa(), bytes)?;
+        }
+        for (i, state) in checkpoint.vcpu_states.iter().enumerate() {
+            let vcpu = VcpuId(u16::try_from(i).expect("few vCPUs"));
+            self.engine.set_vcpu_state(vcpu, state)?;
+        }
+        for (block, bytes) in &checkpoint.blocks {
+            let bytes: &[u8; BLOCK_BYTES] = bytes.as_slice().try_into().expect("decoder checks");
+            self.bus.store().write_block(*block, bytes)?;
+        }
+        self.engine.take_dirty_pages()?;
+        self.bus.disk.take_written();
+        self.sequence = checkpoint.sequence;
+        Ok(())
+    }
+
+    /// Every vCPU's state.
+    pub fn vcpu_states(&self) -> Result<Vec<VcpuState>, MachineError> {
+        (0..self.shape.vcpus())
+            .map(|v| Ok(self.engine.vcpu_state(VcpuId(v))?))
+            .collect()
+    }
+
+    fn save_devices(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        self.bus.save(&mut w);
+        w.into_bytes()
+    }
+
+    /// A hash of the whole machine state: memory, vCPUs, devices, engine
+    /// state and disk blocks. Equal states hash equal.
+    pub fn state_hash(&mut self) -> Result<u64, MachineError> {
+        let mut hash = Fnv64::default();
+        let mut page = vec![0u8; PAGE_SIZE as usize];
+        for index in 0..self.shape.pages() {
+            self.engine.read_memory(PageIndex(index).gpa(), &mut page)?;
+            hash.write(&page);
+        }
+        let mut w = Writer::new();
+        for state in self.vcpu_states()? {
+            state.encode(&mut w);
+        }
+        hash.write(&w.into_bytes());
+        hash.write(&self.save_devices());
+        hash.write(&self.engine.save_engine_state());
+        let mut block = [0u8; BLOCK_BYTES];
+        for number in 0..self.bus.store().block_count() {
+            self.bus.store().read_block(number, &mut block)?;
+            hash.write(&block);
+        }
+        Ok(hash.finish())
+    }
+}
+
+use crate::vcpu::VcpuState;
