@@ -198,6 +198,14 @@ impl<E: Engine> VmHost<E> {
         Ok(())
     }
 
+    /// The host was frozen (a stopped process, a paused VM host) until
+    /// `now`: its guest ran no instructions meanwhile. Protocol deadlines
+    /// that passed fire at the next [`VmHost::advance`].
+    pub fn thaw(&mut self, now: Time) {
+        assert!(now >= self.last_run, "time does not go backwards");
+        self.last_run = now;
+    }
+
     /// Runs the guest up to `now` and acts on every protocol deadline due.
     pub fn advance(&mut self, now: Time) -> Result<(), HostError> {
         assert!(now >= self.last_run, "time does not go backwards");
