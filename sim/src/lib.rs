@@ -9,6 +9,7 @@ pub mod client;
 pub mod hosts;
 pub mod oracle;
 pub mod run;
+pub mod scenario;
 pub mod spec;
 pub mod trace;
 pub mod world;

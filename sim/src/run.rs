@@ -157,15 +157,18 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         .host
         .as_ref()
         .map_or(Generation(0), |h| h.node().generation());
-    let lose_primary = |w: &mut World, index: usize| {
+    let strike = |w: &mut World, index: usize| {
+        w.last_struck = index;
         if index == primary_before && w.primary_lost.is_none() {
             w.primary_lost = Some((now_ms * 1_000_000, generation));
         }
     };
+    let names =
+        |w: &World, from: Endpoint, to: Endpoint| (w.endpoint_name(from), w.endpoint_name(to));
     match event {
         Event::Crash(h) => {
             let i = w.resolve(h);
-            lose_primary(&mut w, i);
+            strike(&mut w, i);
             w.hosts[i].host = None;
             drop(w);
             sim.crash(HOST_NAMES[i]);
@@ -179,12 +182,21 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         }
         Event::Pause(h) => {
             let i = w.resolve(h);
-            lose_primary(&mut w, i);
+            strike(&mut w, i);
             w.hosts[i].paused = true;
         }
         Event::Resume(h) => {
             let i = w.resolve(h);
             w.hosts[i].paused = false;
+        }
+        Event::NicDown(h) => {
+            let i = w.resolve(h);
+            strike(&mut w, i);
+            w.hosts[i].nic_down = true;
+        }
+        Event::NicUp(h) => {
+            let i = w.resolve(h);
+            w.hosts[i].nic_down = false;
         }
         Event::WitnessCrash => {
             w.witness.host = None;
@@ -197,11 +209,17 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 sim.bounce("witness");
             }
         }
-        Event::Partition { from, to, oneway } => {
-            let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
-            if from == Endpoint::Host(HostRef::Primary) || to == Endpoint::Host(HostRef::Primary) {
-                lose_primary(&mut w, primary_before);
+        Event::Partition {
+            id,
+            from,
+            to,
+            oneway,
+        } => {
+            let (a, b) = names(&w, from, to);
+            if [a.as_str(), b.as_str()].contains(&HOST_NAMES[primary_before]) {
+                strike(&mut w, primary_before);
             }
+            w.partitions.insert(id, vec![(a.clone(), b.clone())]);
             drop(w);
             if oneway {
                 sim.partition_oneway(a.as_str(), b.as_str());
@@ -209,30 +227,53 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 sim.partition(a.as_str(), b.as_str());
             }
         }
-        Event::Repair { from, to } => {
-            let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
+        Event::Isolate { host, id } => {
+            let i = w.resolve(host);
+            strike(&mut w, i);
+            let me = HOST_NAMES[i].to_string();
+            let pairs: Vec<(String, String)> = w
+                .everyone_but(&me)
+                .into_iter()
+                .map(|o| (me.clone(), o))
+                .collect();
+            w.partitions.insert(id, pairs.clone());
             drop(w);
-            sim.repair(a.as_str(), b.as_str());
+            for (a, b) in pairs {
+                sim.partition(a.as_str(), b.as_str());
+            }
+        }
+        Event::Repair { id } => {
+            let pairs = w.partitions.remove(&id).unwrap_or_default();
+            drop(w);
+            for (a, b) in pairs {
+                sim.repair(a.as_str(), b.as_str());
+            }
         }
         Event::Loss { from, to, rate } => {
-            let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
+            let (a, b) = names(&w, from, to);
             for key in [(a.clone(), b.clone()), (b, a)] {
                 w.links.entry(key).or_default().loss = rate;
             }
         }
+        Event::Duplicate { from, to, rate } => {
+            let (a, b) = names(&w, from, to);
+            for key in [(a.clone(), b.clone()), (b, a)] {
+                w.links.entry(key).or_default().duplicate = rate;
+            }
+        }
         Event::Delay { from, to, ms } => {
-            let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
+            let (a, b) = names(&w, from, to);
             drop(w);
             sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(ms));
         }
-        Event::NicDown(h) => {
-            let i = w.resolve(h);
-            lose_primary(&mut w, i);
-            w.hosts[i].nic_down = true;
-        }
-        Event::NicUp(h) => {
-            let i = w.resolve(h);
-            w.hosts[i].nic_down = false;
+        Event::Jitter { from, to, ms } => {
+            let (a, b) = names(&w, from, to);
+            drop(w);
+            sim.set_link_max_message_latency(
+                a.as_str(),
+                b.as_str(),
+                Duration::from_millis(ms.max(1)),
+            );
         }
     }
 }
@@ -249,6 +290,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
             if a < b {
                 sim.repair(a.as_str(), b.as_str());
                 sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(0));
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(1));
             }
         }
     }
@@ -256,6 +298,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
     w.trace
         .record(now_ms * 1_000_000, "faults", || "heal".to_string());
     w.links.clear();
+    w.partitions.clear();
     let mut restart = Vec::new();
     for (i, slot) in w.hosts.iter_mut().enumerate() {
         slot.paused = false;

@@ -15,6 +15,9 @@ pub enum HostRef {
     A,
     /// Host `b` (index 1).
     B,
+    /// The host the last crash, pause or NIC failure struck (what a restart,
+    /// resume or NIC repair must bring back, whatever its role is now).
+    LastStruck,
 }
 
 /// An end of a link.
@@ -45,8 +48,11 @@ pub enum Event {
     WitnessCrash,
     /// The witness is back.
     WitnessRestart,
-    /// No message crosses from `from` to `to` (and back unless `oneway`).
+    /// No message crosses from `from` to `to` (and back unless `oneway`);
+    /// `id` numbers it for its repair.
     Partition {
+        /// The partition's number.
+        id: u32,
         /// One end.
         from: Endpoint,
         /// The other end.
@@ -54,12 +60,37 @@ pub enum Event {
         /// Only from `from` to `to`.
         oneway: bool,
     },
-    /// Undo a partition.
+    /// Undo the partition (or isolation) numbered `id`: the hosts its ends
+    /// resolved to when it began, whatever their roles are now.
     Repair {
+        /// The partition's number.
+        id: u32,
+    },
+    /// Cut `host` off from everyone; `id` numbers it for its repair.
+    Isolate {
+        /// The host.
+        host: HostRef,
+        /// The isolation's number.
+        id: u32,
+    },
+    /// Each message between the ends is sent twice with this probability.
+    Duplicate {
         /// One end.
         from: Endpoint,
         /// The other end.
         to: Endpoint,
+        /// Probability, 0 to 1.
+        rate: f64,
+    },
+    /// Messages between the ends take 0 to `ms` ms at random, so they
+    /// overtake each other (0 ends it).
+    Jitter {
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Largest latency.
+        ms: u64,
     },
     /// Each message between the ends is lost with this probability.
     Loss {

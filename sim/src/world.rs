@@ -33,6 +33,26 @@ pub const WITNESS: NodeId = NodeId(2);
 const SHARED_KEY: &[u8] = b"lockstep simulated cluster key";
 const DISK_BLOCKS: u64 = 1024;
 
+/// A frame as the trace shows it: the message without bulk data, and a
+/// digest of the bytes.
+pub fn describe_frame(bytes: &[u8]) -> String {
+    use protocol::Message;
+    let digest = digest(bytes);
+    match Codec::authenticated(SHARED_KEY).decode(bytes) {
+        Ok(envelope) => match envelope.msg {
+            Message::Delta { generation, epoch, chunk } => {
+                format!("Delta {generation} {epoch} chunk {}/{} {digest:016x}", chunk.index, chunk.count)
+            }
+            Message::Copy { generation, session, round, base, chunk } => format!(
+                "Copy {generation} session {session} round {round} base {base:?} chunk {}/{} {digest:016x}",
+                chunk.index, chunk.count
+            ),
+            other => format!("{other:?} {digest:016x}"),
+        },
+        Err(e) => format!("undecodable ({e}) {digest:016x}"),
+    }
+}
+
 /// A client's host name.
 pub fn client_name(index: u16) -> String {
     format!("client{index}")
@@ -100,6 +120,10 @@ pub struct World {
     pub primary_lost: Option<(u64, Generation)>,
     /// Failover times: primary lost to first output of the next generation.
     pub failover_ns: Vec<u64>,
+    /// Partitions in force, by number: the host-name pairs they cut.
+    pub partitions: BTreeMap<u32, Vec<(String, String)>>,
+    /// The host the last crash, pause or NIC failure struck.
+    pub last_struck: usize,
 }
 
 impl World {
@@ -136,6 +160,8 @@ impl World {
             host_errors: Vec::new(),
             primary_lost: None,
             failover_ns: Vec::new(),
+            partitions: BTreeMap::new(),
+            last_struck: 0,
         }
     }
 
@@ -237,6 +263,7 @@ impl World {
             HostRef::B => 1,
             HostRef::Primary => primary.unwrap_or(0),
             HostRef::Backup => primary.map_or(1, |p| 1 - p),
+            HostRef::LastStruck => self.last_struck,
         }
     }
 
@@ -248,6 +275,15 @@ impl World {
             Endpoint::Switch => "switch".to_string(),
             Endpoint::Client(k) => client_name(k),
         }
+    }
+
+    /// Every endpoint's host name but `name`'s.
+    pub fn everyone_but(&self, name: &str) -> Vec<String> {
+        let mut all: Vec<String> = HOST_NAMES.iter().map(|h| h.to_string()).collect();
+        all.extend(["witness".to_string(), "switch".to_string()]);
+        all.extend((0..self.spec.clients).map(client_name));
+        all.retain(|n| n != name);
+        all
     }
 
     /// Runs a step of host `index`'s driver: `input` then the bookkeeping
@@ -315,11 +351,7 @@ impl World {
                         HOST_NAMES[usize::from(to.0)].to_string()
                     };
                     self.trace.record(now.0, me, || {
-                        format!(
-                            "frame to {name} {} bytes {:016x}",
-                            bytes.len(),
-                            digest(&bytes)
-                        )
+                        format!("to {name}: {}", describe_frame(&bytes))
                     });
                     self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
                 }
@@ -362,7 +394,7 @@ impl World {
         for (to, bytes) in frames {
             let name = HOST_NAMES[usize::from(to.0)].to_string();
             self.trace.record(now.0, "witness", || {
-                format!("frame to {name} {:016x}", digest(&bytes))
+                format!("to {name}: {}", describe_frame(&bytes))
             });
             self.push_through_link("witness", name, FRAME_PORT, bytes, &mut sends);
         }

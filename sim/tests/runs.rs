@@ -53,6 +53,7 @@ fn same_seed_same_trace_other_seed_other_trace() {
     spec.events.push((
         300,
         Event::Partition {
+            id: 1,
             from: Endpoint::Host(HostRef::A),
             to: Endpoint::Witness,
             oneway: false,

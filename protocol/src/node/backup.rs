@@ -309,6 +309,7 @@ impl Node {
             .is_some_and(|c| c.generation == generation && c.session == session);
         if !same_session {
             if round != 0 {
+                tracing::debug!(node = %self.config.me, round, %session, "copy round of another session dropped");
                 self.stats.dropped_unexpected += 1;
                 return;
             }
@@ -334,13 +335,15 @@ impl Node {
             return;
         }
         if round > copy.round {
+            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order dropped");
             self.stats.dropped_unexpected += 1;
             return;
         }
         let assembly = copy
             .assembly
             .get_or_insert_with(|| Assembly::new(chunk.count));
-        if assembly.add(chunk, bytes_max).is_err() {
+        if let Err(e) = assembly.add(chunk, bytes_max) {
+            tracing::debug!(node = %self.config.me, round, error = ?e, "copy chunk refused");
             self.stats.dropped_malformed += 1;
             return;
         }

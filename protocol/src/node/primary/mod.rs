@@ -206,6 +206,16 @@ impl Primary {
             assert!(*first > self.acked, "acknowledged deltas are dropped");
         }
         assert!(self.history.blocks() <= config.disk_history_blocks_max);
+        if let Pairing::Copying(c) = &self.pairing {
+            assert!(
+                !c.final_due || c.in_flight.is_none(),
+                "one copy round in flight at a time"
+            );
+            assert!(
+                !c.capturing || c.in_flight.is_none(),
+                "one copy round in flight at a time"
+            );
+        }
         assert!(
             self.lineage.head().epoch < self.epoch,
             "the lineage ends before the open epoch"
