@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod catalogue;
+pub mod disk;
 pub mod plan;
 pub mod scenario;
 mod spans;
@@ -13,6 +14,7 @@ mod spans;
 pub use catalogue::{
     ClientIndex, Direction, FaultKind, HostName, KindName, Rate, ScheduledFault, Target,
 };
+pub use disk::{FaultyStore, Injected};
 pub use plan::{FaultPlan, PlanBounds, Swarm};
 pub use scenario::{
     load_dir, load_scenario, load_suite, Catalogue, Level, Regression, Scenario, ScenarioError,
