@@ -265,6 +265,22 @@ mod tests {
     }
 
     #[test]
+    fn drawn_faults_write_and_read_back_as_scenario_toml() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct File {
+            faults: Vec<ScheduledFault>,
+        }
+        for seed in 0..50 {
+            let file = File {
+                faults: swarm(vec![]).resolve(seed, BOUNDS),
+            };
+            let text = toml::to_string(&file).unwrap();
+            let back: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, file);
+        }
+    }
+
+    #[test]
     fn scripted_plans_are_sorted_stably() {
         let crash = |at_ms, target| ScheduledFault {
             at_ms,

@@ -308,3 +308,41 @@ fn a_mutation_reports_a_line_within_the_file() {
     let error = error_of(&text);
     assert!(error.starts_with("x.toml:13:"), "{error}");
 }
+
+#[test]
+fn a_directory_with_a_wrong_reference_names_the_suite_file() {
+    let dir = std::env::temp_dir().join(format!("lockstep-scenarios-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("suites")).unwrap();
+    std::fs::write(dir.join("x.toml"), GOOD).unwrap();
+    let suite = "name = \"s\"\ndescription = \"d\"\nscenarios = [\"x\", \"y\"]\nseeds = 2\n";
+    std::fs::write(dir.join("suites/s.toml"), suite).unwrap();
+    let error = load_dir(&dir).unwrap_err().to_string();
+    assert!(
+        error.ends_with("suites/s.toml:3:19: scenarios[1]: no scenario \"y\" in the directory"),
+        "{error}"
+    );
+    std::fs::write(dir.join("suites/s.toml"), suite.replace(", \"y\"", "")).unwrap();
+    let regressions = "[[regressions]]\nscenario = \"z\"\nseed = 1\nnote = \"n\"\n";
+    std::fs::write(dir.join("regressions.toml"), regressions).unwrap();
+    let error = load_dir(&dir).unwrap_err().to_string();
+    assert!(
+        error.ends_with("regressions.toml:2:12: regressions[0].scenario: no scenario \"z\""),
+        "{error}"
+    );
+    std::fs::write(
+        dir.join("regressions.toml"),
+        regressions.replace("\"z\"", "\"x\""),
+    )
+    .unwrap();
+    let catalogue = load_dir(&dir).unwrap();
+    let runs: Vec<(String, u64)> = catalogue.suites["s"]
+        .runs(&catalogue)
+        .map(|r| (r.scenario.name.clone(), r.seed))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![("x".into(), 1), ("x".into(), 0), ("x".into(), 1)]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
