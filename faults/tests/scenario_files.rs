@@ -146,7 +146,7 @@ fn broken_files_name_file_line_and_field() {
         ("at_ms = 500", "at_ms = 5000", "x.toml:24:9: faults[0].at_ms: 5000 is not within the safety phase"),
         ("target = \"primary\"", "target = \"c\"", "x.toml:26:10: faults[0].target: unknown host \"c\""),
         ("target = \"primary\"", "target = \"client:7\"", "x.toml:26:10: faults[0].target: client:7 does not exist"),
-        ("kind = \"crash\"", "kind = \"crush\"", "faults[0]: unknown variant `crush`"),
+        ("kind = \"crash\"", "kind = \"crush\"", "x.toml:25:8: faults[0].kind: unknown variant `crush`"),
         ("level = \"ft\"", "level = \"max\"", "x.toml:18:9: protection.level: unknown variant `max`, expected `ft` or `ha`"),
         ("suspect_after_ms = 50", "suspect_after_ms = 5", "x.toml:21:20: protection.suspect_after_ms: must be more than heartbeat_ms"),
         ("name = \"x\"", "name = \"y\"", "x.toml:1:8: name: \"y\" must match the file name \"x\""),
@@ -170,7 +170,7 @@ fn broken_faults_name_their_field() {
     let cases: &[(&str, &str)] = &[
         (
             "kind = \"loss\"\nbetween = [\"primary\", \"backup\"]\nrate = 1.5",
-            "faults[1]: rate 1.5 is not within 0.0..=1.0",
+            "x.toml:32:8: faults[1].rate: rate 1.5 is not within 0.0..=1.0",
         ),
         (
             "kind = \"loss\"\nbetween = [\"primary\", \"primary\"]\nrate = 0.5",
@@ -195,6 +195,10 @@ fn broken_faults_name_their_field() {
         (
             "kind = \"pause\"\ntarget = \"backup\"",
             "faults[1].duration_ms: a pause needs duration_ms",
+        ),
+        (
+            "kind = \"isolate\"\ntarget = \"Primary\"",
+            "x.toml:31:10: faults[1].target: target: host name \"Primary\" must be",
         ),
         (
             "kind = \"crash\"\ntarget = \"backup\"\nrestart = 5",

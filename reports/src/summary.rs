@@ -2,7 +2,7 @@
 
 use std::fmt;
 
-use crate::RunResult;
+use crate::{Oracle, RunResult};
 
 /// Totals over a suite's runs.
 #[derive(Debug, Clone, PartialEq)]
@@ -21,6 +21,8 @@ pub struct Summary {
     pub runs_per_minute: f64,
     /// Simulated time over wall time: how much faster than real time.
     pub sim_to_wall: f64,
+    /// Violations found, by oracle: index 0 is oracle 1.
+    pub violations: [u64; 5],
     /// Replay commands of the failed runs, in scenario and seed order.
     pub replays: Vec<String>,
 }
@@ -38,6 +40,10 @@ impl Summary {
             .filter(|r| !r.passed)
             .map(|r| r.replay_command.clone())
             .collect();
+        let mut violations = [0u64; 5];
+        for v in results.iter().flat_map(|r| &r.violations) {
+            violations[usize::from(v.oracle.number() - 1)] += 1;
+        }
         Summary {
             runs,
             passed,
@@ -46,6 +52,7 @@ impl Summary {
             sim_ms,
             runs_per_minute: runs as f64 / wall_min,
             sim_to_wall: sim_ms as f64 / wall_ms.max(1) as f64,
+            violations,
             replays,
         }
     }
@@ -73,6 +80,10 @@ impl fmt::Display for Summary {
             self.sim_ms as f64 / 1000.0,
             self.sim_to_wall
         )?;
+        for (i, count) in self.violations.iter().enumerate().filter(|(_, c)| **c > 0) {
+            let oracle = Oracle::try_from(i as u8 + 1).expect("five oracles");
+            writeln!(f, "{count} violations of {oracle}")?;
+        }
         for replay in &self.replays {
             writeln!(f, "FAILED, replay with: {replay}")?;
         }

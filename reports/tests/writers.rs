@@ -169,6 +169,11 @@ fn summary_counts_rates_and_replays() {
     assert!(text.contains(
         "FAILED, replay with: lockstep replay --scenario oneway-partition --seed 7 --level ft"
     ));
+    assert_eq!(summary.violations, [1, 1, 0, 0, 0]);
+    assert!(
+        text.contains("1 violations of oracle 2 (one-releaser)\n"),
+        "{text}"
+    );
     assert!(Summary::of(&[], 0).to_string().starts_with("0 runs"));
 }
 
