@@ -350,3 +350,37 @@ fn a_directory_with_a_wrong_reference_names_the_suite_file() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn no_input_panics_the_suite_and_regression_parsers() {
+    fn suite(edits: Vec<(u16, u8, u8)>) -> bool {
+        let text = std::fs::read_to_string(dir().join("suites/smoke.toml")).unwrap();
+        let text = mutate(&text, &edits);
+        match parse_suite(Path::new("s.toml"), &text, None) {
+            Ok(_) => true,
+            Err(e) => e.line >= 1 && e.line <= text.lines().count() + 1,
+        }
+    }
+    fn regressions(edits: Vec<(u16, u8, u8)>) -> bool {
+        let good = "[[regressions]]\nscenario = \"x\"\nseed = 12\nnote = \"n\"\n";
+        let text = mutate(good, &edits);
+        match faults::scenario::suite::parse_regressions(Path::new("r.toml"), &text) {
+            Ok(_) => true,
+            Err(e) => e.line >= 1 && e.line <= text.lines().count() + 1,
+        }
+    }
+    let mut qc = quickcheck::QuickCheck::new().tests(1_000);
+    qc.quickcheck(suite as fn(Vec<(u16, u8, u8)>) -> bool);
+    qc.quickcheck(regressions as fn(Vec<(u16, u8, u8)>) -> bool);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let error = faults::load_scenario(Path::new("/nonexistent/x.toml")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("/nonexistent/x.toml: cannot read:"),
+        "{error}"
+    );
+}
