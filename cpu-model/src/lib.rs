@@ -42,6 +42,19 @@ pub struct EmuConfig {
     pub seed: u64,
     /// Quantum lengths.
     pub quantum: Quantum,
+    /// Count the instructions of slices that end in `hlt` exactly (a hook
+    /// on every translated block; costs speed). Without it they are not
+    /// counted, and [`EngineStats::instructions`] is a lower bound.
+    pub counting: Counting,
+}
+
+/// How exactly the engine counts retired instructions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Counting {
+    /// Count slices that run to their end; fast.
+    Slices,
+    /// Also count slices that end in `hlt`, by a block hook.
+    Precise,
 }
 
 fn backend(error: uc_error) -> EngineError {
@@ -59,6 +72,9 @@ pub struct EmuEngine {
     // Declared first so they drop first: the instances hold raw pointers
     // into `ram` and `shared`.
     vcpus: Vec<Vcpu>,
+    /// Per instance, the pages made writable in it since the last
+    /// checkpoint (all others are write-protected there).
+    writable: Vec<std::collections::BTreeSet<u32>>,
     shared: Shared,
     ram: ram::GuestRam,
     shape: Shape,
@@ -113,9 +129,14 @@ impl EmuEngine {
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            vcpus.push(new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?);
+            let mut uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
+            if config.counting == Counting::Precise {
+                hooks::install_block_counter(&mut uc, &shared).map_err(backend)?;
+            }
+            vcpus.push(uc);
         }
         Ok(EmuEngine {
+            writable: vec![std::collections::BTreeSet::new(); vcpus.len()],
             vcpus,
             shared,
             ram,
@@ -160,6 +181,7 @@ impl EmuEngine {
             for uc in &mut self.vcpus {
                 uc.ctl_flush_tb().map_err(backend)?;
             }
+            self.shared.borrow_mut().block_sizes.clear();
             self.code_stale = false;
         }
         self.budget_end += budget.0;
@@ -172,7 +194,10 @@ impl EmuEngine {
             if self.run_states[v] == RunState::Running {
                 match self.execute(v, slice)? {
                     SliceEnd::Ran => self.instructions += slice,
-                    SliceEnd::Halted => self.run_states[v] = RunState::Halted,
+                    SliceEnd::Halted => {
+                        self.run_states[v] = RunState::Halted;
+                        self.instructions += self.shared.borrow().block_instructions;
+                    }
                 }
             }
             self.now += slice;
@@ -212,13 +237,18 @@ impl EmuEngine {
     fn execute(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
         let uc = &mut self.vcpus[v];
         let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
-        self.shared.borrow_mut().halting = None;
+        {
+            let mut state = self.shared.borrow_mut();
+            state.halting = None;
+            state.block_instructions = 0;
+        }
         let count = usize::try_from(slice).expect("quanta are small");
         let result = uc.emu_start(rip, 0, 0, count);
         let unprotect = std::mem::take(&mut self.shared.borrow_mut().unprotect);
         for &page in &unprotect {
             let gpa = u64::from(page) * PAGE_SIZE;
             uc.mem_protect(gpa, PAGE_SIZE, Prot::ALL).map_err(backend)?;
+            self.writable[v].insert(page);
         }
         if !unprotect.is_empty() {
             uc.ctl_flush_tlb().map_err(backend)?;
@@ -303,7 +333,8 @@ impl Engine for EmuEngine {
 
     fn read_memory(&self, gpa: Gpa, buf: &mut [u8]) -> Result<(), EngineError> {
         self.check_range(gpa, buf.len())?;
-        self.vcpus[0].mem_read(gpa.0, buf).map_err(backend)
+        self.ram.read(gpa.0, buf);
+        Ok(())
     }
 
     fn write_memory(&mut self, gpa: Gpa, bytes: &[u8]) -> Result<(), EngineError> {
@@ -311,7 +342,10 @@ impl Engine for EmuEngine {
         if bytes.is_empty() {
             return Ok(());
         }
-        self.vcpus[0].mem_write(gpa.0, bytes).map_err(backend)?;
+        // Straight into RAM: unicorn's mem_write on a write-protected page
+        // re-protects the region, which costs a memory-map rebuild per
+        // call. Stale translations are dropped before the next run.
+        self.ram.write(gpa.0, bytes);
         let mut state = self.shared.borrow_mut();
         let first = gpa.0 / PAGE_SIZE;
         let last = (gpa.0 + bytes.len() as u64 - 1) / PAGE_SIZE;
@@ -332,8 +366,10 @@ impl Engine for EmuEngine {
             state.dirty[page as usize] = false;
         }
         drop(state);
-        for uc in &mut self.vcpus {
-            for &page in &pages {
+        // Each protection change makes unicorn rebuild its memory map, so
+        // only the pages an instance made writable are protected again.
+        for (uc, writable) in self.vcpus.iter_mut().zip(&mut self.writable) {
+            for page in std::mem::take(writable) {
                 let gpa = u64::from(page) * PAGE_SIZE;
                 uc.mem_protect(gpa, PAGE_SIZE, Prot::READ | Prot::EXEC)
                     .map_err(backend)?;

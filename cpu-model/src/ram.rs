@@ -6,9 +6,10 @@ use std::ptr::NonNull;
 
 use machine::PAGE_SIZE;
 
-/// The host buffer behind guest memory. After the instances map it, it is
-/// only ever read and written through unicorn (`mem_read`/`mem_write`), so
-/// Rust never holds a reference into it while the emulator does.
+/// The host buffer behind guest memory. Unicorn reads and writes it while
+/// it emulates; the engine copies in and out of it only between runs (or
+/// from a hook, with the emulator stopped inside it), all on one thread,
+/// and never keeps a Rust reference into it.
 #[derive(Debug)]
 pub(crate) struct GuestRam {
     ptr: NonNull<u8>,
@@ -33,6 +34,37 @@ impl GuestRam {
     /// Length in bytes.
     pub(crate) fn len(&self) -> u64 {
         self.layout.size() as u64
+    }
+
+    /// Copies `buf.len()` bytes at `offset` out of guest memory.
+    pub(crate) fn read(&self, offset: u64, buf: &mut [u8]) {
+        let end = offset.checked_add(buf.len() as u64).expect("no overflow");
+        assert!(end <= self.len(), "read past guest memory");
+        // SAFETY: the range is inside the allocation (asserted); the
+        // emulator is not running (the engine is borrowed by this call's
+        // caller), so nothing writes the bytes while they are copied.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.ptr.as_ptr().add(offset as usize),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+    }
+
+    /// Copies `bytes` into guest memory at `offset`.
+    pub(crate) fn write(&mut self, offset: u64, bytes: &[u8]) {
+        let end = offset.checked_add(bytes.len() as u64).expect("no overflow");
+        assert!(end <= self.len(), "write past guest memory");
+        // SAFETY: as in `read`; `&mut self` and the stopped emulator mean
+        // no one else touches the bytes meanwhile.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                bytes.as_ptr(),
+                self.ptr.as_ptr().add(offset as usize),
+                bytes.len(),
+            );
+        }
     }
 
     /// The pointer to hand to `mem_map_ptr`. It stays valid until this

@@ -22,8 +22,12 @@ pub const BOOT_INFO_PARAMS: u64 = 24;
 
 /// GDT: null, 64-bit code (present, DPL 0, L=1), data (present, writable).
 const GDT_ENTRIES: [u64; 3] = [0, 0x00AF_9A00_0000_FFFF, 0x00CF_9200_0000_FFFF];
-const PTE_PRESENT_WRITABLE: u64 = 0x3;
-const PDE_LARGE_PAGE: u64 = 0x80;
+/// Present, writable, and already accessed: the accessed and dirty bits
+/// are set up front so the CPU's page walker never writes the tables. Its
+/// writes would bypass the emulated engine's write-protection dirty
+/// tracking and go missing from checkpoint deltas.
+const PTE_PRESENT_WRITABLE: u64 = 0x3 | 0x20;
+const PDE_LARGE_PAGE: u64 = 0x80 | 0x40;
 
 /// CR0: PE, MP, ET, NE, WP, PG.
 pub const CR0_LONG_MODE: u64 = 0x8001_0033;
@@ -111,7 +115,7 @@ mod tests {
         let mut memory = vec![0u8; MEMORY_BYTES_MIN as usize];
         write_boot_state(&mut memory, &shape, &[7; BOOT_PARAMS]);
         let pde1 = u64::from_le_bytes(memory[0x4008..0x4010].try_into().expect("8 bytes"));
-        assert_eq!(pde1, 0x20_0000 | 0x83);
+        assert_eq!(pde1, 0x20_0000 | 0xe3);
         let pde2 = u64::from_le_bytes(memory[0x4010..0x4018].try_into().expect("8 bytes"));
         assert_eq!(pde2, 0, "no mapping past the end of memory");
         let vcpus = u64::from_le_bytes(memory[0x5008..0x5010].try_into().expect("8 bytes"));

@@ -94,7 +94,9 @@ struct Channel {
     status: DiskStatus,
 }
 
-/// The disk device's registers (the blocks live in the store).
+/// The disk device's registers (the blocks live in the store). The set
+/// of blocks written since the last checkpoint is bookkeeping for deltas,
+/// like dirty pages, and not part of the saved state.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
     channels: Vec<Channel>,
@@ -178,10 +180,6 @@ impl Disk {
             w.u32(u32::try_from(channel.cursor).expect("cursor within block"));
             w.u8(channel.status as u8);
         }
-        w.u32(u32::try_from(self.written.len()).expect("bounded by the store"));
-        for block in &self.written {
-            w.u64(*block);
-        }
     }
 
     pub(crate) fn restore(r: &mut Reader<'_>, vcpus: u16) -> Result<Disk, DecodeError> {
@@ -198,9 +196,6 @@ impl Disk {
                 1 => DiskStatus::Error,
                 other => return Err(DecodeError::Invalid(format!("disk status {other}"))),
             };
-        }
-        for _ in 0..r.count(1 << 24)? {
-            disk.written.insert(r.u64()?);
         }
         Ok(disk)
     }

@@ -247,6 +247,7 @@ impl Node {
         }
         self.update_release();
         self.check_invariants(before);
+        assert!(self.poll_timeout() > now, "every due deadline was acted on");
     }
 
     /// A frame arrived from the network. Frames that do not decode, do not
@@ -450,7 +451,6 @@ impl Node {
             self.generation >= generation_before,
             "generations only grow"
         );
-        assert!(self.next_tick > self.now || self.config.heartbeat_interval_ns == 0);
         match &self.role {
             Role::Primary(p) => p.check_invariants(&self.config),
             Role::Backup(b) => b.check_invariants(&self.config),
