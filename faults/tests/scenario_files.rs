@@ -61,6 +61,7 @@ fn the_issue_s_named_scenarios_are_there() {
         }
     ));
     assert!(faults[0].duration_ms.unwrap() > pause.protection.suspect_after_ms);
+    assert_eq!(pause.workload.think_ms, 3);
 }
 
 #[test]

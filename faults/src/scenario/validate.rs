@@ -93,6 +93,12 @@ pub(super) fn scenario(raw: &ScenarioFile, stem: Option<&str>) -> Result<(), Inv
         1,
         PHASE_MS_MAX,
     )?;
+    within(
+        &["workload", "think_ms"],
+        raw.workload.think_ms,
+        0,
+        PHASE_MS_MAX,
+    )?;
     protection(raw)?;
     within(&["duration_ms"], raw.duration_ms, 1, PHASE_MS_MAX)?;
     within(&["liveness_ms"], raw.liveness_ms, 1, PHASE_MS_MAX)?;
