@@ -10,6 +10,7 @@ pub mod disk;
 pub mod plan;
 pub mod scenario;
 mod spans;
+pub mod timeline;
 
 pub use catalogue::{
     ClientIndex, Direction, FaultKind, HostName, KindName, Rate, ScheduledFault, Target,
@@ -20,3 +21,4 @@ pub use scenario::{
     load_dir, load_scenario, load_suite, Catalogue, Level, Regression, Scenario, ScenarioError,
     Suite,
 };
+pub use timeline::{timeline, Phase, Step};

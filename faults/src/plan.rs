@@ -79,7 +79,9 @@ impl Swarm {
             .map(|_| {
                 let kind = mix.kinds[pick(&mut rng, mix.kinds.len())];
                 let at_ms = rng.range(0, window_ms - 1);
-                let duration_ms = Some(rng.range(1, window_ms));
+                // A crash lasts until its restart, a stall its `ms`.
+                let own_length = matches!(kind, KindName::Crash | KindName::VcpuStall);
+                let duration_ms = (!own_length).then(|| rng.range(1, window_ms));
                 let fault = draw_fault(kind, &mix, &mut rng, bounds);
                 ScheduledFault {
                     at_ms,
@@ -260,6 +262,8 @@ mod tests {
                 if let FaultKind::VcpuStall { vcpu, .. } = f.fault {
                     assert!(vcpu < BOUNDS.vcpus);
                 }
+                let own_length = matches!(f.fault.name(), KindName::Crash | KindName::VcpuStall);
+                assert_eq!(f.duration_ms.is_none(), own_length, "{f:?}");
             }
         }
     }

@@ -198,6 +198,10 @@ fn broken_faults_name_their_field() {
             "faults[1].duration_ms: a pause needs duration_ms",
         ),
         (
+            "duration_ms = 5\nkind = \"crash\"\ntarget = \"a\"",
+            "x.toml:30:15: faults[1].duration_ms: crash lasts its restart_after_ms: drop duration_ms",
+        ),
+        (
             "kind = \"isolate\"\ntarget = \"Primary\"",
             "x.toml:31:10: faults[1].target: target: host name \"Primary\" must be",
         ),
