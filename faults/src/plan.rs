@@ -79,7 +79,9 @@ impl Swarm {
             .map(|_| {
                 let kind = mix.kinds[pick(&mut rng, mix.kinds.len())];
                 let at_ms = rng.range(0, window_ms - 1);
-                let duration_ms = Some(rng.range(1, window_ms));
+                // A crash lasts until its restart, a stall its `ms`.
+                let own_length = matches!(kind, KindName::Crash | KindName::VcpuStall);
+                let duration_ms = (!own_length).then(|| rng.range(1, window_ms));
                 let fault = draw_fault(kind, &mix, &mut rng, bounds);
                 ScheduledFault {
                     at_ms,
@@ -260,7 +262,25 @@ mod tests {
                 if let FaultKind::VcpuStall { vcpu, .. } = f.fault {
                     assert!(vcpu < BOUNDS.vcpus);
                 }
+                let own_length = matches!(f.fault.name(), KindName::Crash | KindName::VcpuStall);
+                assert_eq!(f.duration_ms.is_none(), own_length, "{f:?}");
             }
+        }
+    }
+
+    #[test]
+    fn drawn_faults_write_and_read_back_as_scenario_toml() {
+        #[derive(Debug, PartialEq, Serialize, Deserialize)]
+        struct File {
+            faults: Vec<ScheduledFault>,
+        }
+        for seed in 0..50 {
+            let file = File {
+                faults: swarm(vec![]).resolve(seed, BOUNDS),
+            };
+            let text = toml::to_string(&file).unwrap();
+            let back: File = toml::from_str(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+            assert_eq!(back, file);
         }
     }
 

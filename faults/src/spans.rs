@@ -174,6 +174,44 @@ impl Located {
         find(Node::Item(self.doc.as_item()), offset, &mut path);
         path
     }
+
+    /// Every plain value (string, number, bool, date) at or below `path`,
+    /// with its path and span, in document order.
+    pub fn leaves_under(&self, path: &FieldPath) -> Vec<(FieldPath, Range<usize>, &Value)> {
+        let mut node = Node::Item(self.doc.as_item());
+        for seg in &path.0 {
+            match node.children().into_iter().find(|c| &c.seg == seg) {
+                Some(child) => node = child.node,
+                None => return Vec::new(),
+            }
+        }
+        let mut leaves = Vec::new();
+        collect_leaves(node, path, &mut leaves);
+        leaves
+    }
+}
+
+fn collect_leaves<'a>(
+    node: Node<'a>,
+    path: &FieldPath,
+    leaves: &mut Vec<(FieldPath, Range<usize>, &'a Value)>,
+) {
+    let value = match node {
+        Node::Value(value) => Some(value),
+        Node::Item(Item::Value(value)) => Some(value),
+        _ => None,
+    };
+    if let Some(value) = value.filter(|v| !v.is_array() && !v.is_inline_table()) {
+        if let Some(span) = value.span() {
+            leaves.push((path.clone(), span, value));
+        }
+        return;
+    }
+    for child in node.children() {
+        let mut deeper = path.clone();
+        deeper.0.push(child.seg);
+        collect_leaves(child.node, &deeper, leaves);
+    }
 }
 
 fn covers(span: &Option<Range<usize>>, offset: usize) -> bool {

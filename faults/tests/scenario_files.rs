@@ -61,6 +61,7 @@ fn the_issue_s_named_scenarios_are_there() {
         }
     ));
     assert!(faults[0].duration_ms.unwrap() > pause.protection.suspect_after_ms);
+    assert_eq!(pause.workload.think_ms, 3);
 }
 
 #[test]
@@ -146,7 +147,7 @@ fn broken_files_name_file_line_and_field() {
         ("at_ms = 500", "at_ms = 5000", "x.toml:24:9: faults[0].at_ms: 5000 is not within the safety phase"),
         ("target = \"primary\"", "target = \"c\"", "x.toml:26:10: faults[0].target: unknown host \"c\""),
         ("target = \"primary\"", "target = \"client:7\"", "x.toml:26:10: faults[0].target: client:7 does not exist"),
-        ("kind = \"crash\"", "kind = \"crush\"", "faults[0]: unknown variant `crush`"),
+        ("kind = \"crash\"", "kind = \"crush\"", "x.toml:25:8: faults[0].kind: unknown variant `crush`"),
         ("level = \"ft\"", "level = \"max\"", "x.toml:18:9: protection.level: unknown variant `max`, expected `ft` or `ha`"),
         ("suspect_after_ms = 50", "suspect_after_ms = 5", "x.toml:21:20: protection.suspect_after_ms: must be more than heartbeat_ms"),
         ("name = \"x\"", "name = \"y\"", "x.toml:1:8: name: \"y\" must match the file name \"x\""),
@@ -170,7 +171,7 @@ fn broken_faults_name_their_field() {
     let cases: &[(&str, &str)] = &[
         (
             "kind = \"loss\"\nbetween = [\"primary\", \"backup\"]\nrate = 1.5",
-            "faults[1]: rate 1.5 is not within 0.0..=1.0",
+            "x.toml:32:8: faults[1].rate: rate 1.5 is not within 0.0..=1.0",
         ),
         (
             "kind = \"loss\"\nbetween = [\"primary\", \"primary\"]\nrate = 0.5",
@@ -195,6 +196,14 @@ fn broken_faults_name_their_field() {
         (
             "kind = \"pause\"\ntarget = \"backup\"",
             "faults[1].duration_ms: a pause needs duration_ms",
+        ),
+        (
+            "duration_ms = 5\nkind = \"crash\"\ntarget = \"a\"",
+            "x.toml:30:15: faults[1].duration_ms: crash lasts its restart_after_ms: drop duration_ms",
+        ),
+        (
+            "kind = \"isolate\"\ntarget = \"Primary\"",
+            "x.toml:31:10: faults[1].target: target: host name \"Primary\" must be",
         ),
         (
             "kind = \"crash\"\ntarget = \"backup\"\nrestart = 5",
@@ -307,4 +316,76 @@ fn a_mutation_reports_a_line_within_the_file() {
     assert!(text.contains("requests = \"0"), "{text}");
     let error = error_of(&text);
     assert!(error.starts_with("x.toml:13:"), "{error}");
+}
+
+#[test]
+fn a_directory_with_a_wrong_reference_names_the_suite_file() {
+    let dir = std::env::temp_dir().join(format!("lockstep-scenarios-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("suites")).unwrap();
+    std::fs::write(dir.join("x.toml"), GOOD).unwrap();
+    let suite = "name = \"s\"\ndescription = \"d\"\nscenarios = [\"x\", \"y\"]\nseeds = 2\n";
+    std::fs::write(dir.join("suites/s.toml"), suite).unwrap();
+    let error = load_dir(&dir).unwrap_err().to_string();
+    assert!(
+        error.ends_with("suites/s.toml:3:19: scenarios[1]: no scenario \"y\" in the directory"),
+        "{error}"
+    );
+    std::fs::write(dir.join("suites/s.toml"), suite.replace(", \"y\"", "")).unwrap();
+    let regressions = "[[regressions]]\nscenario = \"z\"\nseed = 1\nnote = \"n\"\n";
+    std::fs::write(dir.join("regressions.toml"), regressions).unwrap();
+    let error = load_dir(&dir).unwrap_err().to_string();
+    assert!(
+        error.ends_with("regressions.toml:2:12: regressions[0].scenario: no scenario \"z\""),
+        "{error}"
+    );
+    std::fs::write(
+        dir.join("regressions.toml"),
+        regressions.replace("\"z\"", "\"x\""),
+    )
+    .unwrap();
+    let catalogue = load_dir(&dir).unwrap();
+    let runs: Vec<(String, u64)> = catalogue.suites["s"]
+        .runs(&catalogue)
+        .map(|r| (r.scenario.name.clone(), r.seed))
+        .collect();
+    assert_eq!(
+        runs,
+        vec![("x".into(), 1), ("x".into(), 0), ("x".into(), 1)]
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn no_input_panics_the_suite_and_regression_parsers() {
+    fn suite(edits: Vec<(u16, u8, u8)>) -> bool {
+        let text = std::fs::read_to_string(dir().join("suites/smoke.toml")).unwrap();
+        let text = mutate(&text, &edits);
+        match parse_suite(Path::new("s.toml"), &text, None) {
+            Ok(_) => true,
+            Err(e) => e.line >= 1 && e.line <= text.lines().count() + 1,
+        }
+    }
+    fn regressions(edits: Vec<(u16, u8, u8)>) -> bool {
+        let good = "[[regressions]]\nscenario = \"x\"\nseed = 12\nnote = \"n\"\n";
+        let text = mutate(good, &edits);
+        match faults::scenario::suite::parse_regressions(Path::new("r.toml"), &text) {
+            Ok(_) => true,
+            Err(e) => e.line >= 1 && e.line <= text.lines().count() + 1,
+        }
+    }
+    let mut qc = quickcheck::QuickCheck::new().tests(1_000);
+    qc.quickcheck(suite as fn(Vec<(u16, u8, u8)>) -> bool);
+    qc.quickcheck(regressions as fn(Vec<(u16, u8, u8)>) -> bool);
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let error = faults::load_scenario(Path::new("/nonexistent/x.toml")).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .starts_with("/nonexistent/x.toml: cannot read:"),
+        "{error}"
+    );
 }

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use crate::catalogue::{Rate, Target};
 use crate::spans::{line_col, FieldPath, Located};
 
 /// Error loading a scenario, suite or regression file, or a directory of them.
@@ -78,7 +79,12 @@ impl Source<'_> {
             .span()
             .map(|s| doc.path_at(s.start))
             .unwrap_or_default();
-        if let Some(name) = named_field(&message) {
+        if let Some((leaf, start)) = culprit_leaf(&doc, &field, &message) {
+            // serde read the table as a whole (an internally tagged fault)
+            // and kept no span for the value it refused: find that value.
+            field = leaf;
+            offset = start;
+        } else if let Some(name) = named_field(&message) {
             if field.0.last() != Some(&crate::spans::Seg::Key(name.to_string())) {
                 field = field.key(name);
             }
@@ -100,6 +106,27 @@ impl Source<'_> {
             message,
         }
     }
+}
+
+/// The plain value under `field` that serde's `message` is about: the one
+/// whose own check (target, rate) fails with exactly that message, or the
+/// string an "unknown variant `x`" names. Never a guess: no match, no leaf.
+fn culprit_leaf(doc: &Located, field: &FieldPath, message: &str) -> Option<(FieldPath, usize)> {
+    let variant = message
+        .strip_prefix("unknown variant `")
+        .and_then(|rest| rest.split('`').next());
+    doc.leaves_under(field)
+        .into_iter()
+        .find(|(_, _, value)| {
+            let text = value.as_str();
+            let number = value.as_float().or(value.as_integer().map(|i| i as f64));
+            variant.is_some() && text == variant
+                || text.is_some_and(|t| {
+                    Target::try_from(t.to_string()).err().as_deref() == Some(message)
+                })
+                || number.is_some_and(|n| Rate::try_from(n).err().as_deref() == Some(message))
+        })
+        .map(|(path, span, _)| (path, span.start))
 }
 
 /// The field serde names in its "missing field" and "unknown field" messages.

@@ -108,6 +108,10 @@ pub struct Workload {
     pub window: u32,
     /// A client resends a request unanswered for this long.
     pub retry_after_ms: u64,
+    /// A client waits this long between two new requests, so that the load
+    /// spans the safety phase; 0 sends as fast as the window allows.
+    #[serde(default)]
+    pub think_ms: u64,
 }
 
 /// Protection level (ARCHITECTURE.md, protocol point 8).

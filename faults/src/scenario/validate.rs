@@ -93,6 +93,12 @@ pub(super) fn scenario(raw: &ScenarioFile, stem: Option<&str>) -> Result<(), Inv
         1,
         PHASE_MS_MAX,
     )?;
+    within(
+        &["workload", "think_ms"],
+        raw.workload.think_ms,
+        0,
+        PHASE_MS_MAX,
+    )?;
     protection(raw)?;
     within(&["duration_ms"], raw.duration_ms, 1, PHASE_MS_MAX)?;
     within(&["liveness_ms"], raw.liveness_ms, 1, PHASE_MS_MAX)?;
@@ -146,7 +152,7 @@ fn swarm(swarm: &Swarm, duration_ms: u64) -> Result<(), Invalid> {
         check(
             !swarm.kinds[..i].contains(kind),
             FieldPath::keys(&["swarm", "kinds"]).index(i),
-            || format!("{kind:?} is listed twice"),
+            || format!("{} is listed twice", kind.as_str()),
         )?;
     }
     Ok(())
@@ -161,6 +167,23 @@ fn scheduled(raw: &ScenarioFile, field: &FieldPath, fault: &ScheduledFault) -> R
     })?;
     if let Some(duration_ms) = fault.duration_ms {
         within_field(field.key("duration_ms"), duration_ms, 1, PHASE_MS_MAX)?;
+    }
+    let own_length = match fault.fault {
+        FaultKind::Crash { .. } => Some("restart_after_ms"),
+        FaultKind::VcpuStall { .. } => Some("ms"),
+        _ => None,
+    };
+    if let Some(own) = own_length {
+        check(
+            fault.duration_ms.is_none(),
+            field.key("duration_ms"),
+            || {
+                format!(
+                    "{} lasts its {own}: drop duration_ms",
+                    fault.fault.name().as_str()
+                )
+            },
+        )?;
     }
     check(
         fault.duration_ms.is_some() || fault.fault.name() != crate::catalogue::KindName::Pause,
