@@ -10,6 +10,7 @@
 //! not depend on how a run is cut into [`Engine::run`] calls.
 
 mod fault;
+pub use fault::listing;
 mod hooks;
 mod ram;
 pub mod raw;

@@ -146,6 +146,10 @@ pub struct RunResult {
     pub requests_sent: u64,
     /// Replies the clients received.
     pub replies_received: u64,
+    /// The faults left no host with the VM's state (more than the one host
+    /// failure the system survives): not judged for liveness or state.
+    #[serde(default)]
+    pub vm_lost: bool,
 }
 
 /// The one-line command that replays a run.

@@ -23,6 +23,8 @@ pub struct Summary {
     pub sim_to_wall: f64,
     /// Violations found, by oracle: index 0 is oracle 1.
     pub violations: [u64; 5],
+    /// Runs whose faults left no host with the VM's state.
+    pub vm_lost: u64,
     /// Replay commands of the failed runs, in scenario and seed order.
     pub replays: Vec<String>,
 }
@@ -53,6 +55,7 @@ impl Summary {
             runs_per_minute: runs as f64 / wall_min,
             sim_to_wall: sim_ms as f64 / wall_ms.max(1) as f64,
             violations,
+            vm_lost: results.iter().filter(|r| r.vm_lost).count() as u64,
             replays,
         }
     }
@@ -83,6 +86,13 @@ impl fmt::Display for Summary {
         for (i, count) in self.violations.iter().enumerate().filter(|(_, c)| **c > 0) {
             let oracle = Oracle::try_from(i as u8 + 1).expect("five oracles");
             writeln!(f, "{count} violations of {oracle}")?;
+        }
+        if self.vm_lost > 0 {
+            writeln!(
+                f,
+                "{} runs lost the VM to more than one host failure (judged for replies and releases only)",
+                self.vm_lost
+            )?;
         }
         for replay in &self.replays {
             writeln!(f, "FAILED, replay with: {replay}")?;

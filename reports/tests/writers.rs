@@ -27,6 +27,7 @@ fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
         delta_bytes: 3 << 20,
         requests_sent: 80,
         replies_received: 80,
+        vm_lost: false,
     }
 }
 

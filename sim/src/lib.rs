@@ -8,6 +8,7 @@
 pub mod client;
 pub mod hosts;
 pub mod oracle;
+pub mod report;
 pub mod run;
 pub mod scenario;
 pub mod spec;

@@ -10,6 +10,7 @@
 
 use crate::world::{World, HOST_NAMES};
 use machine::guests::ledger_load::check_ledger;
+use machine::Engine as _;
 use protocol::RoleKind;
 use std::collections::BTreeMap;
 
@@ -29,6 +30,37 @@ fn violation(oracle: u8, message: impl Into<String>) -> Violation {
     }
 }
 
+/// Each vCPU of host `index` at the end: its rip and the instructions
+/// there, for the report of a failed run.
+pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
+    let Some(host) = world.hosts[index].host.as_mut() else {
+        return vec![format!("{} is down", HOST_NAMES[index])];
+    };
+    let machine = host.machine();
+    let states = match machine.vcpu_states() {
+        Ok(states) => states,
+        Err(e) => return vec![format!("vCPU state unreadable: {e}")],
+    };
+    states
+        .iter()
+        .enumerate()
+        .map(|(vcpu, state)| {
+            let mut bytes = [0u8; 48];
+            let read = machine
+                .engine()
+                .read_memory(machine::Gpa(state.rip), &mut bytes);
+            let listing = match read {
+                Ok(()) => cpu_model::listing(&bytes, state.rip),
+                Err(e) => format!("   ({e})\n"),
+            };
+            format!(
+                "{} vCPU {vcpu} rip {:#x}:\n{listing}",
+                HOST_NAMES[index], state.rip
+            )
+        })
+        .collect()
+}
+
 /// Judges the world at the end of a run.
 pub fn judge(world: &mut World) -> Vec<Violation> {
     let mut violations = Vec::new();
@@ -42,6 +74,14 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
     }
     for error in &world.host_errors {
         violations.push(violation(3, format!("host error: {error}")));
+    }
+    if world.vm_lost.is_some() {
+        // Beyond the fault model: nobody can answer, and there is no
+        // survivor to judge. Replies already seen must still agree.
+        for client in &world.clients {
+            violations.extend(client.bad.iter().map(|b| violation(1, b.clone())));
+        }
+        return violations;
     }
     let total = world.spec.requests_total();
     let answered: u64 = world.clients.iter().map(|c| c.replies.len() as u64).sum();

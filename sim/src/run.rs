@@ -45,6 +45,12 @@ pub struct RunOutcome {
     pub requests_sent: u64,
     /// Distinct replies received.
     pub replies_received: u64,
+    /// Why the VM was lost, if the faults left no host with its state.
+    pub vm_lost: Option<String>,
+    /// Pages per captured delta, by count (for pause figures).
+    pub capture_pages: Vec<u64>,
+    /// On a violation: each vCPU of each live VM host, disassembled at rip.
+    pub listings: Vec<String>,
 }
 
 impl RunOutcome {
@@ -117,15 +123,26 @@ pub fn run(spec: &RunSpec, keep_trace: bool) -> RunOutcome {
         .expect("the simulation is gone")
         .into_inner();
     let violations = judge(&mut world);
-    outcome(spec, world, violations, sim_ms)
+    let listings = if violations.is_empty() {
+        Vec::new()
+    } else {
+        (0..2)
+            .flat_map(|i| crate::oracle::vcpu_listings(&mut world, i))
+            .collect()
+    };
+    let mut outcome = outcome(spec, world, violations, sim_ms);
+    outcome.listings = listings;
+    outcome
 }
 
 fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64) -> RunOutcome {
     let hosts = world.hosts.iter().filter_map(|h| h.host.as_ref());
     let (mut epochs, mut shipped) = (0, 0);
+    let mut capture_pages = Vec::new();
     for host in hosts {
         epochs += host.node().stats().epochs;
         shipped += host.stats().shipped_bytes;
+        capture_pages.extend_from_slice(&host.stats().delta_pages);
     }
     RunOutcome {
         scenario: spec.scenario.clone(),
@@ -145,6 +162,9 @@ fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64
         shipped_bytes: shipped,
         requests_sent: world.clients.iter().map(|c| c.sent).sum(),
         replies_received: world.clients.iter().map(|c| c.replies.len() as u64).sum(),
+        capture_pages,
+        listings: Vec::new(),
+        vm_lost: world.vm_lost.clone(),
     }
 }
 
@@ -297,6 +317,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
     let mut w = world.borrow_mut();
     w.trace
         .record(now_ms * 1_000_000, "faults", || "heal".to_string());
+    w.note_if_vm_lost();
     w.links.clear();
     w.partitions.clear();
     let mut restart = Vec::new();

@@ -39,8 +39,11 @@ pub fn resolve(
         window: u64::from(scenario.workload.window),
         retry_after_ms: scenario.workload.retry_after_ms,
         // Clients spread their requests over the safety phase, so faults
-        // strike a service under load.
-        think_ms: (scenario.duration_ms / requests.max(1)).max(1),
+        // strike a service under load (unless the file sets think_ms).
+        think_ms: match scenario.workload.think_ms {
+            0 => (scenario.duration_ms / requests.max(1)).max(1),
+            ms => ms,
+        },
         epoch_ms: scenario.protection.epoch_ms,
         heartbeat_ms: scenario.protection.heartbeat_ms,
         suspect_after_ms: scenario.protection.suspect_after_ms,
@@ -86,7 +89,7 @@ fn events_of(
     out: &mut Vec<(u64, Event)>,
 ) -> Result<(), Unsupported> {
     let at = fault.at_ms;
-    let end = fault.until_ms();
+    let end = faults::timeline::end_ms(fault);
     let mut until = |event: Event| {
         if let Some(end) = end {
             out.push((end, event));
@@ -100,21 +103,14 @@ fn events_of(
     match &fault.fault {
         FaultKind::Crash {
             target: Target::Witness,
-            restart_after_ms,
+            ..
         } => {
             starts.push(Event::WitnessCrash);
-            if let Some(after) = restart_after_ms {
-                out.push((at + after, Event::WitnessRestart));
-            }
+            until(Event::WitnessRestart);
         }
-        FaultKind::Crash {
-            target,
-            restart_after_ms,
-        } => {
+        FaultKind::Crash { target, .. } => {
             starts.push(Event::Crash(host(hosts, target).ok_or_else(unsupported)?));
-            if let Some(after) = restart_after_ms {
-                out.push((at + after, Event::Restart(HostRef::LastStruck)));
-            }
+            until(Event::Restart(HostRef::LastStruck));
         }
         FaultKind::Pause { target } => {
             starts.push(Event::Pause(host(hosts, target).ok_or_else(unsupported)?));

@@ -124,6 +124,8 @@ pub struct World {
     pub partitions: BTreeMap<u32, Vec<(String, String)>>,
     /// The host the last crash, pause or NIC failure struck.
     pub last_struck: usize,
+    /// Set when the faults left no host with the VM's state.
+    pub vm_lost: Option<String>,
 }
 
 impl World {
@@ -162,6 +164,7 @@ impl World {
             failover_ns: Vec::new(),
             partitions: BTreeMap::new(),
             last_struck: 0,
+            vm_lost: None,
         }
     }
 
@@ -274,6 +277,29 @@ impl World {
             Endpoint::Witness => "witness".to_string(),
             Endpoint::Switch => "switch".to_string(),
             Endpoint::Client(k) => client_name(k),
+        }
+    }
+
+    /// At the end of the safety phase: if no VM host holds the guest (a
+    /// running primary, or a backup with a checkpoint), the faults went
+    /// beyond the single host failure the system survives.
+    pub fn note_if_vm_lost(&mut self) {
+        let holds = self.hosts.iter().any(|slot| {
+            slot.host.as_ref().is_some_and(|h| {
+                (h.role() == RoleKind::Primary && h.is_running()) || h.role() == RoleKind::Backup
+            })
+        });
+        if !holds {
+            let states: Vec<String> = self
+                .hosts
+                .iter()
+                .zip(HOST_NAMES)
+                .map(|(slot, name)| match &slot.host {
+                    None => format!("{name} down"),
+                    Some(h) => format!("{name} {:?}", h.role()),
+                })
+                .collect();
+            self.vm_lost = Some(format!("no host holds the VM ({})", states.join(", ")));
         }
     }
 

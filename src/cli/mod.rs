@@ -1,6 +1,7 @@
 //! Subcommands of the `lockstep` binary.
 
 mod model_check;
+mod run;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -20,11 +21,17 @@ pub struct Cli {
 pub enum Command {
     /// Exhaustively check the replication protocol's safety and liveness.
     ModelCheck(model_check::ModelCheckArgs),
+    /// Run a suite of seeded failover scenarios in the simulator.
+    Run(run::RunArgs),
+    /// Replay one seed of a scenario exactly and write its trace.
+    Replay(run::ReplayArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::ModelCheck(args) => model_check::run(args),
+        Command::Run(args) => run::run(args),
+        Command::Replay(args) => run::replay(args),
     }
 }
 

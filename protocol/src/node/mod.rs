@@ -436,7 +436,7 @@ impl Node {
             "only a primary steps down"
         );
         self.stats.step_downs += 1;
-        tracing::warn!(node = %self.config.me, generation = %self.generation, ?newer, "stepping down: our authority is gone");
+        tracing::info!(node = %self.config.me, generation = %self.generation, ?newer, "stepping down: our authority is gone");
         self.push(Action::StopGuest);
         if let Some(generation) = newer.filter(|g| *g > self.generation) {
             self.adopt_generation(generation);

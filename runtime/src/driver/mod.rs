@@ -73,7 +73,12 @@ pub struct HostStats {
     pub shipped_bytes: u64,
     /// Deltas and copy rounds applied to the standby image.
     pub applied: u64,
+    /// Pages of each shipped delta, the most recent `DELTA_PAGES_KEPT`.
+    pub delta_pages: Vec<u64>,
 }
+
+/// Per-delta page counts kept in [`HostStats::delta_pages`].
+pub const DELTA_PAGES_KEPT: usize = 4096;
 
 /// What the host's guest is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -264,6 +269,9 @@ impl<E: Engine> VmHost<E> {
                 let checkpoint = self.capture(Kind::Delta)?;
                 let capture = describe(&checkpoint, ship);
                 self.stats.shipped_bytes += capture.bytes.len() as u64;
+                if ship && self.stats.delta_pages.len() < DELTA_PAGES_KEPT {
+                    self.stats.delta_pages.push(capture.pages);
+                }
                 if let Some(copy) = &mut self.copy {
                     copy.absorb(checkpoint);
                 }
