@@ -19,7 +19,9 @@ mod sched;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use std::collections::BTreeSet;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
 use machine::codec::{Reader, Writer};
 use machine::guests::GuestImage;
 use machine::layout::GUEST_CODE;
@@ -78,6 +80,7 @@ pub struct EmuEngine {
     shared: Shared,
     ram: ram::GuestRam,
     shape: Shape,
+    halts: Halts,
     boot_states: Vec<VcpuState>,
     run_states: Vec<RunState>,
     sched: Scheduler,
@@ -98,13 +101,58 @@ impl std::fmt::Debug for EmuEngine {
     }
 }
 
-/// The addresses of the `hlt` instructions in the image, by linear sweep.
-fn hlt_addresses(image: &GuestImage) -> Vec<u64> {
-    Decoder::with_ip(64, &image.code, GUEST_CODE.0, DecoderOptions::NONE)
-        .iter()
-        .filter(|i| i.mnemonic() == Mnemonic::Hlt)
-        .map(|i| i.ip())
-        .collect()
+/// The `hlt` instructions of a guest image, found by a linear sweep.
+#[derive(Debug, Default)]
+struct Halts {
+    /// Every `hlt`.
+    all: BTreeSet<u64>,
+    /// The `hlt`s whose next address some branch may also reach: for
+    /// these, rip = hlt + 1 after a slice does not prove the `hlt` ran, so
+    /// a code hook marks it (a code hook slows every instruction by about
+    /// a quarter, so only where needed).
+    hooked: Vec<u64>,
+}
+
+impl Halts {
+    fn of(image: &GuestImage) -> Halts {
+        let mut halts = Halts::default();
+        let mut targets = BTreeSet::new();
+        let mut indirect = false;
+        for instruction in
+            Decoder::with_ip(64, &image.code, GUEST_CODE.0, DecoderOptions::NONE).iter()
+        {
+            match instruction.flow_control() {
+                FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return => {
+                    indirect = true
+                }
+                FlowControl::UnconditionalBranch
+                | FlowControl::ConditionalBranch
+                | FlowControl::Call => {
+                    targets.insert(instruction.near_branch_target());
+                }
+                _ => {}
+            }
+            if instruction.mnemonic() == Mnemonic::Hlt {
+                halts.all.insert(instruction.ip());
+            }
+        }
+        halts.hooked = halts
+            .all
+            .iter()
+            .copied()
+            .filter(|at| indirect || targets.contains(&(at + 1)))
+            .collect();
+        halts
+    }
+
+    /// Whether a slice that left rip at `rip` ended by executing `hlt`;
+    /// `hooked_hit` is the hooked `hlt` that ran in the slice, if any.
+    fn ended_in_hlt(&self, rip: u64, hooked_hit: Option<u64>) -> bool {
+        let Some(at) = rip.checked_sub(1) else {
+            return false;
+        };
+        self.all.contains(&at) && (!self.hooked.contains(&at) || hooked_hit == Some(at))
+    }
 }
 
 impl EmuEngine {
@@ -122,14 +170,15 @@ impl EmuEngine {
             config.seed,
             ram.as_mut_ptr(),
         )));
-        let halts = hlt_addresses(image);
+        let halts = Halts::of(image);
         let boot_states: Vec<VcpuState> = (0..shape.vcpus())
             .map(|v| machine::boot::initial_vcpu_state(&shape, v))
             .collect();
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            let mut uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
+            let mut uc =
+                new_instance(&ram, vcpu, &shared, &halts.hooked, state).map_err(backend)?;
             if config.counting == Counting::Precise {
                 hooks::install_block_counter(&mut uc, &shared).map_err(backend)?;
             }
@@ -141,6 +190,7 @@ impl EmuEngine {
             shared,
             ram,
             shape,
+            halts,
             run_states: vec![RunState::Running; usize::from(shape.vcpus())],
             boot_states,
             sched: Scheduler::new(config.seed, config.quantum),
@@ -259,7 +309,7 @@ impl EmuEngine {
             (None, Ok(())) => {
                 let halting = self.shared.borrow_mut().halting.take();
                 let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
-                let halted = halting.is_some_and(|at| rip == at + 1);
+                let halted = self.halts.ended_in_hlt(rip, halting);
                 return Ok(if halted {
                     SliceEnd::Halted
                 } else {
@@ -449,4 +499,51 @@ pub fn emulated_machine(
     let engine = EmuEngine::new(shape, image, config)?;
     let bus = DeviceBus::new(shape.vcpus(), store);
     Ok(machine::Machine::new(shape, engine, bus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    fn image(emit: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
+        let mut a = CodeAssembler::new(64).expect("64-bit");
+        emit(&mut a).expect("assembles");
+        GuestImage {
+            code: a.assemble(GUEST_CODE.0).expect("assembles"),
+            params: [0; 8],
+        }
+    }
+
+    #[test]
+    fn hlt_is_hooked_only_where_rip_is_ambiguous() {
+        let plain = Halts::of(&image(|a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.hlt()?;
+            a.jmp(top)
+        }));
+        assert_eq!(plain.all.len(), 1);
+        assert!(plain.hooked.is_empty());
+        assert!(plain.ended_in_hlt(GUEST_CODE.0 + 1, None));
+        assert!(!plain.ended_in_hlt(GUEST_CODE.0, None));
+
+        let target = Halts::of(&image(|a| {
+            let mut after = a.create_label();
+            a.jmp(after)?;
+            a.hlt()?;
+            a.set_label(&mut after)?;
+            a.nop()
+        }));
+        assert_eq!(target.hooked.len(), 1);
+        let at = target.hooked[0];
+        assert!(!target.ended_in_hlt(at + 1, None));
+        assert!(target.ended_in_hlt(at + 1, Some(at)));
+
+        let indirect = Halts::of(&image(|a| {
+            a.hlt()?;
+            a.ret()
+        }));
+        assert_eq!(indirect.hooked.len(), 1);
+    }
 }

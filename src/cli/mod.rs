@@ -1,5 +1,8 @@
 //! Subcommands of the `lockstep` binary.
 
+mod bench;
+mod vm;
+
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
@@ -16,10 +19,17 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Run a guest on one machine.
+    Vm(vm::VmArgs),
+    /// Measure engine speed.
+    Bench(bench::BenchArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
-    match command {}
+    match command {
+        Command::Vm(args) => vm::run(args),
+        Command::Bench(args) => bench::run(args),
+    }
 }
 
 pub fn init_tracing(verbose: u8) {
