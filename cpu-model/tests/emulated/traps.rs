@@ -1,5 +1,5 @@
-//! Faults end a run with an error naming vCPU, rip and the code there;
-//! rdtsc and rdrand are fed from the engine's seeded clock and rng.
+// Faults end a run with an error naming vCPU, rip and the code there;
+// rdtsc and rdrand are fed from the engine's seeded clock and rng.
 
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use iced_x86::code_asm::*;
@@ -127,4 +127,17 @@ fn rdtsc_and_rdrand_come_from_the_seed() {
         assert_eq!(slot[3], 1, "rdrand sets CF");
     }
     assert_ne!(a[2], a[6], "each vCPU gets its own number");
+}
+
+#[test]
+fn an_exception_without_a_handler_is_a_triple_fault() {
+    let mut machine = machine_with(1, 1, |a| {
+        a.xor(ecx, ecx)?;
+        a.div(rcx)?;
+        park(a)
+    });
+    let error = machine.run(Instructions(1_000)).expect_err("faults");
+    let text = error.to_string();
+    assert!(text.contains("TripleFault { vector: 0 }"), "{text}");
+    assert!(text.contains("div rcx"), "{text}");
 }
