@@ -8,6 +8,20 @@
 //! executes `hlt` idles for the rest of its quantum, and when every vCPU
 //! sleeps the clock jumps to the next wake deadline, so guest time does
 //! not depend on how a run is cut into [`Engine::run`] calls.
+//!
+//! Limits, by design or by unicorn:
+//! - Reads of the clock port inside a quantum return the quantum's start
+//!   time; rdtsc returns that or one more than its last value.
+//! - Guest code is text: each instance keeps its own translations, so code
+//!   written by one vCPU is not seen by another that already ran it, and
+//!   the first write to a write-protected page (performed by the hook)
+//!   bypasses self-modifying-code detection.
+//! - The page walker's accessed/dirty-bit writes are not tracked as dirty;
+//!   page tables must have those bits set (the boot tables do).
+//! - x87/SSE state is not part of [`VcpuState`]; the guests do not use it.
+//! - Every protection change makes unicorn rebuild its memory map, whose
+//!   size grows as pages are first written, so checkpoint cost grows with
+//!   the number of distinct pages written per epoch.
 
 mod fault;
 mod hooks;
