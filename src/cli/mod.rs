@@ -1,6 +1,7 @@
 //! Subcommands of the `lockstep` binary.
 
 mod bench;
+mod model_check;
 mod vm;
 
 use clap::{Parser, Subcommand};
@@ -19,6 +20,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Exhaustively check the replication protocol's safety and liveness.
+    ModelCheck(model_check::ModelCheckArgs),
     /// Run a guest on one machine.
     Vm(vm::VmArgs),
     /// Measure engine speed.
@@ -27,6 +30,7 @@ pub enum Command {
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
+        Command::ModelCheck(args) => model_check::run(args),
         Command::Vm(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
     }

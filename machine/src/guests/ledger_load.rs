@@ -72,7 +72,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 impl Request {
-    fn encode(&self) -> Vec<u8> {
+    /// The request as the guest reads it off the NIC.
+    pub fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(REQUEST_BYTES);
         bytes.extend_from_slice(&self.id.to_le_bytes());
         bytes.extend_from_slice(&self.from.to_le_bytes());
@@ -80,6 +81,20 @@ impl Request {
         bytes.extend_from_slice(&self.amount.to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes
+    }
+}
+
+impl Reply {
+    /// Parses a packet the guest sent.
+    pub fn decode(packet: &[u8]) -> Result<Reply, String> {
+        if packet.len() != REPLY_BYTES {
+            return Err(format!("reply of {} bytes", packet.len()));
+        }
+        Ok(Reply {
+            id: u64_at(packet, 0),
+            seq: u64_at(packet, 8),
+            status: u64_at(packet, 16),
+        })
     }
 }
 
@@ -164,15 +179,12 @@ impl LedgerLoad {
     pub fn drain(&mut self, bus: &mut DeviceBus) {
         for packet in bus.nic.take_tx() {
             self.in_flight = self.in_flight.saturating_sub(1);
-            if packet.len() != REPLY_BYTES {
-                self.bad_replies
-                    .push(format!("reply of {} bytes", packet.len()));
-                continue;
-            }
-            let reply = Reply {
-                id: u64_at(&packet, 0),
-                seq: u64_at(&packet, 8),
-                status: u64_at(&packet, 16),
+            let reply = match Reply::decode(&packet) {
+                Ok(reply) => reply,
+                Err(problem) => {
+                    self.bad_replies.push(problem);
+                    continue;
+                }
             };
             if !self.requests.contains_key(&reply.id) {
                 self.bad_replies
@@ -270,8 +282,29 @@ pub fn check<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
 ) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
-    let config = load.config;
-    let mut violations = load.bad_replies.clone();
+    let expected_ids = load.done().then_some(load.config.requests);
+    check_ledger(
+        machine,
+        &load.config,
+        &load.replies,
+        &load.bad_replies,
+        expected_ids,
+    )
+}
+
+/// [`check`] for clients that are not a [`LedgerLoad`] (the simulator's,
+/// which talk to the guest over a network): the replies they received, the
+/// problems they saw in replies, and, when every request was answered, how
+/// many distinct ids the journal must hold.
+pub fn check_ledger<E: Engine>(
+    machine: &mut Machine<E>,
+    config: &LedgerConfig,
+    replies: &BTreeMap<u64, Reply>,
+    bad_replies: &[String],
+    expected_ids: Option<u64>,
+) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
+    let config = *config;
+    let mut violations = bad_replies.to_vec();
     let records = read_u64(machine, SEQ)?;
     let journal = read_journal(machine, records)?;
     let mut balances = vec![config.initial_balance; config.accounts as usize];
@@ -307,7 +340,7 @@ pub fn check<E: Engine>(
     if total_money != config.accounts * config.initial_balance {
         violations.push(format!("money not conserved: {total_money}"));
     }
-    for reply in load.replies.values() {
+    for reply in replies.values() {
         let matches = reply.seq >= 1
             && journal
                 .get(reply.seq as usize - 1)
@@ -316,11 +349,10 @@ pub fn check<E: Engine>(
             violations.push(format!("reply {reply:?} does not match the journal"));
         }
     }
-    if load.done() && ids.len() as u64 != config.requests {
+    if let Some(expected) = expected_ids.filter(|e| ids.len() as u64 != *e) {
         violations.push(format!(
-            "{} ids journaled for {} requests",
-            ids.len(),
-            config.requests
+            "{} ids journaled for {expected} requests",
+            ids.len()
         ));
     }
     let mut contended = Vec::new();

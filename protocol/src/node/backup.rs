@@ -1,0 +1,366 @@
+//! The backup (stages and applies deltas, promotes itself with the witness's
+//! grant) and the joiner (receives copy rounds until it is a backup).
+
+use super::assembly::Assembly;
+use super::lineage::Lineage;
+use super::primary::{Pairing, Primary};
+use super::{Node, Role};
+use crate::action::Action;
+use crate::config::Config;
+use crate::types::{CheckpointId, Epoch, Generation, NodeId, Time};
+use crate::wire::{Chunk, Message, PeerRole};
+use std::collections::BTreeMap;
+
+/// State of a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Backup {
+    /// The newest complete, applied checkpoint: what a promotion restores.
+    pub(super) applied: CheckpointId,
+    lineage: Lineage,
+    /// Deltas being received, at most `deltas_in_flight_max` of them.
+    staged: BTreeMap<Epoch, Assembly>,
+    /// The generation asked of the witness to promote.
+    pub(super) grant_wanted: Option<Generation>,
+}
+
+/// A copy being received.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct CopyProgress {
+    generation: Generation,
+    session: Epoch,
+    /// The round being assembled; rounds below it are applied.
+    round: u32,
+    assembly: Option<Assembly>,
+}
+
+/// State of a joiner.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Joining {
+    /// The checkpoint the local disk holds, if known.
+    pub(super) disk: Option<CheckpointId>,
+    pub(super) copy: Option<CopyProgress>,
+}
+
+impl Backup {
+    pub(super) fn new(applied: CheckpointId) -> Backup {
+        Backup {
+            applied,
+            lineage: Lineage::starting_at(applied),
+            staged: BTreeMap::new(),
+            grant_wanted: None,
+        }
+    }
+
+    pub(super) fn deadline(&self, config: &Config, peer_heard: Time) -> Option<Time> {
+        match self.grant_wanted {
+            None => Some(peer_heard.add_ns(config.suspect_after_ns)),
+            Some(_) => None,
+        }
+    }
+
+    pub(super) fn check_invariants(&self, config: &Config) {
+        assert!(
+            self.staged.len() <= config.deltas_in_flight_max as usize,
+            "staged deltas are bounded"
+        );
+        if let Some(first) = self.staged.keys().next() {
+            assert!(
+                *first > self.applied.epoch,
+                "applied deltas leave the stage"
+            );
+        }
+        assert_eq!(
+            self.lineage.head(),
+            self.applied,
+            "the lineage ends at the applied checkpoint"
+        );
+    }
+}
+
+impl Joining {
+    pub(super) fn new(disk: Option<CheckpointId>) -> Joining {
+        Joining { disk, copy: None }
+    }
+
+    pub(super) fn check_invariants(&self) {
+        if let Some(copy) = &self.copy {
+            assert!(
+                copy.assembly.as_ref().is_none_or(|a| !a.is_complete()),
+                "complete rounds are applied at once"
+            );
+        }
+    }
+}
+
+impl Node {
+    fn backup_mut(&mut self) -> &mut Backup {
+        match &mut self.role {
+            Role::Backup(b) => b,
+            _ => unreachable!("called on a backup only"),
+        }
+    }
+
+    pub(super) fn backup_timeouts(&mut self) {
+        let suspect_at = self.peer_heard.add_ns(self.config.suspect_after_ns);
+        let b = self.backup_mut();
+        if b.grant_wanted.is_none() && self.now >= suspect_at {
+            self.ask_promotion();
+        }
+    }
+
+    fn ask_promotion(&mut self) {
+        let want = self.generation.next();
+        let b = self.backup_mut();
+        if b.grant_wanted.is_none() {
+            b.grant_wanted = Some(want);
+            self.request_grant(want, None);
+        }
+    }
+
+    pub(super) fn on_backup_message(&mut self, msg: Message) {
+        let me = self.config.me;
+        match msg {
+            Message::Delta {
+                generation,
+                epoch,
+                chunk,
+            } if generation == self.generation => {
+                self.peer_heard = self.now;
+                self.on_delta(generation, epoch, chunk);
+            }
+            Message::Heartbeat {
+                generation,
+                role: PeerRole::Primary,
+                backup,
+            } => {
+                if generation == self.generation {
+                    self.peer_heard = self.now;
+                } else if generation > self.generation && backup == Some(me) {
+                    // Certified: the primary holds `generation` with us as backup.
+                    self.peer_heard = self.now;
+                    self.adopt_generation(generation);
+                } else if generation > self.generation {
+                    self.become_stale(generation);
+                } else {
+                    self.stats.dropped_stale += 1;
+                }
+            }
+            Message::Join { generation, .. } if generation >= self.generation => {
+                // The primary restarted without state: take over now.
+                self.ask_promotion();
+            }
+            Message::Delta { generation, .. } if generation > self.generation => {
+                // Sent after our certification, which a heartbeat will tell us.
+                self.stats.dropped_unexpected += 1;
+            }
+            _ => self.stats.dropped_stale += 1,
+        }
+    }
+
+    fn on_delta(&mut self, generation: Generation, epoch: Epoch, chunk: Chunk) {
+        let (in_flight_max, bytes_max) = (
+            self.config.deltas_in_flight_max,
+            self.config.transfer_bytes_max,
+        );
+        let b = self.backup_mut();
+        if epoch > b.applied.epoch && epoch.0 - b.applied.epoch.0 <= u64::from(in_flight_max) {
+            let assembly = b
+                .staged
+                .entry(epoch)
+                .or_insert_with(|| Assembly::new(chunk.count));
+            if assembly.add(chunk, bytes_max).is_err() {
+                self.stats.dropped_malformed += 1;
+                return;
+            }
+        } else if epoch > b.applied.epoch {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let mut applied = Vec::new();
+        let b = self.backup_mut();
+        while let Some(next) = b
+            .staged
+            .first_entry()
+            .filter(|e| *e.key() == b.applied.epoch.next() && e.get().is_complete())
+        {
+            let (epoch, assembly) = next.remove_entry();
+            b.applied = CheckpointId { generation, epoch };
+            b.lineage.extend(generation, epoch);
+            applied.push((epoch, assembly.into_bytes()));
+        }
+        let acked = b.applied.epoch;
+        self.stats.deltas_applied += applied.len() as u64;
+        for (epoch, delta) in applied {
+            self.push(Action::ApplyDelta { epoch, delta });
+        }
+        let (peer, generation) = (self.config.peer, self.generation);
+        self.send(
+            peer,
+            Message::DeltaAck {
+                generation,
+                epoch: acked,
+            },
+        );
+    }
+
+    /// The primary moved to a generation without us: our copy is stale.
+    fn become_stale(&mut self, generation: Generation) {
+        let disk = match &self.role {
+            Role::Backup(b) => Some(b.applied),
+            _ => None,
+        };
+        if generation > self.generation {
+            self.adopt_generation(generation);
+        }
+        tracing::info!(node = %self.config.me, %generation, "our copy is stale: joining again");
+        self.role = Role::Joining(Joining::new(disk));
+        self.tick();
+    }
+
+    pub(super) fn backup_witness_state(
+        &mut self,
+        generation: Generation,
+        holder: NodeId,
+        backup: Option<NodeId>,
+    ) {
+        let (me, peer) = (self.config.me, self.config.peer);
+        let b = self.backup_mut();
+        let wanted = b.grant_wanted;
+        if wanted == Some(generation) && holder == me {
+            self.promote(generation);
+        } else if generation > self.generation && holder == peer && backup == Some(me) {
+            // Certified without having heard it from the primary: adopt, and
+            // if we were asking to promote, ask for the next generation.
+            self.adopt_generation(generation);
+            let b = self.backup_mut();
+            if b.grant_wanted.take().is_some() {
+                self.ask_promotion();
+            }
+        } else if generation > self.generation {
+            self.become_stale(generation);
+        }
+    }
+
+    fn promote(&mut self, generation: Generation) {
+        let config = self.config.clone();
+        let Role::Backup(b) = &mut self.role else {
+            unreachable!("promote a backup")
+        };
+        let checkpoint = b.applied;
+        let lineage = b.lineage.clone();
+        self.adopt_generation(generation);
+        self.stats.promotions += 1;
+        tracing::info!(node = %self.config.me, %generation, restored = ?checkpoint, "promoted to primary");
+        self.push(Action::RestoreAndResume { checkpoint });
+        let primary = Primary::running(&config, lineage, Pairing::Solo, generation, self.now);
+        self.role = Role::Primary(Box::new(primary));
+        self.peer_heard = self.now;
+        self.tick();
+    }
+
+    pub(super) fn on_joining_message(&mut self, msg: Message) {
+        let generation = match &msg {
+            Message::Heartbeat { generation, .. }
+            | Message::Delta { generation, .. }
+            | Message::Copy { generation, .. } => *generation,
+            _ => {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+        };
+        if generation < self.generation {
+            self.stats.dropped_stale += 1;
+            return;
+        }
+        if generation > self.generation {
+            self.adopt_generation(generation);
+        }
+        match msg {
+            Message::Copy {
+                generation,
+                session,
+                round,
+                base,
+                chunk,
+            } => {
+                self.peer_heard = self.now;
+                self.on_copy(generation, session, round, base, chunk);
+            }
+            Message::Heartbeat { .. } => self.peer_heard = self.now,
+            _ => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    fn on_copy(
+        &mut self,
+        generation: Generation,
+        session: Epoch,
+        round: u32,
+        base: Option<CheckpointId>,
+        chunk: Chunk,
+    ) {
+        let bytes_max = self.config.transfer_bytes_max;
+        let Role::Joining(j) = &mut self.role else {
+            unreachable!("joiner")
+        };
+        let same_session = j
+            .copy
+            .as_ref()
+            .is_some_and(|c| c.generation == generation && c.session == session);
+        if !same_session {
+            if round != 0 {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+            j.copy = Some(CopyProgress {
+                generation,
+                session,
+                round: 0,
+                assembly: None,
+            });
+        }
+        let copy = j.copy.as_mut().expect("set above");
+        if round < copy.round {
+            // A duplicate of a round already applied: ack again.
+            let (peer, generation) = (self.config.peer, self.generation);
+            self.send(
+                peer,
+                Message::CopyAck {
+                    generation,
+                    session,
+                    round,
+                },
+            );
+            return;
+        }
+        if round > copy.round {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        let assembly = copy
+            .assembly
+            .get_or_insert_with(|| Assembly::new(chunk.count));
+        if assembly.add(chunk, bytes_max).is_err() {
+            self.stats.dropped_malformed += 1;
+            return;
+        }
+        if !assembly.is_complete() {
+            return;
+        }
+        let bytes = copy.assembly.take().expect("complete").into_bytes();
+        copy.round += 1;
+        self.push(Action::ApplyCopy { round, copy: bytes });
+        let (peer, my_generation) = (self.config.peer, self.generation);
+        self.send(
+            peer,
+            Message::CopyAck {
+                generation: my_generation,
+                session,
+                round,
+            },
+        );
+        if let Some(base) = base {
+            self.role = Role::Backup(Backup::new(base));
+        }
+    }
+}

@@ -1,0 +1,460 @@
+//! The protocol node of a VM host: primary, backup or joiner.
+//!
+//! Inputs are `handle_*(now, ...)` calls; outputs are polled with
+//! [`Node::poll_action`]; [`Node::poll_timeout`] says when to call
+//! [`Node::handle_timeout`] next. Every `handle_*` ends by checking the
+//! node's invariants.
+//!
+//! ```text
+//!            restart                      final copy round applied
+//!   (any) ----------> Joining ----------------------------------> Backup
+//!                       ^  ^                                      |  |
+//!     newer generation  |  |  primary moved on without us         |  | witness grants g+1
+//!     seen (step down)  |  +--------------------------------------+  | (we are its backup)
+//!                       |                                            v
+//!                       +------------------------------------- Primary
+//! ```
+//!
+//! A primary's pairing with its backup goes
+//! `Paired -> Seceding -> Solo -> Copying -> Catching -> Certifying -> Paired`:
+//! a suspected backup makes it ask the witness for a generation alone
+//! (`Seceding`, output held); granted, it runs `Solo` and releases output
+//! while its witness lease is fresh; a joiner gets pre-copy rounds while the
+//! guest runs (`Copying`), a final paused round that makes it the backup of
+//! one checkpoint (`Catching`, deltas follow), and once every released output
+//! is in a checkpoint the joiner holds, the witness certifies the pair under
+//! a new generation (`Certifying`, output held meanwhile) and it is
+//! `Protected` again.
+
+mod assembly;
+mod backup;
+mod lineage;
+mod primary;
+
+use crate::action::{Action, Capture};
+use crate::config::{Config, ConfigError};
+use crate::stats::Stats;
+use crate::types::{CheckpointId, Epoch, Generation, NodeId, Time};
+use crate::wire::{Codec, DecodeError, Envelope, Message, PeerRole};
+use backup::{Backup, Joining};
+use primary::Primary;
+use std::collections::VecDeque;
+
+/// Actions queued and not yet polled, at most; the driver drains them after
+/// every input.
+const ACTIONS_MAX: usize = 4096;
+
+/// How a node starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Start {
+    /// First start of the cluster: this host runs the guest from the boot
+    /// image (epoch 0), with the peer as its backup, in `generation`.
+    Primary {
+        /// The bootstrap generation the witness starts with.
+        generation: Generation,
+    },
+    /// First start of the cluster: this host holds the boot image as the
+    /// backup of the peer.
+    Backup {
+        /// The bootstrap generation the witness starts with.
+        generation: Generation,
+    },
+    /// Restart after a crash: no guest state survives, only the persisted
+    /// generation and, if the driver knows it, the checkpoint the local disk
+    /// holds (a host that ran as primary wrote past any checkpoint: `None`).
+    Restart {
+        /// The last generation persisted with `PersistGeneration`.
+        generation: Generation,
+        /// The checkpoint the local disk is known to hold.
+        disk: Option<CheckpointId>,
+    },
+}
+
+/// What a node is, as seen from outside.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RoleKind {
+    /// Runs the guest.
+    Primary,
+    /// Holds a standby copy of the guest.
+    Backup,
+    /// Has no usable state and asks its peer to re-protect it.
+    Joining,
+}
+
+/// Whether the VM survives the loss of its primary, as the primary sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Protection {
+    /// A certified backup holds every checkpoint whose output was released.
+    Protected,
+    /// A backup is being brought in (copy rounds, certification).
+    Resyncing,
+    /// No backup.
+    Unprotected,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum Role {
+    Primary(Box<Primary>),
+    Backup(Backup),
+    Joining(Joining),
+}
+
+/// The protocol state machine of one VM host.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Node {
+    config: Config,
+    codec: Codec,
+    now: Time,
+    generation: Generation,
+    role: Role,
+    /// Last time the peer showed it is alive in our generation.
+    peer_heard: Time,
+    /// Next heartbeat, ping and request retry.
+    next_tick: Time,
+    actions: VecDeque<Action>,
+    stats: Stats,
+}
+
+impl Node {
+    /// A node that starts as `start` says at time `now`.
+    pub fn new(config: Config, codec: Codec, start: Start, now: Time) -> Result<Node, ConfigError> {
+        config.validate()?;
+        let generation = match start {
+            Start::Primary { generation }
+            | Start::Backup { generation }
+            | Start::Restart { generation, .. } => generation,
+        };
+        let boot = CheckpointId {
+            generation,
+            epoch: Epoch(0),
+        };
+        let role = match start {
+            Start::Primary { .. } => {
+                Role::Primary(Box::new(Primary::bootstrap(&config, boot, now)))
+            }
+            Start::Backup { .. } => Role::Backup(Backup::new(boot)),
+            Start::Restart { disk, .. } => Role::Joining(Joining::new(disk)),
+        };
+        let mut node = Node {
+            config,
+            codec,
+            now,
+            generation,
+            role,
+            peer_heard: now,
+            next_tick: now,
+            actions: VecDeque::new(),
+            stats: Stats::default(),
+        };
+        node.tick();
+        node.update_release();
+        node.check_invariants(generation);
+        Ok(node)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The codec for this node's frames.
+    pub fn codec(&self) -> &Codec {
+        &self.codec
+    }
+
+    /// The latest `now` this node was given.
+    pub fn now(&self) -> Time {
+        self.now
+    }
+
+    /// The generation this node is in.
+    pub fn generation(&self) -> Generation {
+        self.generation
+    }
+
+    /// The role.
+    pub fn role(&self) -> RoleKind {
+        match self.role {
+            Role::Primary(_) => RoleKind::Primary,
+            Role::Backup(_) => RoleKind::Backup,
+            Role::Joining(_) => RoleKind::Joining,
+        }
+    }
+
+    /// The primary's protection; `None` on other roles.
+    pub fn protection(&self) -> Option<Protection> {
+        match &self.role {
+            Role::Primary(p) => Some(p.protection()),
+            _ => None,
+        }
+    }
+
+    /// The primary's open epoch; `None` on other roles.
+    pub fn epoch(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Primary(p) => Some(p.epoch),
+            _ => None,
+        }
+    }
+
+    /// The newest epoch whose output the primary released; `None` on other
+    /// roles.
+    pub fn released(&self) -> Option<Epoch> {
+        match &self.role {
+            Role::Primary(p) => Some(p.released),
+            _ => None,
+        }
+    }
+
+    /// The checkpoint a backup would restore from if promoted now.
+    pub fn applied(&self) -> Option<CheckpointId> {
+        match &self.role {
+            Role::Backup(b) => Some(b.applied),
+            _ => None,
+        }
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The next action for the driver, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When to call [`Node::handle_timeout`] next.
+    pub fn poll_timeout(&self) -> Time {
+        let role_deadline = match &self.role {
+            Role::Primary(p) => p.deadline(&self.config, self.peer_heard, self.now),
+            Role::Backup(b) => b.deadline(&self.config, self.peer_heard),
+            Role::Joining(_) => None,
+        };
+        role_deadline.map_or(self.next_tick, |d| d.min(self.next_tick))
+    }
+
+    /// Time passed; act on every deadline that is due.
+    pub fn handle_timeout(&mut self, now: Time) {
+        let before = self.enter(now);
+        if now >= self.next_tick {
+            self.tick();
+        }
+        match self.role {
+            Role::Primary(_) => self.primary_timeouts(),
+            Role::Backup(_) => self.backup_timeouts(),
+            Role::Joining(_) => {}
+        }
+        self.update_release();
+        self.check_invariants(before);
+        assert!(self.poll_timeout() > now, "every due deadline was acted on");
+    }
+
+    /// A frame arrived from the network. Frames that do not decode, do not
+    /// authenticate, or are not addressed to this node are dropped and
+    /// counted.
+    pub fn handle_bytes(&mut self, now: Time, bytes: &[u8]) {
+        match self.codec.decode(bytes) {
+            Ok(Envelope { from, to, msg }) if to == self.config.me => {
+                self.handle_message(now, from, msg)
+            }
+            Ok(_) => self.stats.dropped_misaddressed += 1,
+            Err(DecodeError::Unauthenticated | DecodeError::BadTag) => {
+                self.stats.dropped_unauthenticated += 1
+            }
+            Err(_) => self.stats.dropped_malformed += 1,
+        }
+    }
+
+    /// A decoded message arrived from `from`.
+    pub fn handle_message(&mut self, now: Time, from: NodeId, msg: Message) {
+        let before = self.enter(now);
+        if from == self.config.witness {
+            match msg {
+                Message::WitnessState {
+                    generation,
+                    holder,
+                    backup,
+                } => self.on_witness_state(generation, holder, backup),
+                _ => self.stats.dropped_unexpected += 1,
+            }
+        } else if from == self.config.peer {
+            self.on_peer_message(msg);
+        } else {
+            self.stats.dropped_misaddressed += 1;
+        }
+        self.update_release();
+        self.check_invariants(before);
+    }
+
+    /// The primary's driver finished `CaptureDelta { epoch, .. }`.
+    pub fn handle_delta_captured(&mut self, now: Time, epoch: Epoch, capture: Capture) {
+        let before = self.enter(now);
+        self.on_delta_captured(epoch, capture);
+        self.update_release();
+        self.check_invariants(before);
+    }
+
+    /// The primary's driver finished `CaptureCopy { round, .. }`.
+    pub fn handle_copy_captured(&mut self, now: Time, round: u32, capture: Capture) {
+        let before = self.enter(now);
+        self.on_copy_captured(round, capture);
+        self.update_release();
+        self.check_invariants(before);
+    }
+
+    /// The guest has dirtied `pages` pages in the open epoch; the primary
+    /// ends the epoch early once it reaches `epoch_dirty_pages_max`.
+    pub fn handle_dirty_pages(&mut self, now: Time, pages: u64) {
+        let before = self.enter(now);
+        if pages >= self.config.epoch_dirty_pages_max {
+            self.end_epoch();
+        }
+        self.update_release();
+        self.check_invariants(before);
+    }
+
+    fn enter(&mut self, now: Time) -> Generation {
+        assert!(now >= self.now, "time does not go backwards");
+        self.now = now;
+        self.generation
+    }
+
+    fn push(&mut self, action: Action) {
+        self.actions.push_back(action);
+        assert!(
+            self.actions.len() <= ACTIONS_MAX,
+            "the driver drains actions"
+        );
+    }
+
+    fn send(&mut self, to: NodeId, msg: Message) {
+        self.push(Action::Send { to, msg });
+    }
+
+    fn adopt_generation(&mut self, generation: Generation) {
+        assert!(generation > self.generation, "generations only grow");
+        self.generation = generation;
+        self.push(Action::PersistGeneration(generation));
+    }
+
+    /// Heartbeat, pings and retries, every heartbeat interval.
+    fn tick(&mut self) {
+        self.next_tick = self.now.add_ns(self.config.heartbeat_interval_ns);
+        let peer = self.config.peer;
+        let generation = self.generation;
+        match &self.role {
+            Role::Primary(_) => self.primary_tick(),
+            Role::Backup(b) => {
+                let want = b.grant_wanted;
+                self.send(
+                    peer,
+                    Message::Heartbeat {
+                        generation,
+                        role: PeerRole::Backup,
+                        backup: None,
+                    },
+                );
+                if let Some(want) = want {
+                    self.request_grant(want, None);
+                }
+            }
+            Role::Joining(j) => {
+                let msg = match j.copy {
+                    None => Message::Join {
+                        generation,
+                        disk: j.disk,
+                    },
+                    Some(_) => Message::Heartbeat {
+                        generation,
+                        role: PeerRole::Joining,
+                        backup: None,
+                    },
+                };
+                self.send(peer, msg);
+            }
+        }
+    }
+
+    fn request_grant(&mut self, want: Generation, backup: Option<NodeId>) {
+        let witness = self.config.witness;
+        let known = self.generation;
+        self.send(
+            witness,
+            Message::GrantRequest {
+                want,
+                known,
+                backup,
+            },
+        );
+    }
+
+    fn on_peer_message(&mut self, msg: Message) {
+        let generation = match &msg {
+            Message::Heartbeat { generation, .. }
+            | Message::Delta { generation, .. }
+            | Message::DeltaAck { generation, .. }
+            | Message::Copy { generation, .. }
+            | Message::CopyAck { generation, .. }
+            | Message::Join { generation, .. } => *generation,
+            _ => {
+                self.stats.dropped_unexpected += 1;
+                return;
+            }
+        };
+        match self.role {
+            Role::Primary(_) => {
+                if generation > self.generation {
+                    // The peer knows a newer generation: our authority is gone.
+                    self.step_down(Some(generation));
+                    self.on_joining_message(msg);
+                } else {
+                    self.on_primary_message(msg);
+                }
+            }
+            Role::Backup(_) => self.on_backup_message(msg),
+            Role::Joining(_) => self.on_joining_message(msg),
+        }
+    }
+
+    fn on_witness_state(&mut self, generation: Generation, holder: NodeId, backup: Option<NodeId>) {
+        match self.role {
+            Role::Primary(_) => self.primary_witness_state(generation, holder, backup),
+            Role::Backup(_) => self.backup_witness_state(generation, holder, backup),
+            Role::Joining(_) => {
+                if generation > self.generation {
+                    self.adopt_generation(generation);
+                }
+            }
+        }
+    }
+
+    /// The primary lost its authority: stop the guest and become a joiner.
+    fn step_down(&mut self, newer: Option<Generation>) {
+        assert!(
+            matches!(self.role, Role::Primary(_)),
+            "only a primary steps down"
+        );
+        self.stats.step_downs += 1;
+        tracing::warn!(node = %self.config.me, generation = %self.generation, ?newer, "stepping down: our authority is gone");
+        self.push(Action::StopGuest);
+        if let Some(generation) = newer.filter(|g| *g > self.generation) {
+            self.adopt_generation(generation);
+        }
+        // Our disk holds writes past any checkpoint the new primary knows.
+        self.role = Role::Joining(Joining::new(None));
+        self.tick();
+    }
+
+    fn check_invariants(&self, generation_before: Generation) {
+        assert!(
+            self.generation >= generation_before,
+            "generations only grow"
+        );
+        match &self.role {
+            Role::Primary(p) => p.check_invariants(&self.config),
+            Role::Backup(b) => b.check_invariants(&self.config),
+            Role::Joining(j) => j.check_invariants(),
+        }
+    }
+}

@@ -1,0 +1,565 @@
+//! The primary: runs the guest in epochs, ships deltas, releases output,
+//! secedes from a failed backup; `reprotect` brings a joining one in.
+
+mod reprotect;
+
+use reprotect::Copy;
+
+use super::assembly::split;
+use super::lineage::{DiskHistory, Lineage};
+use super::{Node, Protection, Role};
+use crate::action::{Action, Capture};
+use crate::config::Config;
+use crate::types::{CheckpointId, Epoch, Generation, Level, NodeId, Time};
+use crate::wire::{Message, PeerRole};
+use std::collections::BTreeMap;
+
+/// Where the primary's guest is in its epoch cycle.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Phase {
+    /// The guest runs; the open epoch accumulates.
+    Running,
+    /// Paused; the driver captures the open epoch's delta.
+    Capturing { ship: bool },
+    /// Paused; the driver captures the final copy round, which ends the epoch.
+    CapturingFinal,
+    /// Paused because `deltas_in_flight_max` deltas await their ack.
+    Held,
+}
+
+/// The primary's relation to a backup.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Pairing {
+    /// A certified backup receives every delta.
+    Paired { backup: NodeId },
+    /// The backup is suspected; we asked the witness for a generation alone.
+    Seceding,
+    /// We hold the generation alone.
+    Solo,
+    /// Pre-copy rounds to a joiner while the guest runs.
+    Copying(Copy),
+    /// The final round is out; deltas follow it.
+    Catching(Copy),
+    /// The joiner holds the final round; we asked the witness to certify it.
+    Certifying { joiner: NodeId },
+}
+
+/// State of a primary.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Primary {
+    pub(super) epoch: Epoch,
+    epoch_started: Time,
+    phase: Phase,
+    pairing: Pairing,
+    /// The generation whose backup may acknowledge deltas (acks from an
+    /// older incarnation of the peer carry an older one).
+    pairing_generation: Generation,
+    unacked: BTreeMap<Epoch, Vec<u8>>,
+    acked: Epoch,
+    last_shipped: Time,
+    pub(super) released: Epoch,
+    lineage: Lineage,
+    history: DiskHistory,
+    /// A grant asked of the witness; never abandoned before it is answered.
+    grant_wanted: Option<(Generation, Option<NodeId>)>,
+    witness_heard: Time,
+}
+
+impl Primary {
+    pub(super) fn bootstrap(config: &Config, boot: CheckpointId, now: Time) -> Primary {
+        Primary::running(
+            config,
+            Lineage::starting_at(boot),
+            Pairing::Paired {
+                backup: config.peer,
+            },
+            boot.generation,
+            now,
+        )
+    }
+
+    /// A primary that resumes after the head of `lineage`.
+    pub(in crate::node) fn running(
+        config: &Config,
+        lineage: Lineage,
+        pairing: Pairing,
+        pairing_generation: Generation,
+        now: Time,
+    ) -> Primary {
+        let from = lineage.head();
+        Primary {
+            epoch: from.epoch.next(),
+            epoch_started: now,
+            phase: Phase::Running,
+            pairing,
+            pairing_generation,
+            unacked: BTreeMap::new(),
+            acked: from.epoch,
+            last_shipped: now,
+            released: from.epoch,
+            lineage,
+            history: DiskHistory::new(from.epoch.next(), config.disk_history_blocks_max),
+            grant_wanted: None,
+            witness_heard: now,
+        }
+    }
+
+    pub(super) fn protection(&self) -> Protection {
+        match self.pairing {
+            Pairing::Paired { .. } => Protection::Protected,
+            Pairing::Copying(_) | Pairing::Catching(_) | Pairing::Certifying { .. } => {
+                Protection::Resyncing
+            }
+            Pairing::Seceding | Pairing::Solo => Protection::Unprotected,
+        }
+    }
+
+    /// The peer that receives our deltas, if any.
+    fn shipping_to(&self) -> Option<NodeId> {
+        match &self.pairing {
+            Pairing::Paired { backup } => Some(*backup),
+            Pairing::Catching(copy) => Some(copy.joiner),
+            Pairing::Certifying { joiner } => Some(*joiner),
+            Pairing::Seceding | Pairing::Solo | Pairing::Copying(_) => None,
+        }
+    }
+
+    /// The peer whose silence we watch.
+    fn watching(&self) -> Option<NodeId> {
+        match &self.pairing {
+            Pairing::Paired { backup } => Some(*backup),
+            Pairing::Copying(copy) | Pairing::Catching(copy) => Some(copy.joiner),
+            // Certifying: the grant request is answered first, whatever the joiner does.
+            Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => None,
+        }
+    }
+
+    /// Whether releasing depends on the witness lease (no backup to ack).
+    fn needs_lease(&self) -> bool {
+        matches!(
+            self.pairing,
+            Pairing::Solo | Pairing::Copying(_) | Pairing::Catching(_)
+        )
+    }
+
+    fn lease_valid(&self, config: &Config, now: Time) -> bool {
+        now < self.witness_heard.add_ns(config.suspect_after_ns)
+    }
+
+    /// The newest epoch whose output may go out now.
+    fn release_target(&self, config: &Config, now: Time) -> Epoch {
+        match self.pairing {
+            Pairing::Paired { .. } => match config.level {
+                Level::Ft => self.acked,
+                Level::Ha => self.epoch,
+            },
+            Pairing::Seceding | Pairing::Certifying { .. } => self.acked.min(self.released),
+            Pairing::Solo | Pairing::Copying(_) | Pairing::Catching(_) => {
+                if self.lease_valid(config, now) {
+                    self.epoch
+                } else {
+                    self.released
+                }
+            }
+        }
+    }
+
+    pub(super) fn deadline(&self, config: &Config, peer_heard: Time, now: Time) -> Option<Time> {
+        let mut deadlines = Vec::with_capacity(4);
+        if self.phase == Phase::Running {
+            deadlines.push(self.epoch_started.add_ns(config.epoch_duration_ns));
+        }
+        if self.watching().is_some() {
+            deadlines.push(peer_heard.add_ns(config.suspect_after_ns));
+        }
+        let copy_in_flight = matches!(&self.pairing,
+            Pairing::Copying(c) | Pairing::Catching(c) if c.in_flight.is_some());
+        if !self.unacked.is_empty() || copy_in_flight {
+            deadlines.push(self.last_shipped.add_ns(config.retransmit_after_ns));
+        }
+        if self.needs_lease() && self.lease_valid(config, now) {
+            deadlines.push(self.witness_heard.add_ns(config.suspect_after_ns));
+        }
+        deadlines.into_iter().min()
+    }
+
+    pub(super) fn check_invariants(&self, config: &Config) {
+        assert!(
+            self.unacked.len() <= config.deltas_in_flight_max as usize,
+            "deltas in flight are bounded"
+        );
+        assert!(
+            self.acked < self.epoch,
+            "only closed epochs are acknowledged"
+        );
+        assert!(
+            self.released <= self.epoch,
+            "only opened epochs are released"
+        );
+        if config.level == Level::Ft && matches!(self.pairing, Pairing::Paired { .. }) {
+            assert!(
+                self.released <= self.acked,
+                "ft: output waits for the backup"
+            );
+        }
+        if let Some(first) = self.unacked.keys().next() {
+            assert!(*first > self.acked, "acknowledged deltas are dropped");
+        }
+        assert!(self.history.blocks() <= config.disk_history_blocks_max);
+        assert!(
+            self.lineage.head().epoch < self.epoch,
+            "the lineage ends before the open epoch"
+        );
+    }
+}
+
+impl Node {
+    fn primary(&self) -> &Primary {
+        match &self.role {
+            Role::Primary(p) => p,
+            _ => unreachable!("called on a primary only"),
+        }
+    }
+
+    fn primary_mut(&mut self) -> &mut Primary {
+        match &mut self.role {
+            Role::Primary(p) => p,
+            _ => unreachable!("called on a primary only"),
+        }
+    }
+
+    pub(super) fn primary_tick(&mut self) {
+        let (peer, witness, generation) = (self.config.peer, self.config.witness, self.generation);
+        let p = self.primary();
+        let backup = match p.pairing {
+            Pairing::Paired { backup } => Some(backup),
+            _ => None,
+        };
+        let ping = p.needs_lease();
+        let wanted = p.grant_wanted;
+        self.send(
+            peer,
+            Message::Heartbeat {
+                generation,
+                role: PeerRole::Primary,
+                backup,
+            },
+        );
+        if ping {
+            self.send(witness, Message::WitnessPing { generation });
+        }
+        if let Some((want, backup)) = wanted {
+            self.request_grant(want, backup);
+        }
+    }
+
+    pub(super) fn primary_timeouts(&mut self) {
+        let (config, now, peer_heard) = (self.config.clone(), self.now, self.peer_heard);
+        let p = self.primary();
+        if p.phase == Phase::Running && now >= p.epoch_started.add_ns(config.epoch_duration_ns) {
+            self.end_epoch();
+        }
+        let p = self.primary();
+        if p.watching().is_some() && now >= peer_heard.add_ns(config.suspect_after_ns) {
+            self.peer_lost();
+        }
+        let p = self.primary();
+        if now >= p.last_shipped.add_ns(config.retransmit_after_ns) {
+            self.retransmit();
+        }
+        let p = self.primary();
+        if p.needs_lease() && !p.lease_valid(&config, now) && p.released >= p.epoch {
+            // Reaching neither backup nor witness: hold output from here on.
+            self.end_epoch();
+        }
+    }
+
+    /// The backup or joiner is gone (silent, or restarted without state).
+    fn peer_lost(&mut self) {
+        let (me, want) = (self.config.me, self.generation.next());
+        let p = self.primary_mut();
+        match p.pairing {
+            Pairing::Paired { .. } => {
+                tracing::info!(node = %me, "backup suspected: asking the witness to go on alone");
+                p.pairing = Pairing::Seceding;
+                p.unacked.clear();
+                p.grant_wanted = Some((want, None));
+                self.request_grant(want, None);
+                self.hold_output();
+            }
+            Pairing::Copying(_) | Pairing::Catching(_) => {
+                // The joiner was never certified: we still hold our
+                // generation alone.
+                p.pairing = Pairing::Solo;
+                p.unacked.clear();
+            }
+            Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => {}
+        }
+        // Held for acks that will never come: close the epoch unshipped.
+        if self.primary().phase == Phase::Held {
+            self.end_epoch();
+        }
+    }
+
+    /// Stop releasing the open epoch: if it was released, end it now so that
+    /// new output falls into an epoch that is not.
+    fn hold_output(&mut self) {
+        let p = self.primary();
+        if p.released >= p.epoch {
+            self.end_epoch();
+        }
+    }
+
+    fn retransmit(&mut self) {
+        let (peer, generation, chunk_max) = (
+            self.config.peer,
+            self.generation,
+            self.config.chunk_bytes_max,
+        );
+        let now = self.now;
+        let p = self.primary_mut();
+        p.last_shipped = now;
+        let mut sends = Vec::new();
+        if let Some(to) = p.shipping_to() {
+            for (epoch, bytes) in &p.unacked {
+                for chunk in split(bytes, chunk_max) {
+                    sends.push((
+                        to,
+                        Message::Delta {
+                            generation,
+                            epoch: *epoch,
+                            chunk,
+                        },
+                    ));
+                }
+            }
+        }
+        if let Pairing::Copying(c) | Pairing::Catching(c) = &p.pairing {
+            if let Some(bytes) = &c.in_flight {
+                for chunk in split(bytes, chunk_max) {
+                    sends.push((
+                        c.joiner,
+                        Message::Copy {
+                            generation,
+                            session: c.session,
+                            round: c.round,
+                            base: c.base,
+                            chunk,
+                        },
+                    ));
+                }
+            }
+        }
+        debug_assert!(sends.iter().all(|(to, _)| *to == peer));
+        self.stats.retransmits += sends.len() as u64;
+        for (to, msg) in sends {
+            self.send(to, msg);
+        }
+    }
+
+    /// Close the open epoch: pause the guest and capture, unless too many
+    /// deltas are in flight (then hold the guest until an ack).
+    pub(super) fn end_epoch(&mut self) {
+        let max = self.config.deltas_in_flight_max as usize;
+        let p = self.primary_mut();
+        if p.phase != Phase::Running && p.phase != Phase::Held {
+            return;
+        }
+        let was_running = p.phase == Phase::Running;
+        let final_due = matches!(&p.pairing, Pairing::Copying(c) if c.final_due && !c.capturing);
+        let ship = p.shipping_to().is_some();
+        let epoch = p.epoch;
+        if final_due {
+            let Pairing::Copying(copy) = &mut p.pairing else {
+                unreachable!()
+            };
+            copy.capturing = true;
+            let (round, disk) = (copy.round, copy.disk.clone());
+            p.phase = Phase::CapturingFinal;
+            if was_running {
+                self.push(Action::PauseGuest);
+            }
+            self.push(Action::CaptureCopy {
+                round,
+                disk,
+                last: true,
+            });
+        } else if ship && p.unacked.len() >= max {
+            if was_running {
+                p.phase = Phase::Held;
+                self.stats.backpressure_holds += 1;
+                self.push(Action::PauseGuest);
+            }
+        } else {
+            p.phase = Phase::Capturing { ship };
+            if was_running {
+                self.push(Action::PauseGuest);
+            }
+            self.push(Action::CaptureDelta { epoch, ship });
+        }
+    }
+
+    pub(super) fn on_delta_captured(&mut self, epoch: Epoch, capture: Capture) {
+        let (generation, now, chunk_max) = (self.generation, self.now, self.config.chunk_bytes_max);
+        let Role::Primary(p) = &mut self.role else {
+            // A step-down raced with the capture: nothing to ship.
+            return;
+        };
+        let Phase::Capturing { ship } = p.phase else {
+            panic!("CaptureDelta reported without being asked");
+        };
+        assert_eq!(epoch, p.epoch, "the capture ends the open epoch");
+        assert!(capture.bytes.len() as u64 <= self.config.transfer_bytes_max);
+        p.history.record(epoch, &capture.disk_blocks);
+        p.lineage.extend(generation, epoch);
+        self.stats.epochs += 1;
+        let to = p.shipping_to().filter(|_| ship);
+        if let Some(to) = to {
+            let chunks = split(&capture.bytes, chunk_max);
+            self.stats.deltas_shipped += 1;
+            self.stats.delta_bytes_shipped += capture.bytes.len() as u64;
+            p.unacked.insert(epoch, capture.bytes);
+            p.last_shipped = now;
+            for chunk in chunks {
+                self.send(
+                    to,
+                    Message::Delta {
+                        generation,
+                        epoch,
+                        chunk,
+                    },
+                );
+            }
+        }
+        self.open_next_epoch();
+    }
+
+    fn open_next_epoch(&mut self) {
+        let now = self.now;
+        let p = self.primary_mut();
+        p.epoch = p.epoch.next();
+        p.epoch_started = now;
+        p.phase = Phase::Running;
+        self.push(Action::ResumeGuest);
+        if matches!(&self.primary().pairing, Pairing::Copying(c) if c.final_due) {
+            self.end_epoch();
+        }
+    }
+
+    pub(super) fn on_primary_message(&mut self, msg: Message) {
+        let (peer, generation) = (self.config.peer, self.generation);
+        let pairing_generation = self.primary().pairing_generation;
+        match msg {
+            Message::DeltaAck {
+                generation: g,
+                epoch,
+            } if g >= pairing_generation => {
+                self.peer_heard = self.now;
+                self.on_delta_ack(epoch);
+            }
+            Message::CopyAck {
+                generation: g,
+                session,
+                round,
+            } if g >= pairing_generation => {
+                self.peer_heard = self.now;
+                self.on_copy_ack(session, round);
+            }
+            Message::Heartbeat {
+                generation: g,
+                role,
+                ..
+            } if g >= pairing_generation => {
+                if role != PeerRole::Primary {
+                    self.peer_heard = self.now;
+                } else {
+                    self.stats.dropped_unexpected += 1;
+                }
+            }
+            Message::Join {
+                generation: g,
+                disk,
+            } => self.on_join(g, disk),
+            Message::Delta { .. } | Message::Copy { .. } => {
+                // An older primary still ships: tell it our generation.
+                self.stats.dropped_stale += 1;
+                let backup = match self.primary().pairing {
+                    Pairing::Paired { backup } => Some(backup),
+                    _ => None,
+                };
+                self.send(
+                    peer,
+                    Message::Heartbeat {
+                        generation,
+                        role: PeerRole::Primary,
+                        backup,
+                    },
+                );
+            }
+            _ => self.stats.dropped_stale += 1,
+        }
+    }
+
+    fn on_delta_ack(&mut self, epoch: Epoch) {
+        let p = self.primary_mut();
+        if p.shipping_to().is_none() || epoch >= p.epoch {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        if epoch > p.acked {
+            p.acked = epoch;
+            p.unacked = p.unacked.split_off(&epoch.next());
+        }
+        if p.phase == Phase::Held {
+            self.end_epoch();
+        }
+        self.maybe_request_certification();
+    }
+
+    pub(super) fn primary_witness_state(
+        &mut self,
+        generation: Generation,
+        holder: NodeId,
+        backup: Option<NodeId>,
+    ) {
+        let (me, now, current) = (self.config.me, self.now, self.generation);
+        let p = self.primary_mut();
+        if generation == current && holder == me {
+            p.witness_heard = now;
+        }
+        match p.grant_wanted {
+            Some((want, wanted_backup))
+                if generation == want && holder == me && backup == wanted_backup =>
+            {
+                p.grant_wanted = None;
+                p.witness_heard = now;
+                p.pairing = match &p.pairing {
+                    Pairing::Certifying { joiner } => Pairing::Paired { backup: *joiner },
+                    Pairing::Seceding => Pairing::Solo,
+                    other => {
+                        unreachable!("a grant is wanted only seceding or certifying, not {other:?}")
+                    }
+                };
+                self.adopt_generation(generation);
+                let protection = self.primary().protection();
+                tracing::info!(node = %me, %generation, ?protection, "granted");
+                self.primary_tick();
+            }
+            _ if generation > current => self.step_down(Some(generation)),
+            _ => {}
+        }
+    }
+
+    /// Emit `ReleaseOutput` when the release watermark can advance.
+    pub(super) fn update_release(&mut self) {
+        let (config, now) = (&self.config, self.now);
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let target = p.release_target(config, now);
+        if target > p.released {
+            p.released = target;
+            self.push(Action::ReleaseOutput { upto: target });
+        }
+    }
+}

@@ -1,0 +1,199 @@
+//! Re-protection: a joining host is brought in while the primary runs: a
+//! copy session of pre-copy rounds, a final paused round that makes it a
+//! backup of one checkpoint, the epoch stream, and the witness's
+//! certification of the pair under a new generation.
+
+use super::{Pairing, Phase};
+use crate::action::{Action, Capture, DiskCopy};
+use crate::node::assembly::split;
+use crate::node::{Node, Role};
+use crate::types::{CheckpointId, Epoch, Generation, NodeId};
+use crate::wire::Message;
+
+/// A copy session in progress.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(in crate::node) struct Copy {
+    pub(super) joiner: NodeId,
+    pub(super) session: Epoch,
+    pub(super) round: u32,
+    pub(super) disk: DiskCopy,
+    /// The round's bytes while they await the joiner's ack.
+    pub(super) in_flight: Option<Vec<u8>>,
+    /// The checkpoint the final round establishes.
+    pub(super) base: Option<CheckpointId>,
+    pub(super) capturing: bool,
+    pub(super) final_due: bool,
+}
+
+impl Node {
+    pub(in crate::node) fn on_copy_captured(&mut self, round: u32, capture: Capture) {
+        let (generation, chunk_max) = (self.generation, self.config.chunk_bytes_max);
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        let is_final = p.phase == Phase::CapturingFinal;
+        let Pairing::Copying(copy) = &mut p.pairing else {
+            // The joiner was lost meanwhile; the final capture still ends the epoch.
+            if is_final {
+                p.history.record(p.epoch, &capture.disk_blocks);
+                p.lineage.extend(generation, p.epoch);
+                self.open_next_epoch();
+            }
+            return;
+        };
+        assert!(
+            copy.capturing && copy.round == round,
+            "CaptureCopy reported as asked"
+        );
+        copy.capturing = false;
+        self.stats.copy_rounds += 1;
+        let mut copy = copy.clone();
+        if is_final {
+            let base = CheckpointId {
+                generation,
+                epoch: p.epoch,
+            };
+            p.history.record(p.epoch, &capture.disk_blocks);
+            p.lineage.extend(generation, p.epoch);
+            copy.base = Some(base);
+        } else {
+            copy.final_due = capture.pages <= self.config.precopy_pages_threshold
+                || round + 1 >= self.config.precopy_rounds_max;
+        }
+        for chunk in split(&capture.bytes, chunk_max) {
+            let msg = Message::Copy {
+                generation,
+                session: copy.session,
+                round,
+                base: copy.base,
+                chunk,
+            };
+            self.send(copy.joiner, msg);
+        }
+        copy.in_flight = Some(capture.bytes);
+        let now = self.now;
+        let p = self.primary_mut();
+        p.last_shipped = now;
+        if is_final {
+            p.pairing = Pairing::Catching(copy);
+            self.open_next_epoch();
+        } else {
+            p.pairing = Pairing::Copying(copy);
+        }
+    }
+
+    pub(super) fn on_copy_ack(&mut self, session: Epoch, round: u32) {
+        let p = self.primary_mut();
+        let (Pairing::Copying(copy) | Pairing::Catching(copy)) = &mut p.pairing else {
+            self.stats.dropped_unexpected += 1;
+            return;
+        };
+        if copy.session != session || copy.round != round || copy.in_flight.is_none() {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        copy.in_flight = None;
+        if let Some(base) = copy.base {
+            // The joiner holds the final round: it is a backup from `base` on.
+            let joiner = copy.joiner;
+            p.acked = p.acked.max(base.epoch);
+            p.unacked = p.unacked.split_off(&base.epoch.next());
+            p.pairing = Pairing::Certifying { joiner };
+            // Deltas sent before the joiner held its base were dropped: send
+            // them again now rather than after the retransmit timeout.
+            self.retransmit();
+            self.hold_output();
+            self.maybe_request_certification();
+        } else if copy.final_due {
+            copy.round += 1;
+            self.end_epoch();
+        } else {
+            copy.round += 1;
+            copy.capturing = true;
+            let (round, disk) = (copy.round, copy.disk.clone());
+            self.push(Action::CaptureCopy {
+                round,
+                disk,
+                last: false,
+            });
+        }
+    }
+
+    /// Certify the joiner once every released output is in a checkpoint it holds.
+    pub(super) fn maybe_request_certification(&mut self) {
+        let want = self.generation.next();
+        let p = self.primary_mut();
+        let Pairing::Certifying { joiner } = p.pairing else {
+            return;
+        };
+        if p.grant_wanted.is_none() && p.acked >= p.released {
+            p.grant_wanted = Some((want, Some(joiner)));
+            self.request_grant(want, Some(joiner));
+        }
+    }
+
+    pub(super) fn on_join(&mut self, generation: Generation, disk: Option<CheckpointId>) {
+        let p = self.primary_mut();
+        // A Join older than the current pairing is a stale duplicate: it must
+        // not break a pair (or a copy) that was formed after it. Alone, we
+        // take any joiner, whatever generation it last saw.
+        let stale = generation < p.pairing_generation;
+        if stale && !matches!(p.pairing, Pairing::Solo) {
+            self.stats.dropped_stale += 1;
+            return;
+        }
+        match &p.pairing {
+            Pairing::Paired { .. } => {
+                // Our backup restarted without its state.
+                self.peer_heard = self.now;
+                self.peer_lost();
+            }
+            Pairing::Solo => {
+                let disk = match disk {
+                    Some(cp) if p.lineage.contains(cp) => p
+                        .history
+                        .written_after(cp.epoch)
+                        .map_or(DiskCopy::Full, DiskCopy::Blocks),
+                    _ => DiskCopy::Full,
+                };
+                self.peer_heard = self.now;
+                self.start_copy(disk);
+            }
+            Pairing::Copying(_) | Pairing::Catching(_) => {
+                // The joiner restarted mid-copy: begin again.
+                self.peer_heard = self.now;
+                let p = self.primary_mut();
+                p.pairing = Pairing::Solo;
+                p.unacked.clear();
+                self.start_copy(DiskCopy::Full);
+            }
+            Pairing::Seceding | Pairing::Certifying { .. } => self.stats.dropped_unexpected += 1,
+        }
+    }
+
+    pub(super) fn start_copy(&mut self, disk: DiskCopy) {
+        let (joiner, generation) = (self.config.peer, self.generation);
+        let p = self.primary_mut();
+        if p.phase == Phase::CapturingFinal {
+            return; // the previous session's final capture must land first
+        }
+        tracing::info!(node = %self.config.me, %joiner, ?disk, "re-protection: copy begins");
+        let p = self.primary_mut();
+        p.pairing_generation = generation;
+        p.pairing = Pairing::Copying(Copy {
+            joiner,
+            session: p.epoch,
+            round: 0,
+            disk: disk.clone(),
+            in_flight: None,
+            base: None,
+            capturing: true,
+            final_due: false,
+        });
+        self.push(Action::CaptureCopy {
+            round: 0,
+            disk,
+            last: false,
+        });
+    }
+}

@@ -1,0 +1,573 @@
+//! The wire format: an explicit, versioned, length-checked, checksummed
+//! encoding of every protocol message, with optional HMAC-SHA256
+//! authentication under a shared key.
+//!
+//! A frame is laid out as
+//!
+//! ```text
+//! magic "LKSP" | version u8 | flags u8 | kind u8 | from u8 | to u8 | body_len u32 LE
+//! | body (body_len bytes) | crc32c u32 LE over everything before it
+//! | [tag: 32 bytes of HMAC-SHA256 over everything before it, if flags bit 0]
+//! ```
+//!
+//! Decoding validates every length against the bytes actually present and
+//! against [`BODY_BYTES_MAX`] before allocating, so arbitrary input yields a
+//! [`DecodeError`], never a panic and never an unbounded allocation.
+
+use crate::types::{CheckpointId, Epoch, Generation, NodeId};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+
+/// The first bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"LKSP";
+/// The wire version this code speaks.
+pub const VERSION: u8 = 1;
+/// Largest body accepted, in bytes (a delta chunk plus its header).
+pub const BODY_BYTES_MAX: usize = (1 << 20) + 256;
+/// Largest data payload of one chunk.
+pub const CHUNK_BYTES_MAX: usize = 1 << 20;
+const HEADER_BYTES: usize = 4 + 1 + 1 + 1 + 1 + 1 + 4;
+const CRC_BYTES: usize = 4;
+const TAG_BYTES: usize = 32;
+const FLAG_AUTHENTICATED: u8 = 1;
+
+/// The role a VM host claims in a heartbeat.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum PeerRole {
+    /// Runs the guest.
+    Primary,
+    /// Holds (or is receiving) a copy of the guest.
+    Backup,
+    /// Wants to become a backup and has no usable state.
+    Joining,
+}
+
+/// A piece of a delta or a copy round. The receiver assembles `count`
+/// chunks before it uses any of them.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Chunk {
+    /// Index of this chunk, `0..count`.
+    pub index: u32,
+    /// Number of chunks of the whole.
+    pub count: u32,
+    /// The bytes.
+    pub data: Vec<u8>,
+}
+
+/// Every message of the protocol.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Message {
+    /// VM host to VM host, every heartbeat interval. `backup` is the
+    /// sender's certified backup when the sender is primary: a backup that
+    /// sees itself named adopts the newer generation.
+    Heartbeat {
+        /// Sender's generation.
+        generation: Generation,
+        /// Sender's role.
+        role: PeerRole,
+        /// The primary's certified backup in `generation`.
+        backup: Option<NodeId>,
+    },
+    /// Primary to backup: part of the delta that ends `epoch`.
+    Delta {
+        /// Sender's generation.
+        generation: Generation,
+        /// The epoch this delta completes.
+        epoch: Epoch,
+        /// The piece.
+        chunk: Chunk,
+    },
+    /// Backup to primary: every delta up to `epoch` is complete and applied.
+    DeltaAck {
+        /// Sender's generation.
+        generation: Generation,
+        /// Highest epoch applied, cumulative.
+        epoch: Epoch,
+    },
+    /// Primary to joiner: part of pre-copy round `round`. The final round
+    /// carries `base`, the checkpoint the joiner holds once it is applied.
+    Copy {
+        /// Sender's generation.
+        generation: Generation,
+        /// Names this copy: the primary's epoch when it began. A new session
+        /// starts the joiner over; rounds of another session are dropped.
+        session: Epoch,
+        /// Pre-copy round, from 0.
+        round: u32,
+        /// Set on the final round.
+        base: Option<CheckpointId>,
+        /// The piece.
+        chunk: Chunk,
+    },
+    /// Joiner to primary: copy round `round` is complete and applied.
+    CopyAck {
+        /// Sender's generation.
+        generation: Generation,
+        /// The copy session.
+        session: Epoch,
+        /// The round applied.
+        round: u32,
+    },
+    /// A VM host without usable state asks its peer to re-protect it.
+    Join {
+        /// The newest generation the sender knows.
+        generation: Generation,
+        /// The checkpoint the sender's disk holds, if it is known to be one
+        /// the primary's lineage may contain (enables incremental resync).
+        disk: Option<CheckpointId>,
+    },
+    /// VM host to witness: grant me `want`, which follows `known`.
+    GrantRequest {
+        /// The generation asked for.
+        want: Generation,
+        /// The generation the sender believes current.
+        known: Generation,
+        /// The backup the sender certifies for `want`, if any.
+        backup: Option<NodeId>,
+    },
+    /// VM host to witness: what is current? (the lease of a solo primary).
+    WitnessPing {
+        /// Sender's generation.
+        generation: Generation,
+    },
+    /// Witness to VM host: the current grant. Answers both requests and
+    /// pings; a requester is granted iff it is named holder of `want`.
+    WitnessState {
+        /// The current generation.
+        generation: Generation,
+        /// Who holds it.
+        holder: NodeId,
+        /// The backup certified with it.
+        backup: Option<NodeId>,
+    },
+}
+
+/// A message with its addressing, as it travels.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Envelope {
+    /// Sender.
+    pub from: NodeId,
+    /// Addressee.
+    pub to: NodeId,
+    /// The message.
+    pub msg: Message,
+}
+
+/// Why bytes were not a valid frame.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// Fewer bytes than the frame says it has.
+    #[error("frame truncated: need {needed} bytes, have {have}")]
+    Truncated {
+        /// Bytes the frame needs.
+        needed: usize,
+        /// Bytes present.
+        have: usize,
+    },
+    /// More bytes than the frame says it has.
+    #[error("{0} bytes trail the frame")]
+    TrailingBytes(usize),
+    /// Not a Lockstep frame.
+    #[error("bad magic")]
+    BadMagic,
+    /// A wire version this code does not speak.
+    #[error("unsupported wire version {0}")]
+    UnsupportedVersion(u8),
+    /// An unknown message kind.
+    #[error("unknown message kind {0}")]
+    UnknownKind(u8),
+    /// Declared body larger than [`BODY_BYTES_MAX`].
+    #[error("body of {0} bytes exceeds the limit")]
+    TooLarge(usize),
+    /// The checksum does not match.
+    #[error("checksum mismatch")]
+    BadChecksum,
+    /// A key is configured and the frame carries no tag.
+    #[error("frame is not authenticated")]
+    Unauthenticated,
+    /// The tag does not verify under the configured key (or a tag came
+    /// where no key is configured).
+    #[error("authentication tag does not verify")]
+    BadTag,
+    /// The body does not parse as its kind.
+    #[error("malformed body: {0}")]
+    Malformed(&'static str),
+}
+
+/// Encodes and decodes frames, authenticating them when given a key.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Codec {
+    key: Option<Vec<u8>>,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the key.
+        f.debug_struct("Codec")
+            .field("authenticated", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl Codec {
+    /// A codec that neither adds nor requires authentication.
+    pub fn plain() -> Codec {
+        Codec { key: None }
+    }
+
+    /// A codec that tags every frame and accepts only frames whose tag
+    /// verifies under `key`.
+    pub fn authenticated(key: &[u8]) -> Codec {
+        assert!(!key.is_empty(), "an empty key authenticates nothing");
+        Codec {
+            key: Some(key.to_vec()),
+        }
+    }
+
+    /// Encodes `envelope` as one frame.
+    pub fn encode(&self, envelope: &Envelope) -> Vec<u8> {
+        let mut body = Vec::new();
+        let kind = encode_body(&envelope.msg, &mut body);
+        assert!(body.len() <= BODY_BYTES_MAX, "message body over the limit");
+        let mut frame = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES + TAG_BYTES);
+        frame.extend_from_slice(&MAGIC);
+        frame.push(VERSION);
+        frame.push(if self.key.is_some() {
+            FLAG_AUTHENTICATED
+        } else {
+            0
+        });
+        frame.push(kind);
+        frame.push(envelope.from.0);
+        frame.push(envelope.to.0);
+        let body_len = u32::try_from(body.len()).expect("body length bounded by BODY_BYTES_MAX");
+        frame.extend_from_slice(&body_len.to_le_bytes());
+        frame.extend_from_slice(&body);
+        let crc = crc32c::crc32c(&frame);
+        frame.extend_from_slice(&crc.to_le_bytes());
+        if let Some(key) = &self.key {
+            let tag = mac(key).chain_update(&frame).finalize().into_bytes();
+            frame.extend_from_slice(&tag);
+        }
+        frame
+    }
+
+    /// Decodes one frame that must span all of `bytes`.
+    pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        let header = take(bytes, 0, HEADER_BYTES)?;
+        if header[0..4] != MAGIC {
+            return Err(DecodeError::BadMagic);
+        }
+        if header[4] != VERSION {
+            return Err(DecodeError::UnsupportedVersion(header[4]));
+        }
+        let flags = header[5];
+        if flags & !FLAG_AUTHENTICATED != 0 {
+            return Err(DecodeError::Malformed("unknown flags"));
+        }
+        let kind = header[6];
+        let from = NodeId(header[7]);
+        let to = NodeId(header[8]);
+        let body_len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
+        if body_len > BODY_BYTES_MAX {
+            return Err(DecodeError::TooLarge(body_len));
+        }
+        let tagged = flags & FLAG_AUTHENTICATED != 0;
+        let crc_at = HEADER_BYTES + body_len;
+        let frame_len = crc_at + CRC_BYTES + if tagged { TAG_BYTES } else { 0 };
+        take(bytes, 0, frame_len)?;
+        if bytes.len() > frame_len {
+            return Err(DecodeError::TrailingBytes(bytes.len() - frame_len));
+        }
+        let crc = u32::from_le_bytes(bytes[crc_at..crc_at + CRC_BYTES].try_into().expect("4"));
+        if crc32c::crc32c(&bytes[..crc_at]) != crc {
+            return Err(DecodeError::BadChecksum);
+        }
+        match (&self.key, tagged) {
+            (Some(_), false) => return Err(DecodeError::Unauthenticated),
+            (None, true) => return Err(DecodeError::BadTag),
+            (Some(key), true) => {
+                let signed = crc_at + CRC_BYTES;
+                mac(key)
+                    .chain_update(&bytes[..signed])
+                    .verify_slice(&bytes[signed..])
+                    .map_err(|_| DecodeError::BadTag)?;
+            }
+            (None, false) => {}
+        }
+        let msg = decode_body(kind, &bytes[HEADER_BYTES..crc_at])?;
+        Ok(Envelope { from, to, msg })
+    }
+}
+
+fn mac(key: &[u8]) -> Hmac<Sha256> {
+    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
+}
+
+fn take(bytes: &[u8], at: usize, len: usize) -> Result<&[u8], DecodeError> {
+    let end = at
+        .checked_add(len)
+        .ok_or(DecodeError::Malformed("length overflow"))?;
+    bytes.get(at..end).ok_or(DecodeError::Truncated {
+        needed: end,
+        have: bytes.len(),
+    })
+}
+
+mod kind {
+    pub const HEARTBEAT: u8 = 1;
+    pub const DELTA: u8 = 2;
+    pub const DELTA_ACK: u8 = 3;
+    pub const COPY: u8 = 4;
+    pub const COPY_ACK: u8 = 5;
+    pub const JOIN: u8 = 6;
+    pub const GRANT_REQUEST: u8 = 7;
+    pub const WITNESS_PING: u8 = 8;
+    pub const WITNESS_STATE: u8 = 9;
+}
+
+struct Writer<'a>(&'a mut Vec<u8>);
+
+impl Writer<'_> {
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn node(&mut self, v: Option<NodeId>) {
+        match v {
+            None => self.u8(0),
+            Some(n) => {
+                self.u8(1);
+                self.u8(n.0);
+            }
+        }
+    }
+    fn checkpoint(&mut self, v: Option<CheckpointId>) {
+        match v {
+            None => self.u8(0),
+            Some(c) => {
+                self.u8(1);
+                self.u64(c.generation.0);
+                self.u64(c.epoch.0);
+            }
+        }
+    }
+    fn chunk(&mut self, c: &Chunk) {
+        assert!(c.data.len() <= CHUNK_BYTES_MAX, "chunk over the limit");
+        self.u32(c.index);
+        self.u32(c.count);
+        self.u32(u32::try_from(c.data.len()).expect("bounded by CHUNK_BYTES_MAX"));
+        self.0.extend_from_slice(&c.data);
+    }
+}
+
+fn encode_body(msg: &Message, out: &mut Vec<u8>) -> u8 {
+    let mut w = Writer(out);
+    match msg {
+        Message::Heartbeat {
+            generation,
+            role,
+            backup,
+        } => {
+            w.u64(generation.0);
+            w.u8(match role {
+                PeerRole::Primary => 0,
+                PeerRole::Backup => 1,
+                PeerRole::Joining => 2,
+            });
+            w.node(*backup);
+            kind::HEARTBEAT
+        }
+        Message::Delta {
+            generation,
+            epoch,
+            chunk,
+        } => {
+            w.u64(generation.0);
+            w.u64(epoch.0);
+            w.chunk(chunk);
+            kind::DELTA
+        }
+        Message::DeltaAck { generation, epoch } => {
+            w.u64(generation.0);
+            w.u64(epoch.0);
+            kind::DELTA_ACK
+        }
+        Message::Copy {
+            generation,
+            session,
+            round,
+            base,
+            chunk,
+        } => {
+            w.u64(generation.0);
+            w.u64(session.0);
+            w.u32(*round);
+            w.checkpoint(*base);
+            w.chunk(chunk);
+            kind::COPY
+        }
+        Message::CopyAck {
+            generation,
+            session,
+            round,
+        } => {
+            w.u64(generation.0);
+            w.u64(session.0);
+            w.u32(*round);
+            kind::COPY_ACK
+        }
+        Message::Join { generation, disk } => {
+            w.u64(generation.0);
+            w.checkpoint(*disk);
+            kind::JOIN
+        }
+        Message::GrantRequest {
+            want,
+            known,
+            backup,
+        } => {
+            w.u64(want.0);
+            w.u64(known.0);
+            w.node(*backup);
+            kind::GRANT_REQUEST
+        }
+        Message::WitnessPing { generation } => {
+            w.u64(generation.0);
+            kind::WITNESS_PING
+        }
+        Message::WitnessState {
+            generation,
+            holder,
+            backup,
+        } => {
+            w.u64(generation.0);
+            w.u8(holder.0);
+            w.node(*backup);
+            kind::WITNESS_STATE
+        }
+    }
+}
+
+struct Reader<'a> {
+    bytes: &'a [u8],
+    at: usize,
+}
+
+impl Reader<'_> {
+    fn bytes(&mut self, len: usize) -> Result<&[u8], DecodeError> {
+        let slice =
+            take(self.bytes, self.at, len).map_err(|_| DecodeError::Malformed("short body"))?;
+        self.at += len;
+        Ok(slice)
+    }
+    fn u8(&mut self) -> Result<u8, DecodeError> {
+        Ok(self.bytes(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(self.bytes(4)?.try_into().expect("4")))
+    }
+    fn u64(&mut self) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(self.bytes(8)?.try_into().expect("8")))
+    }
+    fn generation(&mut self) -> Result<Generation, DecodeError> {
+        self.u64().map(Generation)
+    }
+    fn node(&mut self) -> Result<Option<NodeId>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(NodeId(self.u8()?))),
+            _ => Err(DecodeError::Malformed("bad option tag")),
+        }
+    }
+    fn checkpoint(&mut self) -> Result<Option<CheckpointId>, DecodeError> {
+        match self.u8()? {
+            0 => Ok(None),
+            1 => Ok(Some(CheckpointId {
+                generation: self.generation()?,
+                epoch: Epoch(self.u64()?),
+            })),
+            _ => Err(DecodeError::Malformed("bad option tag")),
+        }
+    }
+    fn chunk(&mut self) -> Result<Chunk, DecodeError> {
+        let index = self.u32()?;
+        let count = self.u32()?;
+        if count == 0 || index >= count {
+            return Err(DecodeError::Malformed("chunk index out of range"));
+        }
+        let len = self.u32()? as usize;
+        if len > CHUNK_BYTES_MAX {
+            return Err(DecodeError::Malformed("chunk too large"));
+        }
+        let data = self.bytes(len)?.to_vec();
+        Ok(Chunk { index, count, data })
+    }
+    fn finish(self, msg: Message) -> Result<Message, DecodeError> {
+        if self.at != self.bytes.len() {
+            return Err(DecodeError::Malformed("bytes left in body"));
+        }
+        Ok(msg)
+    }
+}
+
+fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
+    let mut r = Reader { bytes: body, at: 0 };
+    let msg = match kind {
+        kind::HEARTBEAT => Message::Heartbeat {
+            generation: r.generation()?,
+            role: match r.u8()? {
+                0 => PeerRole::Primary,
+                1 => PeerRole::Backup,
+                2 => PeerRole::Joining,
+                _ => return Err(DecodeError::Malformed("bad role")),
+            },
+            backup: r.node()?,
+        },
+        kind::DELTA => Message::Delta {
+            generation: r.generation()?,
+            epoch: Epoch(r.u64()?),
+            chunk: r.chunk()?,
+        },
+        kind::DELTA_ACK => Message::DeltaAck {
+            generation: r.generation()?,
+            epoch: Epoch(r.u64()?),
+        },
+        kind::COPY => Message::Copy {
+            generation: r.generation()?,
+            session: Epoch(r.u64()?),
+            round: r.u32()?,
+            base: r.checkpoint()?,
+            chunk: r.chunk()?,
+        },
+        kind::COPY_ACK => Message::CopyAck {
+            generation: r.generation()?,
+            session: Epoch(r.u64()?),
+            round: r.u32()?,
+        },
+        kind::JOIN => Message::Join {
+            generation: r.generation()?,
+            disk: r.checkpoint()?,
+        },
+        kind::GRANT_REQUEST => Message::GrantRequest {
+            want: r.generation()?,
+            known: r.generation()?,
+            backup: r.node()?,
+        },
+        kind::WITNESS_PING => Message::WitnessPing {
+            generation: r.generation()?,
+        },
+        kind::WITNESS_STATE => Message::WitnessState {
+            generation: r.generation()?,
+            holder: NodeId(r.u8()?),
+            backup: r.node()?,
+        },
+        other => return Err(DecodeError::UnknownKind(other)),
+    };
+    r.finish(msg)
+}

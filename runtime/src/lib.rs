@@ -1,0 +1,10 @@
+//! Lockstep's runtime: the node driver that joins the replication protocol
+//! to a machine and its engine. The simulator drives it over turmoil with
+//! the emulated engine; the daemon drives it over TCP with KVM. The driver
+//! itself does no I/O and reads no clock: time comes in as `now`, frames
+//! and client packets come in as bytes, and what must go out is polled.
+#![forbid(unsafe_code)]
+
+pub mod driver;
+
+pub use driver::{HostError, HostStats, Transmit, VmHost, WitnessHost};
