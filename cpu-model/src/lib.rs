@@ -20,8 +20,9 @@
 //!   page tables must have those bits set (the boot tables do).
 //! - x87/SSE state is not part of [`VcpuState`]; the guests do not use it.
 //! - Every protection change makes unicorn rebuild its memory map, whose
-//!   size grows as pages are first written, so checkpoint cost grows with
-//!   the number of distinct pages written per epoch.
+//!   size grows with the pages made writable, so a page stays protected
+//!   (each store through the hook) until it is written a few times in an
+//!   epoch; only hot pages cost protection changes.
 
 mod fault;
 mod hooks;
@@ -428,6 +429,7 @@ impl Engine for EmuEngine {
         let mut state = self.shared.borrow_mut();
         for &page in &pages {
             state.dirty[page as usize] = false;
+            state.hooked_writes[page as usize] = 0;
         }
         drop(state);
         // Each protection change makes unicorn rebuild its memory map, so
