@@ -307,6 +307,8 @@ impl EmuEngine {
             state.halting = None;
             state.block_instructions = 0;
         }
+        // emu_start takes a count of 0 to mean "no limit".
+        assert!(slice > 0, "an empty slice would run unbounded");
         let count = usize::try_from(slice).expect("quanta are small");
         let result = uc.emu_start(rip, 0, 0, count);
         let unprotect = std::mem::take(&mut self.shared.borrow_mut().unprotect);

@@ -48,6 +48,10 @@ const RUN_SLICE: u64 = 10_000_000;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let BenchCommand::Emu(args) = args.command;
+    anyhow::ensure!(
+        args.quantum_min >= 1 && args.quantum_min <= args.quantum_max,
+        "need 1 <= --quantum-min <= --quantum-max"
+    );
     let image = Guest::Compute.image([0; 8])?;
     println!(
         "guest: compute (endless), {} instructions per measurement",
