@@ -228,7 +228,7 @@ impl EmuEngine {
         Ok(())
     }
 
-    /// Wakes halted vCPUs that have an event; true if any vCPU can run.
+    /// Wakes halted vCPUs that have an event (at quantum boundaries).
     fn wake(&mut self) {
         let mut state = self.shared.borrow_mut();
         let now = GuestNs(self.now);
@@ -268,8 +268,14 @@ impl EmuEngine {
             self.now += slice;
             self.sched.remaining -= slice;
         }
-        self.wake();
-        let idle = self.run_states.iter().all(|s| *s == RunState::Halted);
+        // Only looks: waking here would make the run depend on where it
+        // was cut (vCPUs wake at quantum boundaries only).
+        let state = self.shared.borrow();
+        let now = GuestNs(self.now);
+        let idle =
+            self.run_states.iter().enumerate().all(|(v, s)| {
+                *s == RunState::Halted && !state.bus.wake_pending(VcpuId(v as u16), now)
+            });
         Ok(if idle {
             RunExit::Idle
         } else {
