@@ -1,7 +1,9 @@
 //! Subcommands of the `lockstep` binary.
 
+mod bench;
 mod model_check;
 mod run;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -25,6 +27,10 @@ pub enum Command {
     Run(run::RunArgs),
     /// Replay one seed of a scenario exactly and write its trace.
     Replay(run::ReplayArgs),
+    /// Run a guest on one machine.
+    Vm(vm::VmArgs),
+    /// Measure engine speed.
+    Bench(bench::BenchArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -32,6 +38,8 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::ModelCheck(args) => model_check::run(args),
         Command::Run(args) => run::run(args),
         Command::Replay(args) => run::replay(args),
+        Command::Vm(args) => vm::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 
