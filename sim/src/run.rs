@@ -247,10 +247,12 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 sim.partition(a.as_str(), b.as_str());
             }
         }
-        Event::Isolate { host, id } => {
-            let i = w.resolve(host);
-            strike(&mut w, i);
-            let me = HOST_NAMES[i].to_string();
+        Event::Isolate { endpoint, id } => {
+            let me = w.endpoint_name(endpoint);
+            if let Endpoint::Host(h) = endpoint {
+                let i = w.resolve(h);
+                strike(&mut w, i);
+            }
             let pairs: Vec<(String, String)> = w
                 .everyone_but(&me)
                 .into_iter()

@@ -128,7 +128,7 @@ fn events_of(
         }
         FaultKind::Isolate { target } => {
             starts.push(Event::Isolate {
-                host: host(hosts, target).ok_or_else(unsupported)?,
+                endpoint: endpoint(hosts, target),
                 id,
             });
             until(Event::Repair { id });

@@ -66,10 +66,10 @@ pub enum Event {
         /// The partition's number.
         id: u32,
     },
-    /// Cut `host` off from everyone; `id` numbers it for its repair.
+    /// Cut `endpoint` off from everyone; `id` numbers it for its repair.
     Isolate {
-        /// The host.
-        host: HostRef,
+        /// The host, witness, switch or client.
+        endpoint: Endpoint,
         /// The isolation's number.
         id: u32,
     },
