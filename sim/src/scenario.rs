@@ -50,6 +50,7 @@ pub fn resolve(
         safety_ms: scenario.duration_ms,
         liveness_ms: scenario.liveness_ms,
         events: Vec::new(),
+        config_hook: None,
     };
     let hosts = [
         scenario.topology.hosts[0].as_str().to_string(),

@@ -153,6 +153,9 @@ pub struct RunSpec {
     pub liveness_ms: u64,
     /// Fault events, by time in ms from the start.
     pub events: Vec<(u64, Event)>,
+    /// Adjusts each VM host's protocol configuration (tests use it to run
+    /// deliberately broken protocols).
+    pub config_hook: Option<fn(&mut protocol::Config)>,
 }
 
 impl RunSpec {
@@ -175,6 +178,7 @@ impl RunSpec {
             safety_ms: 600,
             liveness_ms: 1500,
             events: Vec::new(),
+            config_hook: None,
         }
     }
 

@@ -202,7 +202,12 @@ impl World {
         config.heartbeat_interval_ns = self.spec.heartbeat_ms * 1_000_000;
         config.suspect_after_ns = self.spec.suspect_after_ms * 1_000_000;
         config.retransmit_after_ns = self.spec.heartbeat_ms * 3 * 1_000_000;
-        config.chunk_bytes_max = 32 * 1024;
+        // Small chunks: most deltas travel in several pieces, so incomplete
+        // deltas happen and are exercised.
+        config.chunk_bytes_max = 8 * 1024;
+        if let Some(hook) = self.spec.config_hook {
+            hook(&mut config);
+        }
         config
     }
 
