@@ -214,6 +214,30 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
             strike(&mut w, i);
             w.hosts[i].nic_down = true;
         }
+        Event::DiskEio {
+            host,
+            rate,
+            after_writes,
+        } => {
+            let i = w.resolve(host);
+            w.last_struck = i;
+            let fault = faults::FaultKind::DiskEio {
+                target: faults::Target::Primary,
+                rate: rate.and_then(faults::catalogue::Rate::new),
+                after_writes,
+            };
+            if let Some(disk) = &w.hosts[i].disk {
+                disk.borrow_mut()
+                    .apply(&fault)
+                    .expect("EIO is a disk fault");
+            }
+        }
+        Event::DiskHeal(h) => {
+            let i = w.resolve(h);
+            if let Some(disk) = &w.hosts[i].disk {
+                disk.borrow_mut().heal();
+            }
+        }
         Event::NicUp(h) => {
             let i = w.resolve(h);
             w.hosts[i].nic_down = false;
@@ -326,6 +350,9 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
     for (i, slot) in w.hosts.iter_mut().enumerate() {
         slot.paused = false;
         slot.nic_down = false;
+        if let Some(disk) = &slot.disk {
+            disk.borrow_mut().heal();
+        }
         if slot.host.is_none() {
             restart.push(HOST_NAMES[i]);
         }

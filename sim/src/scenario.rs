@@ -193,8 +193,20 @@ fn events_of(
             starts.push(Event::NicDown(host(hosts, target).ok_or_else(unsupported)?));
             until(Event::NicUp(HostRef::LastStruck));
         }
-        FaultKind::DiskEio { .. }
-        | FaultKind::DiskLatency { .. }
+        FaultKind::DiskEio {
+            target,
+            rate,
+            after_writes,
+        } => {
+            let host = host(hosts, target).ok_or_else(unsupported)?;
+            starts.push(Event::DiskEio {
+                host,
+                rate: rate.map(|r| r.get()),
+                after_writes: *after_writes,
+            });
+            until(Event::DiskHeal(HostRef::LastStruck));
+        }
+        FaultKind::DiskLatency { .. }
         | FaultKind::TornWrite { .. }
         | FaultKind::LostUnsyncedWrites { .. }
         | FaultKind::DiskCorruption { .. }

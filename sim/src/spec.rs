@@ -114,6 +114,18 @@ pub enum Event {
     NicDown(HostRef),
     /// The host's NIC is up again.
     NicUp(HostRef),
+    /// The host's disk fails I/O with EIO: each with probability `rate`,
+    /// or every one after `after_writes` more writes.
+    DiskEio {
+        /// The host.
+        host: HostRef,
+        /// Probability per I/O.
+        rate: Option<f64>,
+        /// Writes that still succeed.
+        after_writes: Option<u64>,
+    },
+    /// The host's disk works again.
+    DiskHeal(HostRef),
 }
 
 /// One run, fully resolved.

@@ -7,7 +7,9 @@ use crate::client::Client;
 use crate::spec::{Endpoint, HostRef, RunSpec};
 use crate::trace::{digest, Trace};
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use faults::FaultyStore;
 use machine::devices::MemStore;
+use machine::devices::{BlockStore, StoreError, BLOCK_BYTES};
 use machine::guests::ledger_load::LedgerConfig;
 use machine::guests::Guest;
 use machine::layout::MEMORY_BYTES_MIN;
@@ -15,7 +17,9 @@ use machine::rng::SplitMix64;
 use machine::{Machine, Shape};
 use protocol::{Codec, Config, Generation, Grant, NodeId, RoleKind, Start, Time};
 use runtime::{HostError, Transmit, VmHost, WitnessHost};
+use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
+use std::rc::Rc;
 
 /// Port of protocol frames on VM hosts and the witness.
 pub const FRAME_PORT: u16 = 7000;
@@ -53,6 +57,30 @@ pub fn describe_frame(bytes: &[u8]) -> String {
     }
 }
 
+/// The host's disk as its machine sees it; the world keeps another handle
+/// to arm faults.
+#[derive(Debug)]
+struct SharedDisk(Rc<RefCell<FaultyStore<MemStore>>>);
+
+impl BlockStore for SharedDisk {
+    fn block_count(&self) -> u64 {
+        self.0.borrow().block_count()
+    }
+
+    fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        self.0.borrow_mut().read_block(block, buf)
+    }
+
+    fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        let mut disk = self.0.borrow_mut();
+        let written = disk.write_block(block, buf);
+        // Unsynced writes are not modelled by this simulator yet: every
+        // write is durable at once.
+        disk.mark_durable();
+        written
+    }
+}
+
 /// A client's host name.
 pub fn client_name(index: u16) -> String {
     format!("client{index}")
@@ -73,6 +101,8 @@ pub struct HostSlot {
     pub nic_down: bool,
     /// Last (role, generation) seen, to trace changes.
     pub last_role: Option<(RoleKind, Generation)>,
+    /// The host's disk, shared with its machine so faults can be armed.
+    pub disk: Option<Rc<RefCell<FaultyStore<MemStore>>>>,
     next_claim_ns: u64,
 }
 
@@ -179,7 +209,7 @@ impl World {
         }
     }
 
-    fn machine(&self, index: usize) -> Result<Machine<EmuEngine>, HostError> {
+    fn machine(&mut self, index: usize) -> Result<Machine<EmuEngine>, HostError> {
         let image = Guest::Ledger
             .image(self.ledger().params())
             .expect("the ledger assembles");
@@ -190,7 +220,12 @@ impl World {
             quantum: Quantum::default(),
             counting: Counting::Slices,
         };
-        let store = Box::new(MemStore::new(DISK_BLOCKS));
+        let disk = Rc::new(RefCell::new(FaultyStore::new(
+            MemStore::new(DISK_BLOCKS),
+            self.spec.seed ^ (0xD15C + index as u64),
+        )));
+        self.hosts[index].disk = Some(Rc::clone(&disk));
+        let store = Box::new(SharedDisk(disk));
         emulated_machine(shape, &image, config, store).map_err(|e| HostError::Machine(e.into()))
     }
 
@@ -332,11 +367,26 @@ impl World {
         let Some(host) = slot.host.as_mut() else {
             return;
         };
-        if let Err(e) = input(host) {
-            self.host_errors
-                .push(format!("{} at {} ns: {e}", HOST_NAMES[index], now.0));
-            self.hosts[index].host = None;
-            return;
+        let was_primary = host.role() == RoleKind::Primary && host.is_running();
+        let generation = host.node().generation();
+        match input(host) {
+            Ok(()) => {}
+            Err(HostError::DiskFailed(why)) => {
+                // Fail-stop, by design: the host is gone as if it crashed.
+                self.trace
+                    .record(now.0, HOST_NAMES[index], || format!("fail-stop: {why}"));
+                if was_primary && self.primary_lost.is_none() {
+                    self.primary_lost = Some((now.0, generation));
+                }
+                self.hosts[index].host = None;
+                return;
+            }
+            Err(e) => {
+                self.host_errors
+                    .push(format!("{} at {} ns: {e}", HOST_NAMES[index], now.0));
+                self.hosts[index].host = None;
+                return;
+            }
         }
         let role = (host.role(), host.node().generation());
         if slot.last_role != Some(role) {

@@ -101,6 +101,9 @@ struct Channel {
 pub struct Disk {
     channels: Vec<Channel>,
     written: BTreeSet<u64>,
+    /// Commands the store failed, since this disk was made or restored (a
+    /// host-side count for the driver, not device state).
+    errors: u64,
 }
 
 impl Disk {
@@ -115,7 +118,14 @@ impl Disk {
         Disk {
             channels: vec![channel; usize::from(vcpus)],
             written: BTreeSet::new(),
+            errors: 0,
         }
+    }
+
+    /// Commands the store failed since the disk was made or restored: the
+    /// node driver stops a host whose disk fails.
+    pub fn errors(&self) -> u64 {
+        self.errors
     }
 
     /// Takes the numbers of the blocks written since the last call.
@@ -169,7 +179,10 @@ impl Disk {
         };
         channel.status = match result {
             Ok(()) => DiskStatus::Ok,
-            Err(_) => DiskStatus::Error,
+            Err(_) => {
+                self.errors += 1;
+                DiskStatus::Error
+            }
         };
     }
 

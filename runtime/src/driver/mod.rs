@@ -46,12 +46,28 @@ pub enum HostError {
     /// The protocol configuration is invalid.
     #[error("protocol configuration: {0}")]
     Config(#[from] ConfigError),
-    /// The machine failed (a guest fault, a disk error, a bad checkpoint).
+    /// The machine failed (a guest fault, a bad checkpoint).
     #[error("machine: {0}")]
-    Machine(#[from] MachineError),
+    Machine(MachineError),
     /// Promoted while the standby image had failed to apply a delta.
     #[error("standby image is inconsistent ({0}); refusing to resume it")]
     BrokenStandby(String),
+    /// The local disk failed: the host stops (fail-stop) before the output
+    /// of the epoch that saw the failure can be released, and the peer
+    /// takes over.
+    #[error("local disk failed ({0}); stopping this host")]
+    DiskFailed(String),
+}
+
+impl From<MachineError> for HostError {
+    /// A failing disk store is the host's disk failing, whatever operation
+    /// met it (a guest command, a capture reading blocks, a restore).
+    fn from(error: MachineError) -> HostError {
+        match error {
+            MachineError::Store(e) => HostError::DiskFailed(e.to_string()),
+            other => HostError::Machine(other),
+        }
+    }
 }
 
 /// Counters of one host.
@@ -102,6 +118,8 @@ pub struct VmHost<E: Engine> {
     copy: Option<CopyStream>,
     transmits: VecDeque<Transmit>,
     last_run: Time,
+    /// The disk's error count already seen.
+    disk_errors_seen: u64,
     /// The engine's dirty-fault counter at the last capture.
     dirty_mark: u64,
     persisted: Generation,
@@ -137,6 +155,7 @@ impl<E: Engine> VmHost<E> {
             copy: None,
             transmits: VecDeque::new(),
             last_run: now,
+            disk_errors_seen: 0,
             dirty_mark,
             broken: None,
             stats: HostStats::default(),
@@ -218,6 +237,12 @@ impl<E: Engine> VmHost<E> {
             let budget = now.0 - self.last_run.0;
             self.machine.run(Instructions(budget))?;
             self.stats.guest_ns += budget;
+            let errors = self.machine.bus().disk.errors();
+            if errors > self.disk_errors_seen {
+                return Err(HostError::DiskFailed(format!(
+                    "{errors} failed disk commands"
+                )));
+            }
             self.collect_outputs();
             let dirty = self.machine.engine().stats().dirty_faults - self.dirty_mark;
             self.node.handle_dirty_pages(now, dirty);
@@ -294,7 +319,7 @@ impl<E: Engine> VmHost<E> {
                 self.node.handle_copy_captured(now, round, capture);
             }
             Action::ApplyDelta { delta: bytes, .. } | Action::ApplyCopy { copy: bytes, .. } => {
-                self.apply(&bytes);
+                self.apply(&bytes)?;
             }
             Action::ReleaseOutput { upto } => {
                 let (transmits, stats) = (&mut self.transmits, &mut self.stats);
@@ -312,6 +337,7 @@ impl<E: Engine> VmHost<E> {
                 self.guest = Guest::Running;
                 self.paused = false;
                 self.last_run = now;
+                self.disk_errors_seen = self.machine.bus().disk.errors();
                 self.dirty_mark = self.machine.engine().stats().dirty_faults;
             }
             Action::StopGuest => {
@@ -334,23 +360,30 @@ impl<E: Engine> VmHost<E> {
 
     /// A complete delta or copy round from the primary, onto the standby.
     /// A failure leaves the standby unusable: promotion then refuses.
-    fn apply(&mut self, bytes: &[u8]) {
+    fn apply(&mut self, bytes: &[u8]) -> Result<(), HostError> {
         let applied = Checkpoint::decode(bytes, CHECKPOINT_BYTES_MAX)
             .map_err(|e| e.to_string())
             .and_then(|checkpoint| {
                 if checkpoint.kind == Kind::Full {
                     self.broken = None;
                 }
-                self.machine.restore(&checkpoint).map_err(|e| e.to_string())
+                match self.machine.restore(&checkpoint) {
+                    Err(MachineError::Store(e)) => Ok(Err(e)),
+                    other => other.map(Ok).map_err(|e| e.to_string()),
+                }
             });
         match applied {
-            Ok(()) => {
+            Ok(Ok(())) => {
                 self.stats.applied += 1;
                 self.guest = Guest::Standby;
+                Ok(())
             }
+            // The standby's own disk failed: stop, as a primary would.
+            Ok(Err(store)) => Err(HostError::DiskFailed(store.to_string())),
             Err(problem) => {
                 tracing::error!(node = %self.node.config().me, %problem, "standby image broken");
                 self.broken.get_or_insert(problem);
+                Ok(())
             }
         }
     }
