@@ -1,5 +1,6 @@
 //! Subcommands of the `lockstep` binary.
 
+mod kvm;
 mod model_check;
 
 use clap::{Parser, Subcommand};
@@ -20,11 +21,29 @@ pub struct Cli {
 pub enum Command {
     /// Exhaustively check the replication protocol's safety and liveness.
     ModelCheck(model_check::ModelCheckArgs),
+    /// Measure the engines.
+    Bench(BenchArgs),
+}
+
+// Until `bench emu` lands beside it: `bench kvm` alone.
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// KVM against the emulated engine; checkpoint pause on KVM.
+    Kvm(kvm::KvmBenchArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::ModelCheck(args) => model_check::run(args),
+        Command::Bench(BenchArgs {
+            command: BenchCommand::Kvm(args),
+        }) => kvm::bench(args),
     }
 }
 

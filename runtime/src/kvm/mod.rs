@@ -78,7 +78,11 @@ fn setup(what: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> KvmError {
 
 /// Opens `/dev/kvm`, or says in one line why not and what to do.
 pub fn open_kvm() -> Result<Kvm, KvmError> {
-    Kvm::new().map_err(|e| {
+    open_kvm_at("/dev/kvm")
+}
+
+fn open_kvm_at(path: &str) -> Result<Kvm, KvmError> {
+    Kvm::new_with_path(std::ffi::CString::new(path).expect("no NUL in the path")).map_err(|e| {
         KvmError::Unavailable(match e.errno() {
             libc::ENOENT => "no /dev/kvm: KVM is not available on this host; enable \
                              virtualization and load the module (modprobe kvm_intel or \
@@ -102,6 +106,9 @@ pub struct KvmStats {
     pub halts: u64,
     /// Signals sent to stop vCPUs.
     pub kicks: u64,
+    /// Host nanoseconds the last run took to stop its vCPUs, from the
+    /// first kick until every vCPU was out of the guest (0 if none was in).
+    pub stop_ns_last: u64,
 }
 
 /// The KVM engine.
@@ -378,4 +385,18 @@ pub fn kvm_machine(
     let engine = KvmEngine::new(shape, image)?;
     let bus = DeviceBus::new(shape.vcpus(), store);
     Ok(Machine::new(shape, engine, bus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn missing_kvm_says_what_to_do_in_one_line() {
+        let error = open_kvm_at("/nonexistent/kvm").expect_err("no such device");
+        let message = error.to_string();
+        assert!(message.contains("no /dev/kvm"), "{message}");
+        assert!(message.contains("modprobe kvm_amd"), "{message}");
+        assert!(!message.contains('\n'), "{message}");
+    }
 }

@@ -218,6 +218,8 @@ impl KvmEngine {
     ) -> Option<EngineError> {
         let mut failure = None;
         let mut kicks = 0;
+        let started = Instant::now();
+        self.stats.stop_ns_last = 0;
         while in_guest.any() {
             if kicks == KICKS_MAX {
                 return Some(EngineError::Backend("kvm: a vCPU does not stop".into()));
@@ -244,6 +246,8 @@ impl KvmEngine {
                     }
                 }
             }
+            self.stats.stop_ns_last = u64::try_from(started.elapsed().as_nanos())
+                .expect("stops take less than a century");
         }
         failure
     }
