@@ -175,3 +175,36 @@ fn kvm_deltas_keep_an_emulated_backup_exact() {
     }
     assert!(deltas > 3, "several deltas, got {deltas}");
 }
+
+#[test]
+fn kvm_restores_its_whole_vcpu_state() {
+    if !kvm_or_skip("kvm_restores_its_whole_vcpu_state") {
+        return;
+    }
+    let config = LedgerConfig::with_requests(100);
+    let image = Guest::Ledger.image(config.params()).expect("assembles");
+    let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
+    let mut first = kvm(shape, &image);
+    let mut load = LedgerLoad::new(config, 2);
+    for _ in 0..5 {
+        load.step(&mut first, Instructions(1_000_000))
+            .expect("runs");
+    }
+    let hash = first.state_hash().expect("hash");
+    assert_eq!(
+        first.state_hash().expect("hash"),
+        hash,
+        "a paused machine's hash is stable"
+    );
+    let checkpoint = take(&mut first, Kind::Full);
+    let mut second = kvm(shape, &image);
+    second.restore(&checkpoint).expect("restores");
+    // Private state: time, full sregs, xsave, xcrs, debug registers,
+    // MSRs, vCPU events, mp state, of every vCPU.
+    assert_eq!(
+        second.engine().save_engine_state(),
+        first.engine().save_engine_state(),
+        "every vCPU's KVM state comes back"
+    );
+    assert_eq!(second.state_hash().expect("hash"), hash);
+}

@@ -147,59 +147,16 @@ impl KvmEngine {
         let vm = kvm.create_vm().map_err(setup("KVM_CREATE_VM"))?;
         vm.set_tss_address(TSS_ADDRESS)
             .map_err(setup("KVM_SET_TSS_ADDR"))?;
-        let bytes = usize::try_from(shape.memory_bytes()).expect("at most 1 GiB");
-        let memory =
-            GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes)]).map_err(|e| {
-                KvmError::Setup {
-                    what: "guest memory",
-                    source: std::io::Error::other(e.to_string()),
-                }
-            })?;
-        memory
-            .write_slice(&image.boot_memory(&shape), GuestAddress(0))
-            .expect("boot image is the size of memory");
-        sys::register_memory(&vm, &memory, shape.memory_bytes())
-            .map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
+        let memory = boot_memory(&vm, shape, image)?;
         sys::install_kick_handler().map_err(|source| KvmError::Setup {
             what: "kick signal handler",
             source,
         })?;
-        let cpuid = kvm
-            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-            .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
         let (report_tx, reports) = std::sync::mpsc::channel();
-        let mut vcpus = Vec::new();
-        let mut boot_extras = Vec::new();
-        let mut msr_indices = Vec::new();
-        for v in 0..shape.vcpus() {
-            let fd = vm
-                .create_vcpu(u64::from(v))
-                .map_err(setup("KVM_CREATE_VCPU"))?;
-            fd.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
-            if v == 0 {
-                msr_indices = state::supported_msrs(&fd, &state::MSRS_CARRIED);
-            }
-            let boot = machine::boot::initial_vcpu_state(&shape, v);
-            state::write(&fd, &boot, None).map_err(|e| KvmError::Setup {
-                what: "boot registers",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            let extras = CpuExtras::read(&fd, &msr_indices).map_err(|e| KvmError::Setup {
-                what: "boot state",
-                source: std::io::Error::other(e.to_string()),
-            })?;
-            boot_extras.push(extras);
-            let thread = VcpuThread::spawn(VcpuId(v), fd, report_tx.clone()).map_err(|source| {
-                KvmError::Setup {
-                    what: "vCPU thread",
-                    source,
-                }
-            })?;
-            vcpus.push(thread);
-        }
+        let booted = boot_vcpus(&kvm, &vm, shape, &report_tx)?;
         let n = usize::from(shape.vcpus());
         let mut engine = KvmEngine {
-            vcpus,
+            vcpus: booted.threads,
             reports,
             vm,
             memory,
@@ -208,15 +165,14 @@ impl KvmEngine {
             now_ns: 0,
             budget_end_ns: 0,
             host_dirty: BTreeSet::new(),
-            msr_indices,
-            boot_extras,
+            msr_indices: booted.msr_indices,
+            boot_extras: booted.extras,
             pending_extras: vec![None; n],
             stats: KvmStats::default(),
         };
-        engine.take_dirty_pages().map_err(|e| KvmError::Setup {
-            what: "dirty log",
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        engine
+            .take_dirty_pages()
+            .map_err(|e| other("dirty log", e))?;
         Ok(engine)
     }
 
@@ -260,6 +216,73 @@ impl KvmEngine {
         r.finish()?;
         Ok((now, budget_end, extras))
     }
+}
+
+fn other(what: &'static str, error: impl std::fmt::Display) -> KvmError {
+    KvmError::Setup {
+        what,
+        source: std::io::Error::other(error.to_string()),
+    }
+}
+
+/// Guest memory holding the boot image, registered as KVM slot 0 with
+/// dirty logging.
+fn boot_memory(vm: &VmFd, shape: Shape, image: &GuestImage) -> Result<GuestMemoryMmap, KvmError> {
+    let bytes = usize::try_from(shape.memory_bytes()).expect("at most 1 GiB");
+    let memory = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes)])
+        .map_err(|e| other("guest memory", e))?;
+    memory
+        .write_slice(&image.boot_memory(&shape), GuestAddress(0))
+        .expect("boot image is the size of memory");
+    sys::register_memory(vm, &memory, shape.memory_bytes())
+        .map_err(setup("KVM_SET_USER_MEMORY_REGION"))?;
+    Ok(memory)
+}
+
+/// The vCPUs at boot: their threads, the MSRs KVM has, and each vCPU's
+/// boot extras (what a checkpoint from another engine restores).
+struct BootedVcpus {
+    threads: Vec<VcpuThread>,
+    msr_indices: Vec<u32>,
+    extras: Vec<CpuExtras>,
+}
+
+fn boot_vcpus(
+    kvm: &Kvm,
+    vm: &VmFd,
+    shape: Shape,
+    reports: &std::sync::mpsc::Sender<Report>,
+) -> Result<BootedVcpus, KvmError> {
+    let cpuid = kvm
+        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+        .map_err(setup("KVM_GET_SUPPORTED_CPUID"))?;
+    let mut booted = BootedVcpus {
+        threads: Vec::new(),
+        msr_indices: Vec::new(),
+        extras: Vec::new(),
+    };
+    for v in 0..shape.vcpus() {
+        let fd = vm
+            .create_vcpu(u64::from(v))
+            .map_err(setup("KVM_CREATE_VCPU"))?;
+        fd.set_cpuid2(&cpuid).map_err(setup("KVM_SET_CPUID2"))?;
+        if v == 0 {
+            booted.msr_indices = state::supported_msrs(&fd, &state::MSRS_CARRIED);
+        }
+        let boot = machine::boot::initial_vcpu_state(&shape, v);
+        state::write(&fd, &boot, None).map_err(|e| other("boot registers", e))?;
+        let extras =
+            CpuExtras::read(&fd, &booted.msr_indices).map_err(|e| other("boot state", e))?;
+        booted.extras.push(extras);
+        let thread = VcpuThread::spawn(VcpuId(v), fd, reports.clone()).map_err(|source| {
+            KvmError::Setup {
+                what: "vCPU thread",
+                source,
+            }
+        })?;
+        booted.threads.push(thread);
+    }
+    Ok(booted)
 }
 
 fn backend(error: impl std::fmt::Display) -> EngineError {

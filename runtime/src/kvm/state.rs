@@ -21,9 +21,12 @@ use zerocopy::{FromBytes, IntoBytes};
 use super::sys;
 
 /// The MSRs a checkpoint carries, where KVM has them: SYSENTER, SYSCALL
-/// (STAR, LSTAR, CSTAR, SFMASK), KERNEL_GS_BASE, TSC_AUX, PAT,
-/// MISC_ENABLE and the TSC itself.
-pub(crate) const MSRS_CARRIED: [u32; 12] = [
+/// (STAR, LSTAR, CSTAR, SFMASK), KERNEL_GS_BASE, TSC_AUX, PAT and
+/// MISC_ENABLE. Not the TSC: it ticks while the guest is paused, so
+/// saving it would make a paused machine's state differ from one read to
+/// the next; a restored guest's TSC is the new host's (the guests read
+/// time from the clock device, not rdtsc).
+pub(crate) const MSRS_CARRIED: [u32; 11] = [
     0x174,
     0x175,
     0x176,
@@ -35,7 +38,6 @@ pub(crate) const MSRS_CARRIED: [u32; 12] = [
     0xc000_0103,
     0x277,
     0x1a0,
-    0x10,
 ];
 /// Most MSRs a decoded state may hold.
 const MSRS_MAX: usize = 64;
