@@ -17,6 +17,8 @@ use super::KvmEngine;
 const KICK_RETRY: Duration = Duration::from_millis(20);
 /// Kicks without an answer before the engine gives up on a vCPU.
 const KICKS_MAX: u32 = 50;
+/// The shortest wait for reports while a clock deadline is due.
+const DEADLINE_POLL_NS: u64 = 50_000;
 
 /// Guest time while the guest runs: host monotonic time from a base.
 #[derive(Debug)]
@@ -86,8 +88,7 @@ impl KvmEngine {
             if !in_guest.any() && !self.sleep_until_event(bus, &mut clock, end) {
                 break;
             }
-            let deadline = bus.next_deadline().map_or(end, |d| d.0.min(end));
-            let timeout = Duration::from_nanos(deadline.saturating_sub(clock.now()));
+            let timeout = self.wait_for_reports(bus, clock.now(), end);
             match self.reports.recv_timeout(timeout) {
                 Ok(report) => {
                     failure = self.handle(report, bus, &clock, &mut in_guest, Phase::Running);
@@ -132,6 +133,19 @@ impl KvmEngine {
                 false
             }
         }
+    }
+
+    /// How long to wait for the next report: until the budget's end, or
+    /// until a clock deadline while some vCPU sleeps. A deadline that
+    /// passed without waking anyone belongs to a running vCPU; polling
+    /// for it is rate-limited.
+    fn wait_for_reports(&self, bus: &DeviceBus, now: u64, end: u64) -> Duration {
+        let halted = self.run_states.contains(&RunState::Halted);
+        let until = match bus.next_deadline() {
+            Some(GuestNs(at)) if halted => at.max(now + DEADLINE_POLL_NS).min(end),
+            _ => end,
+        };
+        Duration::from_nanos(until.saturating_sub(now))
     }
 
     fn enter(&mut self, v: usize, in_guest: &mut InGuest) {
