@@ -120,8 +120,11 @@ fn thread_main(vcpu: VcpuId, fd: &SharedVcpu, inbox: &Receiver<Command>, reports
     while let Ok(command) = inbox.recv() {
         match command {
             Command::Run => {
+                // immediate_exit is left as it is: a kick may have landed
+                // between the engine's Run and here, and clearing it
+                // would lose that kick. A stale one costs one spurious
+                // Stopped, which the engine answers with another Run.
                 let mut guard = lock(fd);
-                guard.set_kvm_immediate_exit(0);
                 let report = run_until_stop(vcpu, &mut guard, inbox, reports);
                 drop(guard);
                 if reports.send(report).is_err() {
