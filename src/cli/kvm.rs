@@ -59,12 +59,16 @@ pub fn bench(args: KvmBenchArgs) -> anyhow::Result<ExitCode> {
     throughput_ledger(args.requests)?;
     println!();
     println!(
-        "checkpoint capture (delta, guest paused), median of {} rounds:",
+        "checkpoint pause, median of {} rounds. capture: Machine::checkpoint(Delta) of the paused",
         args.rounds
     );
+    println!("guest (dirty log, page copies, vCPU state, devices); log: the dirty log alone;");
     println!(
-        "{:>5}  {:>11}  {:>11}  {:>10}  {:>12}",
-        "vCPUs", "dirty pages", "capture µs", "delta KiB", "stop µs"
+        "stop: first kick to every vCPU out of the guest (busy guest); pause: stop + capture."
+    );
+    println!(
+        "{:>5}  {:>11}  {:>10}  {:>10}  {:>9}  {:>8}  {:>9}",
+        "vCPUs", "dirty pages", "capture µs", "of it log", "delta KiB", "stop µs", "pause µs"
     );
     for &vcpus in &args.vcpus {
         for &dirty in &args.dirty_pages {
@@ -176,11 +180,30 @@ fn throughput_ledger(requests: u64) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Rings every vCPU's doorbell: the dirtier writes its pages once more.
+fn dirty_round(machine: &mut Machine<KvmEngine>, vcpus: u16) -> anyhow::Result<()> {
+    let ctx = IoContext {
+        vcpu: VcpuId(0),
+        now: machine.engine().now(),
+    };
+    machine
+        .bus()
+        .port_out(ctx, PORT_DOORBELL, 4, (1u32 << vcpus) - 1);
+    run_to_idle(machine)
+}
+
+fn median(mut samples: Vec<Duration>) -> f64 {
+    samples.sort();
+    samples[samples.len() / 2].as_secs_f64() * 1e6
+}
+
 /// One row: the dirtier on `vcpus` vCPUs writes `dirty` pages in all
 /// (spread over the vCPUs) per round, woken by the doorbell; each round
-/// ends idle and takes a delta checkpoint.
+/// ends idle and takes a delta checkpoint (or, in between, only reads
+/// and clears the dirty log, to show its share).
 fn capture_row(vcpus: u16, dirty: u64, rounds: u32) -> anyhow::Result<()> {
     let per_vcpu = dirty.div_ceil(u64::from(vcpus));
+    let pages = per_vcpu * u64::from(vcpus);
     // A period longer than any round: only the doorbell wakes the guest.
     let period_ns = u64::from(u32::MAX);
     let image = Guest::Dirtier.image([per_vcpu, per_vcpu, period_ns, 0, 0, 0, 0, 0])?;
@@ -188,39 +211,36 @@ fn capture_row(vcpus: u16, dirty: u64, rounds: u32) -> anyhow::Result<()> {
     let mut machine = boot_kvm(shape, &image, 1)?;
     run_to_idle(&mut machine)?;
     machine.checkpoint(Kind::Full)?;
-    let mut captures = Vec::new();
-    let mut sizes = Vec::new();
+    let (mut captures, mut logs, mut size) = (Vec::new(), Vec::new(), 0);
     for _ in 0..rounds {
-        let ctx = IoContext {
-            vcpu: VcpuId(0),
-            now: machine.engine().now(),
-        };
-        machine
-            .bus()
-            .port_out(ctx, PORT_DOORBELL, 4, (1u32 << vcpus) - 1);
-        run_to_idle(&mut machine)?;
+        dirty_round(&mut machine, vcpus)?;
         let started = Instant::now();
         let delta = machine.checkpoint(Kind::Delta)?;
         captures.push(started.elapsed());
+        let got = delta.pages.len() as u64;
+        ensure!(got == pages, "delta has {got} pages, expected {pages}");
+        size = delta.encode().len();
+        dirty_round(&mut machine, vcpus)?;
+        let started = Instant::now();
+        let logged = machine.engine_mut().take_dirty_pages()?.len() as u64;
+        logs.push(started.elapsed());
         ensure!(
-            delta.pages.len() as u64 == per_vcpu * u64::from(vcpus),
-            "delta has {} pages, expected {}",
-            delta.pages.len(),
-            per_vcpu * u64::from(vcpus)
+            logged == pages,
+            "dirty log has {logged} pages, expected {pages}"
         );
-        sizes.push(delta.encode().len());
     }
     let stop = stop_latency(vcpus, rounds).context("stop latency")?;
-    captures.sort();
-    sizes.sort_unstable();
-    let median = captures[captures.len() / 2];
+    let capture_us = median(captures);
+    let stop_us = stop.as_secs_f64() * 1e6;
     println!(
-        "{:>5}  {:>11}  {:>11.0}  {:>10}  {:>12.0}",
+        "{:>5}  {:>11}  {:>10.0}  {:>10.0}  {:>9}  {:>8.0}  {:>9.0}",
         vcpus,
-        per_vcpu * u64::from(vcpus),
-        median.as_secs_f64() * 1e6,
-        sizes[sizes.len() / 2] / 1024,
-        stop.as_secs_f64() * 1e6
+        pages,
+        capture_us,
+        median(logs),
+        size / 1024,
+        stop_us,
+        capture_us + stop_us
     );
     Ok(())
 }
