@@ -80,5 +80,10 @@ fn guest_and_host_writes_are_dirty() {
         }
     }
     assert!(seen.contains(&next), "second period's first page: {seen:?}");
+    let now = machine.engine().now().0;
+    assert!(
+        now >= PERIOD_NS,
+        "the guest slept a period of guest time: {now}"
+    );
     assert!(!seen.contains(&host_page), "host page dirty only once");
 }

@@ -109,6 +109,9 @@ impl VcpuThread {
 impl Drop for VcpuThread {
     fn drop(&mut self) {
         self.send(Command::Quit);
+        // A vCPU left in the guest (a run that failed to stop it) is
+        // kicked out, so the join below returns.
+        self.kick();
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
