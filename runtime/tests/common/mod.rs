@@ -19,12 +19,15 @@ pub const EMU_SLICE: Instructions = Instructions(20_000_000);
 /// Most run calls before a machine must be idle.
 pub const RUNS_MAX: u32 = 500;
 
-/// True if KVM is usable; else prints a loud skip line.
+/// True if KVM is usable; else prints a loud skip line, straight to
+/// stderr so the test harness does not swallow it.
 pub fn kvm_or_skip(test: &str) -> bool {
     match open_kvm() {
         Ok(_) => true,
         Err(e) => {
-            eprintln!("SKIPPED: no /dev/kvm ({test}): {e}");
+            use std::io::Write;
+            let line = format!("SKIPPED: no /dev/kvm ({test}): {e}\n");
+            let _ = std::io::stderr().write_all(line.as_bytes());
             false
         }
     }
