@@ -9,11 +9,15 @@
 //! every vCPU sleeps in `hlt`, the engine sleeps until the earliest clock
 //! deadline of the bus; with no deadline before the budget's end nothing
 //! can happen until new input, so the rest of the budget passes at once,
-//! as on the emulated engine. The clock device reads this time. The budget
-//! of [`Engine::run`] is therefore guest nanoseconds, the same unit the
+//! as on the emulated engine. The clock device reads this time at the
+//! moment the run thread serves the port access. The budget of
+//! [`Engine::run`] is therefore guest nanoseconds, the same unit the
 //! emulated engine counts as one instruction each: `run(b)` returns once
-//! guest time reached the sum of all budgets so far; the few microseconds
-//! the vCPUs take to stop after that count against the next run.
+//! guest time reached the sum of all budgets so far; the time the vCPUs
+//! take to stop after that (tens of microseconds with a host core per
+//! vCPU, up to a scheduler tick when vCPU threads wait for a core) counts
+//! against the next run. Single-vCPU guests that do not read the clock
+//! therefore end in the same state on both engines, whatever the budgets.
 //!
 //! Not counted on KVM: retired instructions and vCPU switches
 //! ([`machine::EngineStats`] reports zeros); port exits, halts and kicks
