@@ -28,9 +28,12 @@ pub fn boot_kvm(
 
 #[derive(Debug, clap::Args)]
 pub struct KvmBenchArgs {
-    /// Loop iterations of the compute guest (7 instructions each).
-    #[arg(long, default_value_t = 300_000)]
+    /// Loop iterations of the compute guest per vCPU (7 instructions each).
+    #[arg(long, default_value_t = 200_000)]
     iterations: u64,
+    /// vCPU counts of the compute throughput comparison.
+    #[arg(long, value_delimiter = ',', default_value = "1,4")]
+    throughput_vcpus: Vec<u16>,
     /// Ledger requests for the throughput comparison.
     #[arg(long, default_value_t = 300)]
     requests: u64,
@@ -55,7 +58,9 @@ const BENCH_MEMORY_BYTES: u64 = 64 << 20;
 
 pub fn bench(args: KvmBenchArgs) -> anyhow::Result<ExitCode> {
     runtime::kvm::open_kvm()?;
-    throughput_compute(args.iterations)?;
+    for &vcpus in &args.throughput_vcpus {
+        throughput_compute(vcpus, args.iterations)?;
+    }
     throughput_ledger(args.requests)?;
     println!();
     println!(
@@ -87,9 +92,9 @@ fn run_to_idle<E: Engine>(machine: &mut Machine<E>) -> anyhow::Result<()> {
     anyhow::bail!("guest not idle after {RUNS_MAX} runs")
 }
 
-fn throughput_compute(iterations: u64) -> anyhow::Result<()> {
+fn throughput_compute(vcpus: u16, iterations: u64) -> anyhow::Result<()> {
     let image = Guest::Compute.image([iterations, 0, 0, 0, 0, 0, 0, 0])?;
-    let shape = Shape::new(1, MEMORY_BYTES_MIN)?;
+    let shape = Shape::new(vcpus, MEMORY_BYTES_MIN)?;
     let config = EmuConfig {
         seed: 1,
         quantum: Quantum::default(),
@@ -103,18 +108,21 @@ fn throughput_compute(iterations: u64) -> anyhow::Result<()> {
     let started = Instant::now();
     run_to_idle(&mut kvm)?;
     let kvm_s = started.elapsed().as_secs_f64();
-    let expected = compute::expected(0, iterations) as u32;
-    ensure!(
-        kvm.bus().done()[0] == Some(expected),
-        "KVM computed a wrong result"
-    );
-    ensure!(
-        emu.bus().done()[0] == Some(expected),
-        "emu computed a wrong result"
-    );
-    let instructions = (iterations * compute::INSTRUCTIONS_PER_ITERATION) as f64;
+    for v in 0..vcpus {
+        let expected = Some(compute::expected(v, iterations) as u32);
+        let i = usize::from(v);
+        ensure!(
+            kvm.bus().done()[i] == expected,
+            "KVM vCPU {v} computed a wrong result"
+        );
+        ensure!(
+            emu.bus().done()[i] == expected,
+            "emulated vCPU {v} computed a wrong result"
+        );
+    }
+    let instructions = (u64::from(vcpus) * iterations * compute::INSTRUCTIONS_PER_ITERATION) as f64;
     println!(
-        "compute, 1 vCPU, {iterations} iterations ({instructions} instructions), to the result:"
+        "compute, {vcpus} vCPU(s), {iterations} iterations each ({instructions} instructions), to the results:"
     );
     println!(
         "  emulated: {:8.3} s  {:9.2} MIPS",
