@@ -51,3 +51,114 @@ fn bad_arguments_get_a_clear_error() {
     assert_eq!(code, 2);
     assert!(err.contains("--depth must be at least 1"), "{err}");
 }
+
+fn scenarios_dir() -> String {
+    concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios").to_string()
+}
+
+#[test]
+fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
+    let out = std::env::temp_dir().join(format!("lockstep-smoke-{}", std::process::id()));
+    let out_arg = out.display().to_string();
+    let dir = scenarios_dir();
+    let (code, stdout, stderr) = lockstep(&[
+        "run",
+        "--suite",
+        "smoke",
+        "--scenarios",
+        &dir,
+        "--out",
+        &out_arg,
+        "--jobs",
+        "2",
+    ]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(stdout.contains("15 runs: 15 passed, 0 failed"), "{stdout}");
+    let jsonl = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    assert_eq!(jsonl.lines().count(), 15);
+    assert!(std::fs::read_to_string(out.join("junit.xml"))
+        .expect("junit")
+        .contains("<testcase"));
+    assert!(std::fs::read_to_string(out.join("report.html"))
+        .expect("html")
+        .contains("<svg"));
+    // Replaying a recorded seed gives the trace hash the suite recorded.
+    let line = jsonl
+        .lines()
+        .find(|l| l.contains("primary-crash-mid-epoch"))
+        .expect("a crash run");
+    let hash = line
+        .split("\"trace_hash\":\"0x")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .expect("hash field");
+    let seed = line
+        .split("\"seed\":")
+        .nth(1)
+        .and_then(|r| r.split(',').next())
+        .expect("seed field");
+    let trace = out.join("trace.jsonl").display().to_string();
+    let (code, stdout, _) = lockstep(&[
+        "replay",
+        "--scenario",
+        "primary-crash-mid-epoch",
+        "--seed",
+        seed,
+        "--scenarios",
+        &dir,
+        "--trace",
+        &trace,
+    ]);
+    assert_eq!(code, 0, "{stdout}");
+    assert!(
+        stdout.contains(&format!("trace hash {hash}")),
+        "suite recorded {hash}: {stdout}"
+    );
+    let events = std::fs::read_to_string(&trace).expect("trace written");
+    assert!(events.lines().count() > 100 && events.contains("Crash(Primary)"));
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn at_ha_the_smoke_suite_loses_replies_and_fails() {
+    let out = std::env::temp_dir().join(format!("lockstep-smoke-ha-{}", std::process::id()));
+    let out_arg = out.display().to_string();
+    let dir = scenarios_dir();
+    let (code, stdout, _) = lockstep(&[
+        "run",
+        "--suite",
+        "smoke",
+        "--level",
+        "ha",
+        "--scenarios",
+        &dir,
+        "--out",
+        &out_arg,
+    ]);
+    assert_eq!(code, 1, "{stdout}");
+    assert!(
+        stdout.contains("violations of oracle 1 (replies)"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("replay with: lockstep replay --scenario"),
+        "{stdout}"
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn a_broken_scenario_file_is_named_with_its_line() {
+    let dir = std::env::temp_dir().join(format!("lockstep-broken-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("suites")).expect("mkdir");
+    std::fs::write(
+        dir.join("bad.toml"),
+        "name = \"bad\"\ndescription = \"x\"\nduration_ms = \"soon\"\n",
+    )
+    .expect("write");
+    let dir_arg = dir.display().to_string();
+    let (code, _, stderr) = lockstep(&["run", "--suite", "smoke", "--scenarios", &dir_arg]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("bad.toml:3"), "{stderr}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -31,6 +31,8 @@ pub(crate) struct HookState {
     pub dirty_list: Vec<u32>,
     /// Write-protection faults taken.
     pub dirty_faults: u64,
+    /// Per page: stores taken through the hook since the last checkpoint.
+    pub hooked_writes: Vec<u16>,
     /// Pages the running vCPU wrote while they were protected in its
     /// instance; the engine unprotects them there after the slice.
     pub unprotect: Vec<u32>,
@@ -58,6 +60,7 @@ impl HookState {
             dirty: vec![false; pages as usize],
             dirty_list: Vec::new(),
             dirty_faults: 0,
+            hooked_writes: vec![0; pages as usize],
             unprotect: Vec::new(),
             ram,
             ram_len: u64::from(pages) * PAGE_SIZE,
@@ -162,14 +165,20 @@ pub(crate) fn install_block_counter(uc: &mut Vcpu, shared: &Shared) -> Result<()
     Ok(())
 }
 
+/// Stores a page takes through the hook in one epoch before it is made
+/// writable: every protection change makes unicorn rebuild its memory map
+/// (cost growing with the number of regions, and each page made writable
+/// splits off a region), so pages written a few times per epoch stay
+/// protected and only hot ones are opened.
+pub(crate) const HOT_PAGE_WRITES: u16 = 4;
+
 /// A write to a page that is write-protected in this instance: mark it
-/// dirty and queue it to be made writable here once the current slice
-/// ends. It cannot be unprotected now: unicorn's store helper goes on with
-/// the TLB entry it read before calling the hook, so changing protection
-/// or flushing the TLB from inside the hook corrupts the store. With the
-/// page still read-only, unicorn drops the store after a handled hook, so
-/// the hook performs it itself; until the slice ends, every store to the
-/// page comes here.
+/// dirty and, once the page is hot, queue it to be made writable here when
+/// the current slice ends. It cannot be unprotected now: unicorn's store
+/// helper goes on with the TLB entry it read before calling the hook, so
+/// changing protection or flushing the TLB from inside the hook corrupts
+/// the store. With the page still read-only, unicorn drops the store after
+/// a handled hook, so the hook performs it itself.
 fn protected_write(shared: &Shared, address: u64, size: usize, value: i64) -> bool {
     let mut state = shared.borrow_mut();
     let size = size.min(8);
@@ -183,7 +192,9 @@ fn protected_write(shared: &Shared, address: u64, size: usize, value: i64) -> bo
         if !std::mem::replace(&mut state.dirty[page as usize], true) {
             state.dirty_list.push(page);
         }
-        if !state.unprotect.contains(&page) {
+        let writes = &mut state.hooked_writes[page as usize];
+        *writes = writes.saturating_add(1);
+        if *writes >= HOT_PAGE_WRITES && !state.unprotect.contains(&page) {
             state.unprotect.push(page);
         }
     }

@@ -8,8 +8,24 @@
 //! executes `hlt` idles for the rest of its quantum, and when every vCPU
 //! sleeps the clock jumps to the next wake deadline, so guest time does
 //! not depend on how a run is cut into [`Engine::run`] calls.
+//!
+//! Limits, by design or by unicorn:
+//! - Reads of the clock port inside a quantum return the quantum's start
+//!   time; rdtsc returns that or one more than its last value.
+//! - Guest code is text: each instance keeps its own translations, so code
+//!   written by one vCPU is not seen by another that already ran it, and
+//!   the first write to a write-protected page (performed by the hook)
+//!   bypasses self-modifying-code detection.
+//! - The page walker's accessed/dirty-bit writes are not tracked as dirty;
+//!   page tables must have those bits set (the boot tables do).
+//! - x87/SSE state is not part of [`VcpuState`]; the guests do not use it.
+//! - Every protection change makes unicorn rebuild its memory map, whose
+//!   size grows with the pages made writable, so a page stays protected
+//!   (each store through the hook) until it is written a few times in an
+//!   epoch; only hot pages cost protection changes.
 
 mod fault;
+pub use fault::listing;
 mod hooks;
 mod ram;
 pub mod raw;
@@ -19,7 +35,9 @@ mod sched;
 use std::cell::RefCell;
 use std::rc::Rc;
 
-use iced_x86::{Decoder, DecoderOptions, Mnemonic};
+use std::collections::BTreeSet;
+
+use iced_x86::{Decoder, DecoderOptions, FlowControl, Mnemonic};
 use machine::codec::{Reader, Writer};
 use machine::guests::GuestImage;
 use machine::layout::GUEST_CODE;
@@ -78,6 +96,7 @@ pub struct EmuEngine {
     shared: Shared,
     ram: ram::GuestRam,
     shape: Shape,
+    halts: Halts,
     boot_states: Vec<VcpuState>,
     run_states: Vec<RunState>,
     sched: Scheduler,
@@ -98,13 +117,58 @@ impl std::fmt::Debug for EmuEngine {
     }
 }
 
-/// The addresses of the `hlt` instructions in the image, by linear sweep.
-fn hlt_addresses(image: &GuestImage) -> Vec<u64> {
-    Decoder::with_ip(64, &image.code, GUEST_CODE.0, DecoderOptions::NONE)
-        .iter()
-        .filter(|i| i.mnemonic() == Mnemonic::Hlt)
-        .map(|i| i.ip())
-        .collect()
+/// The `hlt` instructions of a guest image, found by a linear sweep.
+#[derive(Debug, Default)]
+struct Halts {
+    /// Every `hlt`.
+    all: BTreeSet<u64>,
+    /// The `hlt`s whose next address some branch may also reach: for
+    /// these, rip = hlt + 1 after a slice does not prove the `hlt` ran, so
+    /// a code hook marks it (a code hook slows every instruction by about
+    /// a quarter, so only where needed).
+    hooked: Vec<u64>,
+}
+
+impl Halts {
+    fn of(image: &GuestImage) -> Halts {
+        let mut halts = Halts::default();
+        let mut targets = BTreeSet::new();
+        let mut indirect = false;
+        for instruction in
+            Decoder::with_ip(64, &image.code, GUEST_CODE.0, DecoderOptions::NONE).iter()
+        {
+            match instruction.flow_control() {
+                FlowControl::IndirectBranch | FlowControl::IndirectCall | FlowControl::Return => {
+                    indirect = true
+                }
+                FlowControl::UnconditionalBranch
+                | FlowControl::ConditionalBranch
+                | FlowControl::Call => {
+                    targets.insert(instruction.near_branch_target());
+                }
+                _ => {}
+            }
+            if instruction.mnemonic() == Mnemonic::Hlt {
+                halts.all.insert(instruction.ip());
+            }
+        }
+        halts.hooked = halts
+            .all
+            .iter()
+            .copied()
+            .filter(|at| indirect || targets.contains(&(at + 1)))
+            .collect();
+        halts
+    }
+
+    /// Whether a slice that left rip at `rip` ended by executing `hlt`;
+    /// `hooked_hit` is the hooked `hlt` that ran in the slice, if any.
+    fn ended_in_hlt(&self, rip: u64, hooked_hit: Option<u64>) -> bool {
+        let Some(at) = rip.checked_sub(1) else {
+            return false;
+        };
+        self.all.contains(&at) && (!self.hooked.contains(&at) || hooked_hit == Some(at))
+    }
 }
 
 impl EmuEngine {
@@ -122,14 +186,15 @@ impl EmuEngine {
             config.seed,
             ram.as_mut_ptr(),
         )));
-        let halts = hlt_addresses(image);
+        let halts = Halts::of(image);
         let boot_states: Vec<VcpuState> = (0..shape.vcpus())
             .map(|v| machine::boot::initial_vcpu_state(&shape, v))
             .collect();
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            let mut uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
+            let mut uc =
+                new_instance(&ram, vcpu, &shared, &halts.hooked, state).map_err(backend)?;
             if config.counting == Counting::Precise {
                 hooks::install_block_counter(&mut uc, &shared).map_err(backend)?;
             }
@@ -141,6 +206,7 @@ impl EmuEngine {
             shared,
             ram,
             shape,
+            halts,
             run_states: vec![RunState::Running; usize::from(shape.vcpus())],
             boot_states,
             sched: Scheduler::new(config.seed, config.quantum),
@@ -163,7 +229,7 @@ impl EmuEngine {
         Ok(())
     }
 
-    /// Wakes halted vCPUs that have an event; true if any vCPU can run.
+    /// Wakes halted vCPUs that have an event (at quantum boundaries).
     fn wake(&mut self) {
         let mut state = self.shared.borrow_mut();
         let now = GuestNs(self.now);
@@ -203,8 +269,14 @@ impl EmuEngine {
             self.now += slice;
             self.sched.remaining -= slice;
         }
-        self.wake();
-        let idle = self.run_states.iter().all(|s| *s == RunState::Halted);
+        // Only looks: waking here would make the run depend on where it
+        // was cut (vCPUs wake at quantum boundaries only).
+        let state = self.shared.borrow();
+        let now = GuestNs(self.now);
+        let idle =
+            self.run_states.iter().enumerate().all(|(v, s)| {
+                *s == RunState::Halted && !state.bus.wake_pending(VcpuId(v as u16), now)
+            });
         Ok(if idle {
             RunExit::Idle
         } else {
@@ -242,6 +314,8 @@ impl EmuEngine {
             state.halting = None;
             state.block_instructions = 0;
         }
+        // emu_start takes a count of 0 to mean "no limit".
+        assert!(slice > 0, "an empty slice would run unbounded");
         let count = usize::try_from(slice).expect("quanta are small");
         let result = uc.emu_start(rip, 0, 0, count);
         let unprotect = std::mem::take(&mut self.shared.borrow_mut().unprotect);
@@ -259,7 +333,7 @@ impl EmuEngine {
             (None, Ok(())) => {
                 let halting = self.shared.borrow_mut().halting.take();
                 let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
-                let halted = halting.is_some_and(|at| rip == at + 1);
+                let halted = self.halts.ended_in_hlt(rip, halting);
                 return Ok(if halted {
                     SliceEnd::Halted
                 } else {
@@ -364,6 +438,7 @@ impl Engine for EmuEngine {
         let mut state = self.shared.borrow_mut();
         for &page in &pages {
             state.dirty[page as usize] = false;
+            state.hooked_writes[page as usize] = 0;
         }
         drop(state);
         // Each protection change makes unicorn rebuild its memory map, so
@@ -458,4 +533,51 @@ pub fn emulated_machine(
     let engine = EmuEngine::new(shape, image, config)?;
     let bus = DeviceBus::new(shape.vcpus(), store);
     Ok(machine::Machine::new(shape, engine, bus))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use iced_x86::code_asm::*;
+
+    fn image(emit: impl Fn(&mut CodeAssembler) -> Result<(), IcedError>) -> GuestImage {
+        let mut a = CodeAssembler::new(64).expect("64-bit");
+        emit(&mut a).expect("assembles");
+        GuestImage {
+            code: a.assemble(GUEST_CODE.0).expect("assembles"),
+            params: [0; 8],
+        }
+    }
+
+    #[test]
+    fn hlt_is_hooked_only_where_rip_is_ambiguous() {
+        let plain = Halts::of(&image(|a| {
+            let mut top = a.create_label();
+            a.set_label(&mut top)?;
+            a.hlt()?;
+            a.jmp(top)
+        }));
+        assert_eq!(plain.all.len(), 1);
+        assert!(plain.hooked.is_empty());
+        assert!(plain.ended_in_hlt(GUEST_CODE.0 + 1, None));
+        assert!(!plain.ended_in_hlt(GUEST_CODE.0, None));
+
+        let target = Halts::of(&image(|a| {
+            let mut after = a.create_label();
+            a.jmp(after)?;
+            a.hlt()?;
+            a.set_label(&mut after)?;
+            a.nop()
+        }));
+        assert_eq!(target.hooked.len(), 1);
+        let at = target.hooked[0];
+        assert!(!target.ended_in_hlt(at + 1, None));
+        assert!(target.ended_in_hlt(at + 1, Some(at)));
+
+        let indirect = Halts::of(&image(|a| {
+            a.hlt()?;
+            a.ret()
+        }));
+        assert_eq!(indirect.hooked.len(), 1);
+    }
 }

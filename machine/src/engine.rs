@@ -5,6 +5,13 @@
 //! lends to [`Engine::run`]: the emulated engine calls it from its `in`/`out`
 //! hooks, the KVM engine from its `KVM_EXIT_IO` handling. No device code
 //! lives in an engine.
+//!
+//! Pausing: `run` returns with every vCPU stopped at an instruction
+//! boundary, and the machine is paused until the next `run`. The emulated
+//! engine gets this for free (one thread); a threaded engine (KVM: one host
+//! thread per vCPU) stops its vCPU threads (signal + `immediate_exit`) and
+//! collects their state before `run` returns, and forwards its vCPU
+//! threads' port I/O exits to the thread that holds the bus.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::DeviceBus;

@@ -9,6 +9,8 @@ pub mod checkpoint;
 pub mod codec;
 pub mod devices;
 pub mod engine;
+#[cfg(test)]
+mod fake;
 pub mod guests;
 pub mod layout;
 pub mod machine;

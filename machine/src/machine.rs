@@ -205,3 +205,97 @@ impl<E: Engine> Machine<E> {
 }
 
 use crate::vcpu::VcpuState;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::{MemStore, BLOCK_BYTES};
+    use crate::fake::FakeEngine;
+    use crate::layout::MEMORY_BYTES_MIN;
+    use crate::units::Gpa;
+    use crate::CHECKPOINT_BYTES_MAX;
+
+    fn machine() -> Machine<FakeEngine> {
+        let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
+        let bus = DeviceBus::new(2, Box::new(MemStore::new(4)));
+        Machine::new(shape, FakeEngine::new(&shape), bus)
+    }
+
+    #[test]
+    fn full_then_deltas_rebuild_the_state_elsewhere() {
+        let mut primary = machine();
+        let mut backup = machine();
+        primary
+            .engine_mut()
+            .write_memory(Gpa(0x20_0000), &[1; 10])
+            .expect("in range");
+        primary
+            .bus()
+            .store()
+            .write_block(1, &[7; BLOCK_BYTES])
+            .expect("in range");
+        let full = primary.checkpoint(Kind::Full).expect("checkpoint");
+        assert_eq!(full.pages.len(), 1024);
+        assert_eq!(full.blocks.len(), 4);
+        backup.restore(&full).expect("restores");
+        primary
+            .engine_mut()
+            .write_memory(Gpa(0x30_0ff8), &[2; 16])
+            .expect("in range");
+        primary.run(Instructions(5)).expect("runs");
+        let delta = primary.checkpoint(Kind::Delta).expect("checkpoint");
+        assert_eq!(
+            delta.pages.iter().map(|p| p.0 .0).collect::<Vec<_>>(),
+            vec![0x300, 0x301]
+        );
+        let delta = Checkpoint::decode(&delta.encode(), CHECKPOINT_BYTES_MAX).expect("decodes");
+        backup.restore(&delta).expect("restores");
+        assert_eq!(
+            backup.state_hash().expect("hash"),
+            primary.state_hash().expect("hash")
+        );
+        assert_eq!(backup.sequence(), 2);
+    }
+
+    #[test]
+    fn a_delta_needs_its_base_and_the_same_shape() {
+        let mut primary = machine();
+        primary.checkpoint(Kind::Delta).expect("checkpoint");
+        let second = primary.checkpoint(Kind::Delta).expect("checkpoint");
+        let mut fresh = machine();
+        assert!(matches!(
+            fresh.restore(&second),
+            Err(MachineError::WrongBase {
+                base: 1,
+                current: 0
+            })
+        ));
+        let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
+        let bus = DeviceBus::new(1, Box::new(MemStore::new(4)));
+        let mut other = Machine::new(shape, FakeEngine::new(&shape), bus);
+        let full = primary.checkpoint(Kind::Full).expect("checkpoint");
+        assert!(matches!(
+            other.restore(&full),
+            Err(MachineError::ShapeMismatch { .. })
+        ));
+    }
+
+    #[test]
+    fn the_hash_sees_memory_disk_and_devices() {
+        let mut a = machine();
+        let base = a.state_hash().expect("hash");
+        a.engine_mut()
+            .write_memory(Gpa(0x3f_fff8), &[1])
+            .expect("in range");
+        let with_memory = a.state_hash().expect("hash");
+        assert_ne!(with_memory, base);
+        a.bus()
+            .store()
+            .write_block(3, &[1; BLOCK_BYTES])
+            .expect("in range");
+        let with_disk = a.state_hash().expect("hash");
+        assert_ne!(with_disk, with_memory);
+        a.bus().nic.deliver(vec![1]).expect("room");
+        assert_ne!(a.state_hash().expect("hash"), with_disk);
+    }
+}

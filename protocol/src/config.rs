@@ -39,6 +39,23 @@ pub struct Config {
     /// Disk blocks remembered (by epoch) for incremental resync; beyond it,
     /// a joiner whose disk is older gets a full disk copy.
     pub disk_history_blocks_max: u64,
+    /// A deliberately broken variant of the protocol (tests only).
+    #[cfg(feature = "mutants")]
+    pub mutant: Option<Mutant>,
+}
+
+/// Deliberately broken variants of the protocol, which the simulator's
+/// scenarios must catch. They exist only with the `mutants` feature, which
+/// only the simulator's tests enable.
+#[cfg(feature = "mutants")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Mutant {
+    /// A suspicious backup promotes itself without the witness's grant.
+    NoGenerationFence,
+    /// A backup applies and acknowledges a delta before all of it arrived.
+    ApplyIncompleteDelta,
+    /// At `ft`, output is released before the backup acknowledged its epoch.
+    ReleaseBeforeAck,
 }
 
 /// A configuration that cannot work.
@@ -84,6 +101,8 @@ impl Config {
             precopy_rounds_max: 8,
             precopy_pages_threshold: 256,
             disk_history_blocks_max: 1 << 20,
+            #[cfg(feature = "mutants")]
+            mutant: None,
         }
     }
 

@@ -17,6 +17,8 @@ pub mod wire;
 mod witness;
 
 pub use action::{Action, Capture, DiskCopy, Grant};
+#[cfg(feature = "mutants")]
+pub use config::Mutant;
 pub use config::{Config, ConfigError};
 pub use node::{Node, Protection, RoleKind, Start};
 pub use stats::Stats;

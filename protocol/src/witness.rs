@@ -40,6 +40,11 @@ impl Witness {
         }
     }
 
+    /// This witness's id.
+    pub fn me(&self) -> NodeId {
+        self.me
+    }
+
     /// The current grant.
     pub fn grant(&self) -> Grant {
         self.grant

@@ -1,7 +1,10 @@
 //! Subcommands of the `lockstep` binary.
 
+mod bench;
 mod kvm;
 mod model_check;
+mod run;
+mod vm;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -21,29 +24,23 @@ pub struct Cli {
 pub enum Command {
     /// Exhaustively check the replication protocol's safety and liveness.
     ModelCheck(model_check::ModelCheckArgs),
-    /// Measure the engines.
-    Bench(BenchArgs),
-}
-
-// Until `bench emu` lands beside it: `bench kvm` alone.
-#[derive(Debug, clap::Args)]
-pub struct BenchArgs {
-    #[command(subcommand)]
-    command: BenchCommand,
-}
-
-#[derive(Debug, Subcommand)]
-enum BenchCommand {
-    /// KVM against the emulated engine; checkpoint pause on KVM.
-    Kvm(kvm::KvmBenchArgs),
+    /// Run a suite of seeded failover scenarios in the simulator.
+    Run(run::RunArgs),
+    /// Replay one seed of a scenario exactly and write its trace.
+    Replay(run::ReplayArgs),
+    /// Run a guest on one machine.
+    Vm(vm::VmArgs),
+    /// Measure engine speed.
+    Bench(bench::BenchArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::ModelCheck(args) => model_check::run(args),
-        Command::Bench(BenchArgs {
-            command: BenchCommand::Kvm(args),
-        }) => kvm::bench(args),
+        Command::Run(args) => run::run(args),
+        Command::Replay(args) => run::replay(args),
+        Command::Vm(args) => vm::run(args),
+        Command::Bench(args) => bench::run(args),
     }
 }
 

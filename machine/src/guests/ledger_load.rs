@@ -72,7 +72,8 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 }
 
 impl Request {
-    fn encode(&self) -> Vec<u8> {
+    /// The request as the guest reads it off the NIC.
+    pub fn encode(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(REQUEST_BYTES);
         bytes.extend_from_slice(&self.id.to_le_bytes());
         bytes.extend_from_slice(&self.from.to_le_bytes());
@@ -80,6 +81,20 @@ impl Request {
         bytes.extend_from_slice(&self.amount.to_le_bytes());
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes
+    }
+}
+
+impl Reply {
+    /// Parses a packet the guest sent.
+    pub fn decode(packet: &[u8]) -> Result<Reply, String> {
+        if packet.len() != REPLY_BYTES {
+            return Err(format!("reply of {} bytes", packet.len()));
+        }
+        Ok(Reply {
+            id: u64_at(packet, 0),
+            seq: u64_at(packet, 8),
+            status: u64_at(packet, 16),
+        })
     }
 }
 
@@ -164,15 +179,12 @@ impl LedgerLoad {
     pub fn drain(&mut self, bus: &mut DeviceBus) {
         for packet in bus.nic.take_tx() {
             self.in_flight = self.in_flight.saturating_sub(1);
-            if packet.len() != REPLY_BYTES {
-                self.bad_replies
-                    .push(format!("reply of {} bytes", packet.len()));
-                continue;
-            }
-            let reply = Reply {
-                id: u64_at(&packet, 0),
-                seq: u64_at(&packet, 8),
-                status: u64_at(&packet, 16),
+            let reply = match Reply::decode(&packet) {
+                Ok(reply) => reply,
+                Err(problem) => {
+                    self.bad_replies.push(problem);
+                    continue;
+                }
             };
             if !self.requests.contains_key(&reply.id) {
                 self.bad_replies
@@ -270,8 +282,29 @@ pub fn check<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
 ) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
-    let config = load.config;
-    let mut violations = load.bad_replies.clone();
+    let expected_ids = load.done().then_some(load.config.requests);
+    check_ledger(
+        machine,
+        &load.config,
+        &load.replies,
+        &load.bad_replies,
+        expected_ids,
+    )
+}
+
+/// [`check`] for clients that are not a [`LedgerLoad`] (the simulator's,
+/// which talk to the guest over a network): the replies they received, the
+/// problems they saw in replies, and, when every request was answered, how
+/// many distinct ids the journal must hold.
+pub fn check_ledger<E: Engine>(
+    machine: &mut Machine<E>,
+    config: &LedgerConfig,
+    replies: &BTreeMap<u64, Reply>,
+    bad_replies: &[String],
+    expected_ids: Option<u64>,
+) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
+    let config = *config;
+    let mut violations = bad_replies.to_vec();
     let records = read_u64(machine, SEQ)?;
     let journal = read_journal(machine, records)?;
     let mut balances = vec![config.initial_balance; config.accounts as usize];
@@ -307,7 +340,7 @@ pub fn check<E: Engine>(
     if total_money != config.accounts * config.initial_balance {
         violations.push(format!("money not conserved: {total_money}"));
     }
-    for reply in load.replies.values() {
+    for reply in replies.values() {
         let matches = reply.seq >= 1
             && journal
                 .get(reply.seq as usize - 1)
@@ -316,11 +349,10 @@ pub fn check<E: Engine>(
             violations.push(format!("reply {reply:?} does not match the journal"));
         }
     }
-    if load.done() && ids.len() as u64 != config.requests {
+    if let Some(expected) = expected_ids.filter(|e| ids.len() as u64 != *e) {
         violations.push(format!(
-            "{} ids journaled for {} requests",
-            ids.len(),
-            config.requests
+            "{} ids journaled for {expected} requests",
+            ids.len()
         ));
     }
     let mut contended = Vec::new();
@@ -352,5 +384,190 @@ fn replay(balances: &mut [u64], record: &Record) -> Result<(), String> {
             Ok(())
         }
         _ => Err(format!("wrong decision {status} (id {})", record.id)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::devices::MemStore;
+    use crate::fake::FakeEngine;
+    use crate::layout::{Shape, MEMORY_BYTES_MIN};
+
+    fn put_u64<E: Engine>(machine: &mut Machine<E>, address: u64, value: u64) {
+        let gpa = Gpa(address);
+        machine
+            .engine_mut()
+            .write_memory(gpa, &value.to_le_bytes())
+            .expect("in range");
+    }
+
+    /// The ledger guest's algorithm in Rust, over the same memory, journal
+    /// and packets, so the check can be tried on states we tamper with.
+    fn serve<E: Engine>(machine: &mut Machine<E>, config: &LedgerConfig) {
+        while machine.bus().nic.rx_len() > 0 {
+            let vcpu = crate::units::VcpuId(0);
+            let ctx = crate::devices::IoContext {
+                vcpu,
+                now: crate::units::GuestNs(0),
+            };
+            machine
+                .bus()
+                .port_in(ctx, crate::devices::PORT_NIC_RX_POP, 4);
+            let word = |m: &mut Machine<E>| {
+                u64::from(m.bus().port_in(ctx, crate::devices::PORT_NIC_RX_DATA, 4))
+            };
+            let id = word(machine) | word(machine) << 32;
+            let (from, to) = (word(machine), word(machine));
+            let amount = word(machine) | word(machine) << 32;
+            let slot = TABLE + 16 * (id % TABLE_ENTRIES);
+            let (seq, status) = if read_u64(machine, slot).expect("in range") == id {
+                let packed = read_u64(machine, slot + 8).expect("in range");
+                (packed & 0xffff_ffff, packed >> 32)
+            } else {
+                let balance =
+                    |m: &Machine<E>, a: u64| read_u64(m, BALANCES + 8 * a).expect("in range");
+                let funds = config.initial_balance.wrapping_add(balance(machine, from));
+                let status = if funds >= amount {
+                    STATUS_APPLIED
+                } else {
+                    STATUS_REJECTED
+                };
+                if status == STATUS_APPLIED {
+                    let (f, t) = (balance(machine, from), balance(machine, to));
+                    put_u64(machine, BALANCES + 8 * from, f.wrapping_sub(amount));
+                    let t = if from == to {
+                        f.wrapping_sub(amount)
+                    } else {
+                        t
+                    };
+                    put_u64(machine, BALANCES + 8 * to, t.wrapping_add(amount));
+                }
+                let seq = read_u64(machine, SEQ).expect("in range") + 1;
+                put_u64(machine, SEQ, seq);
+                let mut block = [0u8; BLOCK_BYTES];
+                let number = (seq - 1) / RECORDS_PER_BLOCK;
+                machine
+                    .bus()
+                    .store()
+                    .read_block(number, &mut block)
+                    .expect("in range");
+                let at = ((seq - 1) % RECORDS_PER_BLOCK) as usize * RECORD_BYTES;
+                let record = [seq, id, from | to << 16 | u64::from(status) << 32, amount];
+                for (i, value) in record.iter().enumerate() {
+                    block[at + 8 * i..at + 8 * i + 8].copy_from_slice(&value.to_le_bytes());
+                }
+                machine
+                    .bus()
+                    .store()
+                    .write_block(number, &block)
+                    .expect("in range");
+                put_u64(machine, slot, id);
+                put_u64(machine, slot + 8, seq | u64::from(status) << 32);
+                (seq, u64::from(status))
+            };
+            send_reply(machine, [id, seq, status]);
+        }
+    }
+
+    fn send_reply<E: Engine>(machine: &mut Machine<E>, words: [u64; 3]) {
+        let vcpu = crate::units::VcpuId(0);
+        let ctx = crate::devices::IoContext {
+            vcpu,
+            now: crate::units::GuestNs(0),
+        };
+        for value in words {
+            for half in [value as u32, (value >> 32) as u32] {
+                machine
+                    .bus()
+                    .port_out(ctx, crate::devices::PORT_NIC_TX_DATA, 4, half);
+            }
+        }
+        machine
+            .bus()
+            .port_out(ctx, crate::devices::PORT_NIC_TX_SEND, 4, REPLY_BYTES as u32);
+    }
+
+    fn served(requests: u64) -> (Machine<FakeEngine>, LedgerLoad) {
+        let config = LedgerConfig::with_requests(requests);
+        let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
+        let bus = DeviceBus::new(1, Box::new(MemStore::new(64)));
+        let mut machine = Machine::new(shape, FakeEngine::new(&shape), bus);
+        let mut load = LedgerLoad::new(config, 3);
+        while !load.done() {
+            load.feed(machine.bus());
+            serve(&mut machine, &config);
+            load.drain(machine.bus());
+        }
+        (machine, load)
+    }
+
+    #[test]
+    fn a_correct_ledger_passes() {
+        let (mut machine, load) = served(200);
+        let report = check(&mut machine, &load)
+            .expect("readable")
+            .expect("healthy");
+        assert_eq!(report.journal_records, 200);
+        assert_eq!(report.total_money, 16 * 1000);
+        assert!(report.applied > 0 && report.refused > 0, "{report:?}");
+    }
+
+    #[test]
+    fn a_changed_balance_is_caught() {
+        let (mut machine, load) = served(50);
+        let balance = read_u64(&machine, BALANCES + 8).expect("in range");
+        put_u64(&mut machine, BALANCES + 8, balance.wrapping_add(5));
+        let violations = check(&mut machine, &load)
+            .expect("readable")
+            .expect_err("caught");
+        assert!(
+            violations.iter().any(|v| v.contains("account 1")),
+            "{violations:?}"
+        );
+        assert!(
+            violations.iter().any(|v| v.contains("money not conserved")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn a_journal_that_disagrees_with_a_reply_is_caught() {
+        let (mut machine, load) = served(50);
+        let mut block = [0u8; BLOCK_BYTES];
+        machine
+            .bus()
+            .store()
+            .read_block(0, &mut block)
+            .expect("in range");
+        block[8] ^= 0xff; // the id of record 0
+        machine
+            .bus()
+            .store()
+            .write_block(0, &block)
+            .expect("in range");
+        let violations = check(&mut machine, &load)
+            .expect("readable")
+            .expect_err("caught");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.contains("does not match the journal")),
+            "{violations:?}"
+        );
+    }
+
+    #[test]
+    fn two_different_replies_to_one_id_are_caught() {
+        let (mut machine, mut load) = served(20);
+        send_reply(&mut machine, [5, 99, 1]);
+        load.drain(machine.bus());
+        let violations = check(&mut machine, &load)
+            .expect("readable")
+            .expect_err("caught");
+        assert!(
+            violations.iter().any(|v| v.contains("id 5 answered")),
+            "{violations:?}"
+        );
     }
 }

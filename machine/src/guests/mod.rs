@@ -150,3 +150,27 @@ mod tests {
         assert!("nope".parse::<Guest>().is_err());
     }
 }
+
+#[cfg(test)]
+mod pinned {
+    use super::*;
+
+    /// The images' checksums. Assembling is reproducible, so these only
+    /// change when a guest's source (or the assembler's output) does;
+    /// update them deliberately.
+    #[test]
+    fn images_match_their_pinned_checksums() {
+        let pins = [
+            (Guest::Ledger, 0x4640_604f_u32),
+            (Guest::Dirtier, 0xf752_eec0),
+            (Guest::Echo, 0xa1d4_74f1),
+            (Guest::Compute, 0x26e0_5b1a),
+        ];
+        let mut actual = Vec::new();
+        for (guest, _) in pins {
+            let image = guest.image([0; BOOT_PARAMS]).expect("assembles");
+            actual.push((guest, crc32c::crc32c(&image.code)));
+        }
+        assert_eq!(actual, pins.to_vec());
+    }
+}

@@ -53,6 +53,14 @@ impl Assembly {
         Ok(())
     }
 
+    /// The broken variant: fills missing chunks with nothing.
+    #[cfg(feature = "mutants")]
+    pub(crate) fn pretend_complete(&mut self) {
+        for index in 0..self.count {
+            self.parts.entry(index).or_default();
+        }
+    }
+
     pub(crate) fn is_complete(&self) -> bool {
         self.parts.len() == self.count as usize
     }

@@ -77,6 +77,17 @@ impl Backup {
     }
 }
 
+#[cfg(feature = "mutants")]
+impl Backup {
+    /// The broken backup: treats the next staged delta as complete.
+    fn apply_whatever_arrived(&mut self, _generation: Generation) {
+        let next = self.applied.epoch.next();
+        if let Some(assembly) = self.staged.get_mut(&next) {
+            assembly.pretend_complete();
+        }
+    }
+}
+
 impl Joining {
     pub(super) fn new(disk: Option<CheckpointId>) -> Joining {
         Joining { disk, copy: None }
@@ -104,6 +115,11 @@ impl Node {
         let suspect_at = self.peer_heard.add_ns(self.config.suspect_after_ns);
         let b = self.backup_mut();
         if b.grant_wanted.is_none() && self.now >= suspect_at {
+            #[cfg(feature = "mutants")]
+            if self.config.mutant == Some(crate::config::Mutant::NoGenerationFence) {
+                let generation = self.generation.next();
+                return self.promote(generation);
+            }
             self.ask_promotion();
         }
     }
@@ -177,7 +193,13 @@ impl Node {
             return;
         }
         let mut applied = Vec::new();
+        #[cfg(feature = "mutants")]
+        let broken = self.config.mutant == Some(crate::config::Mutant::ApplyIncompleteDelta);
         let b = self.backup_mut();
+        #[cfg(feature = "mutants")]
+        if broken {
+            b.apply_whatever_arrived(generation);
+        }
         while let Some(next) = b
             .staged
             .first_entry()
@@ -309,6 +331,7 @@ impl Node {
             .is_some_and(|c| c.generation == generation && c.session == session);
         if !same_session {
             if round != 0 {
+                tracing::debug!(node = %self.config.me, round, %session, "copy round of another session dropped");
                 self.stats.dropped_unexpected += 1;
                 return;
             }
@@ -334,13 +357,15 @@ impl Node {
             return;
         }
         if round > copy.round {
+            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order dropped");
             self.stats.dropped_unexpected += 1;
             return;
         }
         let assembly = copy
             .assembly
             .get_or_insert_with(|| Assembly::new(chunk.count));
-        if assembly.add(chunk, bytes_max).is_err() {
+        if let Err(e) = assembly.add(chunk, bytes_max) {
+            tracing::debug!(node = %self.config.me, round, error = ?e, "copy chunk refused");
             self.stats.dropped_malformed += 1;
             return;
         }

@@ -149,6 +149,12 @@ impl Primary {
     /// The newest epoch whose output may go out now.
     fn release_target(&self, config: &Config, now: Time) -> Epoch {
         match self.pairing {
+            #[cfg(feature = "mutants")]
+            Pairing::Paired { .. }
+                if config.mutant == Some(crate::config::Mutant::ReleaseBeforeAck) =>
+            {
+                self.epoch
+            }
             Pairing::Paired { .. } => match config.level {
                 Level::Ft => self.acked,
                 Level::Ha => self.epoch,
@@ -196,7 +202,11 @@ impl Primary {
             self.released <= self.epoch,
             "only opened epochs are released"
         );
-        if config.level == Level::Ft && matches!(self.pairing, Pairing::Paired { .. }) {
+        #[cfg(feature = "mutants")]
+        let mutated = config.mutant.is_some();
+        #[cfg(not(feature = "mutants"))]
+        let mutated = false;
+        if config.level == Level::Ft && matches!(self.pairing, Pairing::Paired { .. }) && !mutated {
             assert!(
                 self.released <= self.acked,
                 "ft: output waits for the backup"
@@ -206,6 +216,16 @@ impl Primary {
             assert!(*first > self.acked, "acknowledged deltas are dropped");
         }
         assert!(self.history.blocks() <= config.disk_history_blocks_max);
+        if let Pairing::Copying(c) = &self.pairing {
+            assert!(
+                !c.final_due || c.in_flight.is_none(),
+                "one copy round in flight at a time"
+            );
+            assert!(
+                !c.capturing || c.in_flight.is_none(),
+                "one copy round in flight at a time"
+            );
+        }
         assert!(
             self.lineage.head().epoch < self.epoch,
             "the lineage ends before the open epoch"

@@ -22,6 +22,10 @@ pub(in crate::node) struct Copy {
     /// The checkpoint the final round establishes.
     pub(super) base: Option<CheckpointId>,
     pub(super) capturing: bool,
+    /// The round in flight was small enough: the next one is the final.
+    pub(super) next_is_final: bool,
+    /// The final round is to be captured at the next epoch boundary (set
+    /// only once the previous round is acknowledged).
     pub(super) final_due: bool,
 }
 
@@ -57,7 +61,7 @@ impl Node {
             p.lineage.extend(generation, p.epoch);
             copy.base = Some(base);
         } else {
-            copy.final_due = capture.pages <= self.config.precopy_pages_threshold
+            copy.next_is_final = capture.pages <= self.config.precopy_pages_threshold
                 || round + 1 >= self.config.precopy_rounds_max;
         }
         for chunk in split(&capture.bytes, chunk_max) {
@@ -104,8 +108,9 @@ impl Node {
             self.retransmit();
             self.hold_output();
             self.maybe_request_certification();
-        } else if copy.final_due {
+        } else if copy.next_is_final {
             copy.round += 1;
+            copy.final_due = true;
             self.end_epoch();
         } else {
             copy.round += 1;
@@ -188,6 +193,7 @@ impl Node {
             in_flight: None,
             base: None,
             capturing: true,
+            next_is_final: false,
             final_due: false,
         });
         self.push(Action::CaptureCopy {

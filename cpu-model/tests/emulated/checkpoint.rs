@@ -1,7 +1,7 @@
-//! Checkpoint/restore equivalence: checkpoint the ledger at a random
-//! instruction, restore into a fresh machine, run on; the final state hash
-//! equals the uninterrupted run's. Full and delta checkpoints, through
-//! their encoded bytes.
+// Checkpoint/restore equivalence: checkpoint the ledger at a random
+// instruction, restore into a fresh machine, run on; the final state hash
+// equals the uninterrupted run's. Full and delta checkpoints, through
+// their encoded bytes.
 
 use std::collections::BTreeMap;
 
@@ -164,4 +164,105 @@ fn interrupted(scenario: &Scenario, seed: u64, at: u64, plan: Plan) -> (u64, u64
     let original = scenario.finish(&mut machine, &mut load, slices, partial);
     let restored = scenario.finish(&mut fresh, &mut fresh_load, slices, partial);
     (original, restored)
+}
+
+/// A backup that restores every delta the primary takes (a full one now
+/// and then) follows the dirtier, which writes many pages and sleeps on
+/// the clock: after the last checkpoint both run on to the final state of
+/// an uninterrupted run.
+#[test]
+fn a_backup_applying_every_delta_follows_the_dirtier() {
+    const TOTAL: u64 = 2_000_000;
+    const EPOCHS: u64 = 16;
+    let params = [24, 200, 50_000, 0, 0, 0, 0, 0];
+    let image = Guest::Dirtier.image(params).expect("assembles");
+    let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
+    let boot = |seed: u64| {
+        let config = EmuConfig {
+            seed,
+            quantum: Quantum::default(),
+            counting: Counting::Slices,
+        };
+        emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots")
+    };
+    for seed in 0..3 {
+        let mut reference = boot(seed);
+        reference.run(Instructions(TOTAL)).expect("runs");
+        let expected = reference.state_hash().expect("hash");
+        let mut rng = SplitMix64::new(seed);
+        let mut cuts: Vec<u64> = (0..EPOCHS).map(|_| rng.range(1, TOTAL - 1)).collect();
+        cuts.sort_unstable();
+        cuts.dedup();
+        let (mut primary, mut backup) = (boot(seed), boot(seed));
+        let (mut at, mut delta_pages) = (0, 0);
+        for (epoch, cut) in cuts.iter().enumerate() {
+            primary.run(Instructions(cut - at)).expect("runs");
+            at = *cut;
+            let kind = if epoch % 5 == 4 {
+                Kind::Full
+            } else {
+                Kind::Delta
+            };
+            let checkpoint = through_bytes(&primary.checkpoint(kind).expect("checkpoint"));
+            if kind == Kind::Delta {
+                delta_pages += checkpoint.pages.len();
+            }
+            backup.restore(&checkpoint).expect("restores");
+        }
+        assert_eq!(
+            primary.state_hash().expect("hash"),
+            backup.state_hash().expect("hash")
+        );
+        assert!(
+            delta_pages > 200,
+            "the dirtier dirtied only {delta_pages} pages"
+        );
+        primary.run(Instructions(TOTAL - at)).expect("runs");
+        backup.run(Instructions(TOTAL - at)).expect("runs");
+        assert_eq!(
+            primary.state_hash().expect("hash"),
+            expected,
+            "seed {seed}: primary"
+        );
+        assert_eq!(
+            backup.state_hash().expect("hash"),
+            expected,
+            "seed {seed}: backup"
+        );
+    }
+}
+
+/// Cutting a run into two `run` calls anywhere changes nothing, even when
+/// a vCPU's wake deadline passes while it idles out its quantum (the
+/// dirtier with a period shorter than a quantum).
+#[test]
+fn a_run_cut_anywhere_ends_the_same() {
+    const TOTAL: u64 = 300_000;
+    let image = Guest::Dirtier
+        .image([1, 16, 300, 0, 0, 0, 0, 0])
+        .expect("assembles");
+    let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
+    let boot = || {
+        let config = EmuConfig {
+            seed: 9,
+            quantum: Quantum::default(),
+            counting: Counting::Slices,
+        };
+        emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots")
+    };
+    let mut whole = boot();
+    whole.run(Instructions(TOTAL)).expect("runs");
+    let expected = whole.state_hash().expect("hash");
+    let mut rng = SplitMix64::new(4);
+    for _ in 0..40 {
+        let cut = rng.range(1, TOTAL - 1);
+        let mut machine = boot();
+        machine.run(Instructions(cut)).expect("runs");
+        machine.run(Instructions(TOTAL - cut)).expect("runs");
+        assert_eq!(
+            machine.state_hash().expect("hash"),
+            expected,
+            "cut at {cut}"
+        );
+    }
 }

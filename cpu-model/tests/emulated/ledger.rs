@@ -1,5 +1,5 @@
-//! The ledger on the emulated engine: determinism, interleavings, and the
-//! invariant over many seeds.
+// The ledger on the emulated engine: determinism, interleavings, and the
+// invariant over many seeds.
 
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;

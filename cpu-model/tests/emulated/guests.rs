@@ -1,4 +1,4 @@
-//! The guests run on the emulated engine and do what they should.
+// The guests run on the emulated engine and do what they should.
 
 use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
 use machine::devices::MemStore;

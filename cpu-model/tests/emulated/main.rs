@@ -1,0 +1,7 @@
+//! Whole-engine tests of the emulated machine, in one test binary so that
+//! unicorn is linked once.
+
+mod checkpoint;
+mod guests;
+mod ledger;
+mod traps;

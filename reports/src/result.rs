@@ -1,0 +1,188 @@
+//! What one run found: the record every report is made from.
+
+use std::fmt;
+
+use faults::Level;
+use serde::{Deserialize, Serialize};
+
+/// One of the oracle's five judgements (ARCHITECTURE.md, The simulator).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "u8", into = "u8")]
+pub struct Oracle(u8);
+
+impl Oracle {
+    /// (1) No reply a client received is lost, duplicated or contradicted.
+    pub const REPLIES: Oracle = Oracle(1);
+    /// (2) Never two hosts releasing output in one generation.
+    pub const ONE_RELEASER: Oracle = Oracle(2);
+    /// (3) The survivor's state equals a failure-free run of the acked inputs.
+    pub const STATE: Oracle = Oracle(3);
+    /// (4) After healing, the service answers within the bound.
+    pub const LIVENESS: Oracle = Oracle(4);
+    /// (5) The same seed gives the same trace hash.
+    pub const DETERMINISM: Oracle = Oracle(5);
+
+    /// The oracle's number, `1..=5`.
+    pub fn number(self) -> u8 {
+        self.0
+    }
+
+    /// A short name for reports.
+    pub fn name(self) -> &'static str {
+        match self.0 {
+            1 => "replies",
+            2 => "one-releaser",
+            3 => "state",
+            4 => "liveness",
+            _ => "determinism",
+        }
+    }
+}
+
+impl TryFrom<u8> for Oracle {
+    type Error = String;
+
+    fn try_from(n: u8) -> Result<Oracle, String> {
+        if (1..=5).contains(&n) {
+            Ok(Oracle(n))
+        } else {
+            Err(format!("oracle {n} is not one of 1..=5"))
+        }
+    }
+}
+
+impl From<Oracle> for u8 {
+    fn from(oracle: Oracle) -> u8 {
+        oracle.0
+    }
+}
+
+impl fmt::Display for Oracle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "oracle {} ({})", self.0, self.name())
+    }
+}
+
+/// What the oracle found wrong.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Violation {
+    /// Which judgement failed.
+    pub oracle: Oracle,
+    /// What it saw, for people.
+    pub message: String,
+}
+
+impl fmt::Display for Violation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.oracle, self.message)
+    }
+}
+
+/// A run's trace hash, written as 16 hex digits (`"0x00ab…"`) so that JSON
+/// readers that hold numbers as doubles do not round it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct TraceHash(pub u64);
+
+impl fmt::Display for TraceHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:#018x}", self.0)
+    }
+}
+
+impl TryFrom<String> for TraceHash {
+    type Error = String;
+
+    fn try_from(text: String) -> Result<TraceHash, String> {
+        let digits = text
+            .strip_prefix("0x")
+            .ok_or_else(|| format!("trace hash {text:?} must start with 0x"))?;
+        u64::from_str_radix(digits, 16)
+            .map(TraceHash)
+            .map_err(|e| format!("trace hash {text:?}: {e}"))
+    }
+}
+
+impl From<TraceHash> for String {
+    fn from(hash: TraceHash) -> String {
+        hash.to_string()
+    }
+}
+
+/// Everything a run reports. One JSON line of `results.jsonl` each.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunResult {
+    /// Scenario name.
+    pub scenario: String,
+    /// The run's seed.
+    pub seed: u64,
+    /// Protection level it ran at.
+    pub level: Level,
+    /// No violation.
+    pub passed: bool,
+    /// What the oracle found wrong; empty when `passed`.
+    pub violations: Vec<Violation>,
+    /// Hash of the run's event trace.
+    pub trace_hash: TraceHash,
+    /// One line that replays the run exactly.
+    pub replay_command: String,
+    /// Simulated time the run covered.
+    pub sim_ms: u64,
+    /// Wall time the run took.
+    pub wall_ms: u64,
+    /// Failovers in the run.
+    pub failovers: u32,
+    /// For each failover, suspicion to first released output, simulated.
+    pub failover_ms: Vec<f64>,
+    /// Epochs committed.
+    pub epochs: u64,
+    /// Median guest pause per checkpoint, simulated.
+    pub pause_ns_p50: u64,
+    /// 99th percentile guest pause per checkpoint, simulated.
+    pub pause_ns_p99: u64,
+    /// Checkpoint delta bytes shipped to the backup.
+    pub delta_bytes: u64,
+    /// Requests the clients sent, retries included.
+    pub requests_sent: u64,
+    /// Replies the clients received.
+    pub replies_received: u64,
+    /// The faults left no host with the VM's state (more than the one host
+    /// failure the system survives): not judged for liveness or state.
+    #[serde(default)]
+    pub vm_lost: bool,
+}
+
+/// The one-line command that replays a run.
+pub fn replay_command(scenario: &str, seed: u64, level: Level) -> String {
+    format!("lockstep replay --scenario {scenario} --seed {seed} --level {level}")
+}
+
+impl RunResult {
+    /// Whether `passed` agrees with the violations; the writers assert it.
+    pub fn is_consistent(&self) -> bool {
+        self.passed == self.violations.is_empty()
+            && self.failover_ms.len() == self.failovers as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_hashes_round_trip_as_hex() {
+        let hash = TraceHash(0xab);
+        assert_eq!(hash.to_string(), "0x00000000000000ab");
+        assert_eq!(TraceHash::try_from(hash.to_string()), Ok(hash));
+        assert!(TraceHash::try_from("ab".to_string()).is_err());
+        assert!(TraceHash::try_from("0xzz".to_string()).is_err());
+    }
+
+    #[test]
+    fn oracles_are_one_to_five() {
+        assert!(Oracle::try_from(0).is_err());
+        assert!(Oracle::try_from(6).is_err());
+        assert_eq!(Oracle::try_from(4), Ok(Oracle::LIVENESS));
+        assert_eq!(Oracle::STATE.to_string(), "oracle 3 (state)");
+    }
+}

@@ -1,0 +1,57 @@
+//! Checkpoint streams for a joining backup: copy rounds must apply one on
+//! top of the other, but the primary keeps closing epochs (and so taking
+//! deltas) between rounds. The deltas taken between two rounds are merged
+//! into the next round.
+
+use machine::{Checkpoint, Kind};
+use std::collections::BTreeMap;
+
+/// `newer` applied on top of `older`, as one checkpoint: `newer` must be a
+/// delta whose base is `older`. The result has `older`'s kind and base and
+/// `newer`'s sequence; pages and blocks written in both take `newer`'s bytes.
+pub(crate) fn merge(older: Checkpoint, newer: Checkpoint) -> Checkpoint {
+    assert_eq!(newer.kind, Kind::Delta, "only a delta goes on top");
+    assert_eq!(newer.base_sequence, older.sequence, "deltas chain");
+    let mut pages: BTreeMap<_, _> = older.pages.into_iter().collect();
+    pages.extend(newer.pages);
+    let mut blocks: BTreeMap<_, _> = older.blocks.into_iter().collect();
+    blocks.extend(newer.blocks);
+    Checkpoint {
+        kind: older.kind,
+        sequence: newer.sequence,
+        base_sequence: older.base_sequence,
+        vcpus: newer.vcpus,
+        memory_bytes: newer.memory_bytes,
+        pages: pages.into_iter().collect(),
+        vcpu_states: newer.vcpu_states,
+        devices: newer.devices,
+        engine: newer.engine,
+        blocks: blocks.into_iter().collect(),
+    }
+}
+
+/// What a copy session has taken and not yet sent.
+#[derive(Debug, Default)]
+pub(crate) struct CopyStream {
+    /// Everything captured since the last round went out.
+    pending: Option<Checkpoint>,
+}
+
+impl CopyStream {
+    /// A capture was taken (an epoch's delta or a round's).
+    pub(crate) fn absorb(&mut self, checkpoint: Checkpoint) {
+        self.pending = Some(match self.pending.take() {
+            None => checkpoint,
+            Some(older) if checkpoint.kind == Kind::Full => {
+                drop(older);
+                checkpoint
+            }
+            Some(older) => merge(older, checkpoint),
+        });
+    }
+
+    /// The next round: everything absorbed since the previous one.
+    pub(crate) fn take_round(&mut self) -> Option<Checkpoint> {
+        self.pending.take()
+    }
+}

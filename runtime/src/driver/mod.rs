@@ -1,0 +1,384 @@
+//! The node driver: one VM host's protocol node, its machine and its
+//! output buffer, joined. It carries out the protocol's actions on the
+//! machine (pause, capture, apply, restore, release) and runs the guest in
+//! step with time.
+//!
+//! Time: the protocol's `now` and guest time advance together; the guest
+//! runs one instruction per nanosecond of host time while it is not paused
+//! (the emulated engine counts guest time that way; see `machine::Engine`).
+
+mod copy;
+mod outputs;
+mod witness;
+
+pub use outputs::HELD_PACKETS_MAX;
+pub use witness::WitnessHost;
+
+use copy::CopyStream;
+use machine::devices::Packet;
+use machine::{
+    Checkpoint, Engine, Instructions, Kind, Machine, MachineError, CHECKPOINT_BYTES_MAX,
+};
+use outputs::Outputs;
+use protocol::{
+    Action, BlockIndex, Capture, Codec, Config, ConfigError, Envelope, Generation, Node, NodeId,
+    Protection, RoleKind, Start, Time,
+};
+use std::collections::VecDeque;
+
+/// Something the host sends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A protocol frame for another host (the peer or the witness).
+    Frame {
+        /// Addressee.
+        to: NodeId,
+        /// The encoded frame.
+        bytes: Vec<u8>,
+    },
+    /// A guest output the protocol released to the outside world.
+    Output(Packet),
+}
+
+/// Why a host cannot go on.
+#[derive(Debug, thiserror::Error)]
+pub enum HostError {
+    /// The protocol configuration is invalid.
+    #[error("protocol configuration: {0}")]
+    Config(#[from] ConfigError),
+    /// The machine failed (a guest fault, a disk error, a bad checkpoint).
+    #[error("machine: {0}")]
+    Machine(#[from] MachineError),
+    /// Promoted while the standby image had failed to apply a delta.
+    #[error("standby image is inconsistent ({0}); refusing to resume it")]
+    BrokenStandby(String),
+}
+
+/// Counters of one host.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostStats {
+    /// Guest instructions run (guest time, in ns).
+    pub guest_ns: u64,
+    /// Outputs released to the outside.
+    pub outputs_released: u64,
+    /// Outputs discarded unreleased at the end of a term.
+    pub outputs_discarded: u64,
+    /// Client packets dropped (not primary, guest stopped, NIC full).
+    pub inputs_dropped: u64,
+    /// Deltas captured (shipped or not).
+    pub captures: u64,
+    /// Pages in captured deltas.
+    pub captured_pages: u64,
+    /// Bytes of shipped deltas and copy rounds.
+    pub shipped_bytes: u64,
+    /// Deltas and copy rounds applied to the standby image.
+    pub applied: u64,
+    /// Pages of each shipped delta, the most recent `DELTA_PAGES_KEPT`.
+    pub delta_pages: Vec<u64>,
+}
+
+/// Per-delta page counts kept in [`HostStats::delta_pages`].
+pub const DELTA_PAGES_KEPT: usize = 4096;
+
+/// What the host's guest is doing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Guest {
+    /// Runs (unless paused by the protocol): this host is primary.
+    Running,
+    /// The machine is a standby image that deltas are applied to.
+    Standby,
+    /// No usable guest state (joining, or stepped down).
+    Stopped,
+}
+
+/// One VM host.
+#[derive(Debug)]
+pub struct VmHost<E: Engine> {
+    node: Node,
+    machine: Machine<E>,
+    guest: Guest,
+    paused: bool,
+    outputs: Outputs,
+    copy: Option<CopyStream>,
+    transmits: VecDeque<Transmit>,
+    last_run: Time,
+    /// The engine's dirty-fault counter at the last capture.
+    dirty_mark: u64,
+    persisted: Generation,
+    broken: Option<String>,
+    stats: HostStats,
+}
+
+impl<E: Engine> VmHost<E> {
+    /// A host starting as `start`, with `machine` booted from the guest
+    /// image (primary: it runs; backup: it is the standby image at epoch 0;
+    /// restart: it waits for a copy).
+    pub fn new(
+        config: Config,
+        codec: Codec,
+        start: Start,
+        machine: Machine<E>,
+        now: Time,
+    ) -> Result<VmHost<E>, HostError> {
+        let node = Node::new(config, codec, start, now)?;
+        let guest = match start {
+            Start::Primary { .. } => Guest::Running,
+            Start::Backup { .. } => Guest::Standby,
+            Start::Restart { .. } => Guest::Stopped,
+        };
+        let dirty_mark = machine.engine().stats().dirty_faults;
+        let mut host = VmHost {
+            persisted: node.generation(),
+            node,
+            machine,
+            guest,
+            paused: false,
+            outputs: Outputs::default(),
+            copy: None,
+            transmits: VecDeque::new(),
+            last_run: now,
+            dirty_mark,
+            broken: None,
+            stats: HostStats::default(),
+        };
+        host.carry_out(now)?;
+        Ok(host)
+    }
+
+    /// The protocol node.
+    pub fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// The machine (the running guest on a primary, the standby image on a
+    /// backup).
+    pub fn machine(&mut self) -> &mut Machine<E> {
+        &mut self.machine
+    }
+
+    /// The generation last persisted: what a restart starts from.
+    pub fn persisted_generation(&self) -> Generation {
+        self.persisted
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &HostStats {
+        &self.stats
+    }
+
+    /// Outputs held, waiting for their epoch's release.
+    pub fn outputs_held(&self) -> usize {
+        self.outputs.held()
+    }
+
+    /// Whether this host's guest runs.
+    pub fn is_running(&self) -> bool {
+        self.guest == Guest::Running
+    }
+
+    /// The next thing to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// When to call [`VmHost::advance`] next, at the latest.
+    pub fn next_deadline(&self) -> Time {
+        self.node.poll_timeout()
+    }
+
+    /// A frame arrived from another host.
+    pub fn handle_frame(&mut self, now: Time, bytes: &[u8]) -> Result<(), HostError> {
+        self.advance(now)?;
+        self.node.handle_bytes(now, bytes);
+        self.carry_out(now)
+    }
+
+    /// A packet from a client for the guest. Only a running primary takes
+    /// it; elsewhere it is dropped, as the client will retry.
+    pub fn handle_client_packet(&mut self, now: Time, packet: Packet) -> Result<(), HostError> {
+        self.advance(now)?;
+        if self.guest != Guest::Running || self.machine.bus().nic.deliver(packet).is_err() {
+            self.stats.inputs_dropped += 1;
+        }
+        Ok(())
+    }
+
+    /// The host was frozen (a stopped process, a paused VM host) until
+    /// `now`: its guest ran no instructions meanwhile. Protocol deadlines
+    /// that passed fire at the next [`VmHost::advance`].
+    pub fn thaw(&mut self, now: Time) {
+        assert!(now >= self.last_run, "time does not go backwards");
+        self.last_run = now;
+    }
+
+    /// Runs the guest up to `now` and acts on every protocol deadline due.
+    pub fn advance(&mut self, now: Time) -> Result<(), HostError> {
+        assert!(now >= self.last_run, "time does not go backwards");
+        if self.guest == Guest::Running && !self.paused && now > self.last_run {
+            let budget = now.0 - self.last_run.0;
+            self.machine.run(Instructions(budget))?;
+            self.stats.guest_ns += budget;
+            self.collect_outputs();
+            let dirty = self.machine.engine().stats().dirty_faults - self.dirty_mark;
+            self.node.handle_dirty_pages(now, dirty);
+        }
+        self.last_run = now;
+        if self.node.poll_timeout() <= now {
+            self.node.handle_timeout(now);
+        }
+        self.carry_out(now)
+    }
+
+    fn collect_outputs(&mut self) {
+        let epoch = self.node.epoch().expect("a running guest is on a primary");
+        let packets = self.machine.bus().nic.take_tx();
+        let (transmits, stats) = (&mut self.transmits, &mut self.stats);
+        for packet in packets {
+            self.outputs.push(epoch, packet, &mut |p| {
+                stats.outputs_released += 1;
+                transmits.push_back(Transmit::Output(p));
+            });
+        }
+    }
+
+    /// Carries out every action the protocol has for us, in order.
+    fn carry_out(&mut self, now: Time) -> Result<(), HostError> {
+        while let Some(action) = self.node.poll_action() {
+            self.act(now, action)?;
+        }
+        if self.copy.is_some() && self.node.protection() != Some(Protection::Resyncing) {
+            self.copy = None; // the copy session was abandoned
+        }
+        Ok(())
+    }
+
+    fn act(&mut self, now: Time, action: Action) -> Result<(), HostError> {
+        match action {
+            Action::Send { to, msg } => {
+                let envelope = Envelope {
+                    from: self.node.config().me,
+                    to,
+                    msg,
+                };
+                let bytes = self.node.codec().encode(&envelope);
+                self.transmits.push_back(Transmit::Frame { to, bytes });
+            }
+            Action::PauseGuest => self.paused = true,
+            Action::ResumeGuest => self.paused = false,
+            Action::CaptureDelta { epoch, ship } => {
+                let checkpoint = self.capture(Kind::Delta)?;
+                let capture = describe(&checkpoint, ship);
+                self.stats.shipped_bytes += capture.bytes.len() as u64;
+                if ship && self.stats.delta_pages.len() < DELTA_PAGES_KEPT {
+                    self.stats.delta_pages.push(capture.pages);
+                }
+                if let Some(copy) = &mut self.copy {
+                    copy.absorb(checkpoint);
+                }
+                self.node.handle_delta_captured(now, epoch, capture);
+            }
+            Action::CaptureCopy { round, last, .. } => {
+                // Round 0 copies everything (memory and the whole disk: the
+                // simulator's disks are small; a block-level resync is the
+                // protocol's `DiskCopy::Blocks`, not used by this driver yet).
+                let kind = if round == 0 { Kind::Full } else { Kind::Delta };
+                let checkpoint = self.capture(kind)?;
+                let copy = self.copy.get_or_insert_with(CopyStream::default);
+                copy.absorb(checkpoint);
+                let round_checkpoint = copy.take_round().expect("absorbed just now");
+                let capture = describe(&round_checkpoint, true);
+                self.stats.shipped_bytes += capture.bytes.len() as u64;
+                if last {
+                    self.copy = None;
+                }
+                self.node.handle_copy_captured(now, round, capture);
+            }
+            Action::ApplyDelta { delta: bytes, .. } | Action::ApplyCopy { copy: bytes, .. } => {
+                self.apply(&bytes);
+            }
+            Action::ReleaseOutput { upto } => {
+                let (transmits, stats) = (&mut self.transmits, &mut self.stats);
+                self.outputs.release(upto, &mut |p| {
+                    stats.outputs_released += 1;
+                    transmits.push_back(Transmit::Output(p));
+                });
+            }
+            Action::RestoreAndResume { checkpoint } => {
+                if let Some(problem) = self.broken.take() {
+                    return Err(HostError::BrokenStandby(problem));
+                }
+                tracing::info!(node = %self.node.config().me, ?checkpoint, "resuming the standby image");
+                self.end_term();
+                self.guest = Guest::Running;
+                self.paused = false;
+                self.last_run = now;
+                self.dirty_mark = self.machine.engine().stats().dirty_faults;
+            }
+            Action::StopGuest => {
+                self.end_term();
+                self.guest = Guest::Stopped;
+            }
+            Action::PersistGeneration(generation) => self.persisted = generation,
+            Action::PersistGrant(_) => unreachable!("only the witness grants"),
+        }
+        Ok(())
+    }
+
+    fn capture(&mut self, kind: Kind) -> Result<Checkpoint, HostError> {
+        let checkpoint = self.machine.checkpoint(kind)?;
+        self.dirty_mark = self.machine.engine().stats().dirty_faults;
+        self.stats.captures += 1;
+        self.stats.captured_pages += checkpoint.pages.len() as u64;
+        Ok(checkpoint)
+    }
+
+    /// A complete delta or copy round from the primary, onto the standby.
+    /// A failure leaves the standby unusable: promotion then refuses.
+    fn apply(&mut self, bytes: &[u8]) {
+        let applied = Checkpoint::decode(bytes, CHECKPOINT_BYTES_MAX)
+            .map_err(|e| e.to_string())
+            .and_then(|checkpoint| {
+                if checkpoint.kind == Kind::Full {
+                    self.broken = None;
+                }
+                self.machine.restore(&checkpoint).map_err(|e| e.to_string())
+            });
+        match applied {
+            Ok(()) => {
+                self.stats.applied += 1;
+                self.guest = Guest::Standby;
+            }
+            Err(problem) => {
+                tracing::error!(node = %self.node.config().me, %problem, "standby image broken");
+                self.broken.get_or_insert(problem);
+            }
+        }
+    }
+
+    fn end_term(&mut self) {
+        self.stats.outputs_discarded += self.outputs.discard() as u64;
+        self.copy = None;
+        let _ = self.machine.bus().nic.take_tx();
+    }
+
+    /// The role of this host's node.
+    pub fn role(&self) -> RoleKind {
+        self.node.role()
+    }
+}
+
+fn describe(checkpoint: &Checkpoint, ship: bool) -> Capture {
+    Capture {
+        bytes: if ship {
+            checkpoint.encode()
+        } else {
+            Vec::new()
+        },
+        disk_blocks: checkpoint
+            .blocks
+            .iter()
+            .map(|(b, _)| BlockIndex(*b))
+            .collect(),
+        pages: checkpoint.pages.len() as u64,
+    }
+}

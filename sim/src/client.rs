@@ -1,0 +1,150 @@
+//! A client of the ledger service: sends transfers with request ids,
+//! retries what is unanswered, and records what it sent and what it saw.
+
+use machine::guests::ledger_load::{Reply, Request};
+use machine::rng::SplitMix64;
+use protocol::Time;
+use std::collections::BTreeMap;
+
+/// Request ids of client `k` are `k * ID_SPAN + 1 ..`; replies find their
+/// client by id.
+pub const ID_SPAN: u64 = 4096;
+
+/// One client's state and history.
+#[derive(Debug)]
+pub struct Client {
+    index: u16,
+    requests: u64,
+    window: u64,
+    retry_after_ns: u64,
+    think_ns: u64,
+    last_new: Option<Time>,
+    accounts: u64,
+    rng: SplitMix64,
+    next: u64,
+    outstanding: BTreeMap<u64, (Request, Time)>,
+    /// The first reply to each id.
+    pub replies: BTreeMap<u64, Reply>,
+    /// When each reply first arrived.
+    pub answered_at: BTreeMap<u64, Time>,
+    /// Replies that contradicted an earlier one, or answered an id never
+    /// sent, or did not parse.
+    pub bad: Vec<String>,
+    /// Packets sent, retries included.
+    pub sent: u64,
+}
+
+impl Client {
+    /// Client `index` sending `requests` requests.
+    pub fn new(
+        index: u16,
+        requests: u64,
+        window: u64,
+        retry_after_ns: u64,
+        think_ns: u64,
+        accounts: u64,
+        seed: u64,
+    ) -> Client {
+        assert!(requests < ID_SPAN, "ids of one client fit their span");
+        Client {
+            index,
+            requests,
+            window,
+            retry_after_ns,
+            think_ns,
+            last_new: None,
+            accounts,
+            rng: SplitMix64::new(seed ^ (0xC11E_0000 + u64::from(index))),
+            next: 1,
+            outstanding: BTreeMap::new(),
+            replies: BTreeMap::new(),
+            answered_at: BTreeMap::new(),
+            bad: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// Which client an id belongs to.
+    pub fn owner(id: u64) -> u16 {
+        u16::try_from(id.saturating_sub(1) / ID_SPAN).unwrap_or(u16::MAX)
+    }
+
+    /// Whether every request has its reply.
+    pub fn done(&self) -> bool {
+        self.replies.len() as u64 == self.requests
+    }
+
+    /// New requests the window allows and retries that are due.
+    pub fn sends(&mut self, now: Time) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        while (self.outstanding.len() as u64) < self.window
+            && self.next <= self.requests
+            && self.last_new.is_none_or(|t| now.0 >= t.0 + self.think_ns)
+        {
+            self.last_new = Some(now);
+            let id = u64::from(self.index) * ID_SPAN + self.next;
+            let request = Request {
+                id,
+                from: u32::try_from(self.rng.range(0, self.accounts - 1)).expect("few accounts"),
+                to: u32::try_from(self.rng.range(0, self.accounts - 1)).expect("few accounts"),
+                amount: self.rng.range(1, 600),
+            };
+            self.next += 1;
+            self.outstanding.insert(id, (request, now));
+            out.push(request.encode());
+        }
+        for (request, sent_at) in self.outstanding.values_mut() {
+            if now.0 >= sent_at.0 + self.retry_after_ns {
+                *sent_at = now;
+                out.push(request.encode());
+            }
+        }
+        self.sent += out.len() as u64;
+        out
+    }
+
+    /// When the client next has something to do.
+    pub fn next_retry(&self) -> Option<Time> {
+        let retry = self
+            .outstanding
+            .values()
+            .map(|(_, at)| at.add_ns(self.retry_after_ns))
+            .min();
+        let room = (self.outstanding.len() as u64) < self.window && self.next <= self.requests;
+        let new = self
+            .last_new
+            .filter(|_| room)
+            .map(|t| t.add_ns(self.think_ns));
+        match (retry, new) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A reply arrived.
+    pub fn receive(&mut self, now: Time, packet: &[u8]) {
+        let reply = match Reply::decode(packet) {
+            Ok(reply) => reply,
+            Err(problem) => return self.bad.push(format!("client {}: {problem}", self.index)),
+        };
+        let ours = Client::owner(reply.id) == self.index
+            && (reply.id - u64::from(self.index) * ID_SPAN) < self.next;
+        if !ours {
+            return self.bad.push(format!(
+                "client {}: reply to unsent id {}",
+                self.index, reply.id
+            ));
+        }
+        match self.replies.get(&reply.id) {
+            Some(first) if *first != reply => self
+                .bad
+                .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+            Some(_) => {}
+            None => {
+                self.replies.insert(reply.id, reply);
+                self.answered_at.insert(reply.id, now);
+            }
+        }
+        self.outstanding.remove(&reply.id);
+    }
+}

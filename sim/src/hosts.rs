@@ -1,0 +1,185 @@
+//! The software of each turmoil host: VM hosts, the witness, the switch and
+//! the clients. Each is a loop over its sockets and a timer; all state lives
+//! in the shared [`World`], borrowed only between awaits.
+
+use crate::world::{
+    client_name, World, CLAIM_PORT, CLIENT_PORT, FRAME_PORT, HOST_NAMES, SERVICE_PORT,
+};
+use protocol::Time;
+use std::cell::RefCell;
+use std::net::{IpAddr, Ipv4Addr};
+use std::rc::Rc;
+use std::time::Duration;
+use turmoil::net::UdpSocket;
+
+/// Largest datagram: a protocol frame with a full chunk.
+const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// A VM host wakes at least this often to run its guest.
+const GUEST_QUANTUM_NS: u64 = 1_000_000;
+
+/// Simulated time since the start of the run.
+pub fn now() -> Time {
+    let elapsed = turmoil::sim_elapsed().unwrap_or_default();
+    Time(u64::try_from(elapsed.as_nanos()).expect("runs are shorter than 584 years"))
+}
+
+async fn bind(port: u16) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind((IpAddr::V4(Ipv4Addr::UNSPECIFIED), port)).await
+}
+
+async fn send_all(socket: &UdpSocket, sends: Vec<(String, u16, Vec<u8>)>) {
+    for (host, port, bytes) in sends {
+        // A full socket buffer or an unknown peer loses the datagram, as a
+        // real network would; the protocol retransmits what matters.
+        let _ = socket.send_to(&bytes, (host.as_str(), port)).await;
+    }
+}
+
+async fn sleep_until(at: Time) {
+    let now = now();
+    tokio::time::sleep(Duration::from_nanos(at.0.saturating_sub(now.0).max(1))).await;
+}
+
+/// A VM host: boots (or reboots empty), then serves frames, client
+/// requests and its timers until it is crashed.
+pub async fn vm_host(world: Rc<RefCell<World>>, index: usize) -> turmoil::Result {
+    let frames = bind(FRAME_PORT).await?;
+    let service = bind(SERVICE_PORT).await?;
+    world.borrow_mut().boot_host(index, now());
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    let mut buf2 = vec![0u8; DATAGRAM_BYTES_MAX];
+    let mut was_paused = false;
+    loop {
+        let (paused, deadline) = {
+            let w = world.borrow();
+            let slot = &w.hosts[index];
+            let deadline = slot.host.as_ref().map(|h| h.next_deadline());
+            (slot.paused, deadline)
+        };
+        if paused {
+            was_paused = true;
+            tokio::time::sleep(Duration::from_nanos(GUEST_QUANTUM_NS)).await;
+            // A frozen host reads nothing: what arrives meanwhile is lost.
+            while frames.try_recv_from(&mut buf).is_ok() {}
+            while service.try_recv_from(&mut buf2).is_ok() {}
+            continue;
+        }
+        let t = now();
+        if was_paused {
+            was_paused = false;
+            let mut w = world.borrow_mut();
+            w.with_host(index, t, |h| {
+                h.thaw(t);
+                Ok(())
+            });
+        }
+        let wake = deadline.map_or(t.add_ns(GUEST_QUANTUM_NS), |d| {
+            d.min(t.add_ns(GUEST_QUANTUM_NS))
+        });
+        tokio::select! {
+            biased;
+            received = frames.recv_from(&mut buf) => {
+                let (n, _) = received?;
+                let t = now();
+                world.borrow_mut().with_host(index, t, |h| h.handle_frame(t, &buf[..n]));
+            }
+            received = service.recv_from(&mut buf2) => {
+                let (n, _) = received?;
+                let t = now();
+                let nic_down = world.borrow().hosts[index].nic_down;
+                if !nic_down {
+                    let packet = buf2[..n].to_vec();
+                    world.borrow_mut().with_host(index, t, |h| h.handle_client_packet(t, packet));
+                }
+            }
+            () = sleep_until(wake) => {
+                let t = now();
+                world.borrow_mut().with_host(index, t, |h| h.advance(t));
+            }
+        }
+        let sends = world.borrow_mut().host_sends(index, now());
+        send_all(&frames, sends).await;
+    }
+}
+
+/// The witness: answers frames; its grant survives crashes.
+pub async fn witness(world: Rc<RefCell<World>>) -> turmoil::Result {
+    let socket = bind(FRAME_PORT).await?;
+    world.borrow_mut().boot_witness(now());
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        let (n, _) = socket.recv_from(&mut buf).await?;
+        let t = now();
+        let sends = {
+            let mut w = world.borrow_mut();
+            if let Some(witness) = w.witness.host.as_mut() {
+                witness.handle_frame(t, &buf[..n]);
+            }
+            w.witness_sends(t)
+        };
+        send_all(&socket, sends).await;
+    }
+}
+
+/// The switch: client requests go to the host that last claimed the
+/// service address (as a gratuitous ARP moves a virtual IP).
+pub async fn switch(world: Rc<RefCell<World>>) -> turmoil::Result {
+    let service = bind(SERVICE_PORT).await?;
+    let claims = bind(CLAIM_PORT).await?;
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    let mut claim = [0u8; 64];
+    loop {
+        tokio::select! {
+            biased;
+            received = claims.recv_from(&mut claim) => {
+                let (_, from) = received?;
+                let name = turmoil::reverse_lookup(from.ip());
+                let owner = HOST_NAMES.iter().position(|h| name.as_deref() == Some(*h));
+                let mut w = world.borrow_mut();
+                if owner.is_some() && w.switch_owner != owner {
+                    let t = now();
+                    w.trace.record(t.0, "switch", || format!("service address now at {owner:?}"));
+                    w.switch_owner = owner;
+                }
+            }
+            received = service.recv_from(&mut buf) => {
+                let (n, _) = received?;
+                let owner = world.borrow().switch_owner;
+                if let Some(owner) = owner {
+                    let _ = service.send_to(&buf[..n], (HOST_NAMES[owner], SERVICE_PORT)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A client: sends its requests through the switch, retries, records.
+pub async fn client(world: Rc<RefCell<World>>, index: u16) -> turmoil::Result {
+    let socket = bind(CLIENT_PORT).await?;
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        let t = now();
+        let (sends, next) = {
+            let mut w = world.borrow_mut();
+            let client = &mut w.clients[usize::from(index)];
+            let sends = client.sends(t);
+            (sends, client.next_retry())
+        };
+        for packet in sends {
+            let _ = socket.send_to(&packet, ("switch", SERVICE_PORT)).await;
+        }
+        let wake = next.unwrap_or(t.add_ns(50_000_000));
+        tokio::select! {
+            biased;
+            received = socket.recv_from(&mut buf) => {
+                let (n, _) = received?;
+                let t = now();
+                let mut w = world.borrow_mut();
+                let name = client_name(index);
+                w.trace.record(t.0, &name, || format!("reply {:016x}", crate::trace::digest(&buf[..n])));
+                w.clients[usize::from(index)].receive(t, &buf[..n]);
+            }
+            () = sleep_until(wake) => {}
+        }
+    }
+}

@@ -1,0 +1,20 @@
+//! Lockstep's deterministic cluster simulator: two VM hosts running the
+//! node driver on the emulated machine, a witness, a switch and clients as
+//! turmoil hosts on one thread in simulated time; faults injected at the
+//! boundaries the simulator owns; an oracle that judges every run; the same
+//! seed, the same trace.
+#![forbid(unsafe_code)]
+
+pub mod client;
+pub mod hosts;
+pub mod oracle;
+pub mod report;
+pub mod run;
+pub mod scenario;
+pub mod spec;
+pub mod trace;
+pub mod world;
+
+pub use oracle::Violation;
+pub use run::{run, RunOutcome};
+pub use spec::{Endpoint, Event, HostRef, RunSpec};

@@ -1,0 +1,60 @@
+//! A run's outcome as the reports crate records it.
+
+use crate::run::RunOutcome;
+use reports::{Oracle, RunResult, TraceHash};
+
+/// Guest pause per captured page, modelled: the emulated engine's capture
+/// takes no simulated time, so pause figures are modelled from the pages a
+/// delta carries (a fixed cost plus a copy per page, as measured on KVM).
+pub const PAUSE_FIXED_NS: u64 = 20_000;
+/// See [`PAUSE_FIXED_NS`].
+pub const PAUSE_PER_PAGE_NS: u64 = 400;
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let index = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[index.min(sorted.len() - 1)]
+}
+
+/// The record of `outcome`, which took `wall_ms` of wall time.
+pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
+    let level = match outcome.level {
+        protocol::Level::Ft => faults::scenario::Level::Ft,
+        protocol::Level::Ha => faults::scenario::Level::Ha,
+    };
+    let mut pauses: Vec<u64> = outcome
+        .capture_pages
+        .iter()
+        .map(|pages| PAUSE_FIXED_NS + pages * PAUSE_PER_PAGE_NS)
+        .collect();
+    pauses.sort_unstable();
+    RunResult {
+        scenario: outcome.scenario.clone(),
+        seed: outcome.seed,
+        level,
+        passed: outcome.passed(),
+        violations: outcome
+            .violations
+            .iter()
+            .map(|v| reports::Violation {
+                oracle: Oracle::try_from(v.oracle).expect("oracles are 1 to 5"),
+                message: v.message.clone(),
+            })
+            .collect(),
+        trace_hash: TraceHash(outcome.trace_hash),
+        replay_command: reports::replay_command(&outcome.scenario, outcome.seed, level),
+        sim_ms: outcome.sim_ms,
+        wall_ms,
+        failovers: u32::try_from(outcome.failover_ms.len()).expect("few failovers"),
+        failover_ms: outcome.failover_ms.clone(),
+        epochs: outcome.epochs,
+        pause_ns_p50: percentile(&pauses, 0.5),
+        pause_ns_p99: percentile(&pauses, 0.99),
+        delta_bytes: outcome.shipped_bytes,
+        requests_sent: outcome.requests_sent,
+        replies_received: outcome.replies_received,
+        vm_lost: outcome.vm_lost.is_some(),
+    }
+}

@@ -1,0 +1,341 @@
+//! One run: build the turmoil simulation, inject the events, heal, judge.
+
+use crate::hosts;
+use crate::oracle::{judge, Violation};
+use crate::spec::{Endpoint, Event, HostRef, RunSpec};
+use crate::trace::TraceEvent;
+use crate::world::{client_name, World, HOST_NAMES};
+use protocol::Generation;
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+/// Simulation tick.
+const TICK: Duration = Duration::from_micros(250);
+/// After the last request is answered the run goes on this long, so late
+/// duplicates and contradictions still show.
+const SETTLE_MS: u64 = 50;
+
+/// What a run did and what the oracle found.
+#[derive(Debug, Clone)]
+pub struct RunOutcome {
+    /// The scenario.
+    pub scenario: String,
+    /// The seed.
+    pub seed: u64,
+    /// Protection level.
+    pub level: protocol::Level,
+    /// Hash of the whole trace.
+    pub trace_hash: u64,
+    /// Events traced.
+    pub trace_events: u64,
+    /// The trace, when asked for.
+    pub trace: Vec<TraceEvent>,
+    /// Oracle violations; empty when the run passed.
+    pub violations: Vec<Violation>,
+    /// Simulated time, ms.
+    pub sim_ms: u64,
+    /// Failover times, ms.
+    pub failover_ms: Vec<f64>,
+    /// Epochs closed by every primary together.
+    pub epochs: u64,
+    /// Bytes of deltas and copy rounds shipped.
+    pub shipped_bytes: u64,
+    /// Requests sent by clients, retries included.
+    pub requests_sent: u64,
+    /// Distinct replies received.
+    pub replies_received: u64,
+    /// Why the VM was lost, if the faults left no host with its state.
+    pub vm_lost: Option<String>,
+    /// Pages per captured delta, by count (for pause figures).
+    pub capture_pages: Vec<u64>,
+    /// On a violation: each vCPU of each live VM host, disassembled at rip.
+    pub listings: Vec<String>,
+}
+
+impl RunOutcome {
+    /// Whether the oracle found nothing.
+    pub fn passed(&self) -> bool {
+        self.violations.is_empty()
+    }
+}
+
+/// Runs `spec`, keeping the trace's events if `keep_trace`.
+pub fn run(spec: &RunSpec, keep_trace: bool) -> RunOutcome {
+    let world = Rc::new(RefCell::new(World::new(spec.clone(), keep_trace)));
+    let total_ms = spec.safety_ms + spec.liveness_ms;
+    let mut sim = turmoil::Builder::new()
+        .simulation_duration(Duration::from_millis(total_ms + 1000))
+        .tick_duration(TICK)
+        .min_message_latency(Duration::from_millis(0))
+        .max_message_latency(Duration::from_millis(1))
+        .udp_capacity(4096)
+        .rng_seed(spec.seed)
+        .build();
+    for (index, name) in HOST_NAMES.iter().enumerate() {
+        let w = world.clone();
+        sim.host(*name, move || hosts::vm_host(w.clone(), index));
+    }
+    let w = world.clone();
+    sim.host("witness", move || hosts::witness(w.clone()));
+    let w = world.clone();
+    sim.host("switch", move || hosts::switch(w.clone()));
+    for k in 0..spec.clients {
+        let w = world.clone();
+        sim.host(client_name(k), move || hosts::client(w.clone(), k));
+    }
+    let mut events = spec.events.clone();
+    events.sort_by_key(|(at, _)| *at);
+    let mut next_event = 0;
+    let mut healed = false;
+    let mut done_at: Option<u64> = None;
+    loop {
+        let now_ms = u64::try_from(sim.elapsed().as_millis()).expect("short runs");
+        while next_event < events.len() && events[next_event].0 <= now_ms && !healed {
+            apply(&mut sim, &world, events[next_event].1, now_ms);
+            next_event += 1;
+        }
+        if !healed && now_ms >= spec.safety_ms {
+            heal(&mut sim, &world, now_ms);
+            healed = true;
+        }
+        let all_answered = world.borrow().clients.iter().all(|c| c.done());
+        if healed && all_answered {
+            let at = *done_at.get_or_insert(now_ms);
+            if now_ms >= at + SETTLE_MS {
+                break;
+            }
+        }
+        if now_ms >= total_ms {
+            break;
+        }
+        if let Err(e) = sim.step() {
+            world
+                .borrow_mut()
+                .host_errors
+                .push(format!("simulation: {e}"));
+            break;
+        }
+    }
+    let sim_ms = u64::try_from(sim.elapsed().as_millis()).expect("short runs");
+    drop(sim);
+    let mut world = Rc::try_unwrap(world)
+        .expect("the simulation is gone")
+        .into_inner();
+    let violations = judge(&mut world);
+    let listings = if violations.is_empty() {
+        Vec::new()
+    } else {
+        (0..2)
+            .flat_map(|i| crate::oracle::vcpu_listings(&mut world, i))
+            .collect()
+    };
+    let mut outcome = outcome(spec, world, violations, sim_ms);
+    outcome.listings = listings;
+    outcome
+}
+
+fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64) -> RunOutcome {
+    let hosts = world.hosts.iter().filter_map(|h| h.host.as_ref());
+    let (mut epochs, mut shipped) = (0, 0);
+    let mut capture_pages = Vec::new();
+    for host in hosts {
+        epochs += host.node().stats().epochs;
+        shipped += host.stats().shipped_bytes;
+        capture_pages.extend_from_slice(&host.stats().delta_pages);
+    }
+    RunOutcome {
+        scenario: spec.scenario.clone(),
+        seed: spec.seed,
+        level: spec.level,
+        trace_hash: world.trace.hash(),
+        trace_events: world.trace.len(),
+        trace: world.trace.events().to_vec(),
+        violations,
+        sim_ms,
+        failover_ms: world
+            .failover_ns
+            .iter()
+            .map(|ns| *ns as f64 / 1e6)
+            .collect(),
+        epochs,
+        shipped_bytes: shipped,
+        requests_sent: world.clients.iter().map(|c| c.sent).sum(),
+        replies_received: world.clients.iter().map(|c| c.replies.len() as u64).sum(),
+        capture_pages,
+        listings: Vec::new(),
+        vm_lost: world.vm_lost.clone(),
+    }
+}
+
+fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, now_ms: u64) {
+    let mut w = world.borrow_mut();
+    w.trace
+        .record(now_ms * 1_000_000, "faults", || format!("{event:?}"));
+    let primary_before = w.resolve(HostRef::Primary);
+    let generation = w.hosts[primary_before]
+        .host
+        .as_ref()
+        .map_or(Generation(0), |h| h.node().generation());
+    let strike = |w: &mut World, index: usize| {
+        w.last_struck = index;
+        if index == primary_before && w.primary_lost.is_none() {
+            w.primary_lost = Some((now_ms * 1_000_000, generation));
+        }
+    };
+    let names =
+        |w: &World, from: Endpoint, to: Endpoint| (w.endpoint_name(from), w.endpoint_name(to));
+    match event {
+        Event::Crash(h) => {
+            let i = w.resolve(h);
+            strike(&mut w, i);
+            w.hosts[i].host = None;
+            drop(w);
+            sim.crash(HOST_NAMES[i]);
+        }
+        Event::Restart(h) => {
+            let i = w.resolve(h);
+            if w.hosts[i].host.is_none() {
+                drop(w);
+                sim.bounce(HOST_NAMES[i]);
+            }
+        }
+        Event::Pause(h) => {
+            let i = w.resolve(h);
+            strike(&mut w, i);
+            w.hosts[i].paused = true;
+        }
+        Event::Resume(h) => {
+            let i = w.resolve(h);
+            w.hosts[i].paused = false;
+        }
+        Event::NicDown(h) => {
+            let i = w.resolve(h);
+            strike(&mut w, i);
+            w.hosts[i].nic_down = true;
+        }
+        Event::NicUp(h) => {
+            let i = w.resolve(h);
+            w.hosts[i].nic_down = false;
+        }
+        Event::WitnessCrash => {
+            w.witness.host = None;
+            drop(w);
+            sim.crash("witness");
+        }
+        Event::WitnessRestart => {
+            if w.witness.host.is_none() {
+                drop(w);
+                sim.bounce("witness");
+            }
+        }
+        Event::Partition {
+            id,
+            from,
+            to,
+            oneway,
+        } => {
+            let (a, b) = names(&w, from, to);
+            if [a.as_str(), b.as_str()].contains(&HOST_NAMES[primary_before]) {
+                strike(&mut w, primary_before);
+            }
+            w.partitions.insert(id, vec![(a.clone(), b.clone())]);
+            drop(w);
+            if oneway {
+                sim.partition_oneway(a.as_str(), b.as_str());
+            } else {
+                sim.partition(a.as_str(), b.as_str());
+            }
+        }
+        Event::Isolate { endpoint, id } => {
+            let me = w.endpoint_name(endpoint);
+            if let Endpoint::Host(h) = endpoint {
+                let i = w.resolve(h);
+                strike(&mut w, i);
+            }
+            let pairs: Vec<(String, String)> = w
+                .everyone_but(&me)
+                .into_iter()
+                .map(|o| (me.clone(), o))
+                .collect();
+            w.partitions.insert(id, pairs.clone());
+            drop(w);
+            for (a, b) in pairs {
+                sim.partition(a.as_str(), b.as_str());
+            }
+        }
+        Event::Repair { id } => {
+            let pairs = w.partitions.remove(&id).unwrap_or_default();
+            drop(w);
+            for (a, b) in pairs {
+                sim.repair(a.as_str(), b.as_str());
+            }
+        }
+        Event::Loss { from, to, rate } => {
+            let (a, b) = names(&w, from, to);
+            for key in [(a.clone(), b.clone()), (b, a)] {
+                w.links.entry(key).or_default().loss = rate;
+            }
+        }
+        Event::Duplicate { from, to, rate } => {
+            let (a, b) = names(&w, from, to);
+            for key in [(a.clone(), b.clone()), (b, a)] {
+                w.links.entry(key).or_default().duplicate = rate;
+            }
+        }
+        Event::Delay { from, to, ms } => {
+            let (a, b) = names(&w, from, to);
+            drop(w);
+            sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(ms));
+        }
+        Event::Jitter { from, to, ms } => {
+            let (a, b) = names(&w, from, to);
+            drop(w);
+            sim.set_link_max_message_latency(
+                a.as_str(),
+                b.as_str(),
+                Duration::from_millis(ms.max(1)),
+            );
+        }
+    }
+}
+
+/// The liveness phase begins: every link repaired, every host back.
+fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
+    let mut names: Vec<String> = HOST_NAMES.iter().map(|h| h.to_string()).collect();
+    names.push("witness".to_string());
+    names.push("switch".to_string());
+    let clients = world.borrow().spec.clients;
+    names.extend((0..clients).map(client_name));
+    for a in &names {
+        for b in &names {
+            if a < b {
+                sim.repair(a.as_str(), b.as_str());
+                sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(0));
+                sim.set_link_max_message_latency(a.as_str(), b.as_str(), Duration::from_millis(1));
+            }
+        }
+    }
+    let mut w = world.borrow_mut();
+    w.trace
+        .record(now_ms * 1_000_000, "faults", || "heal".to_string());
+    w.note_if_vm_lost();
+    w.links.clear();
+    w.partitions.clear();
+    let mut restart = Vec::new();
+    for (i, slot) in w.hosts.iter_mut().enumerate() {
+        slot.paused = false;
+        slot.nic_down = false;
+        if slot.host.is_none() {
+            restart.push(HOST_NAMES[i]);
+        }
+    }
+    let witness_down = w.witness.host.is_none();
+    drop(w);
+    for name in restart {
+        sim.bounce(name);
+    }
+    if witness_down {
+        sim.bounce("witness");
+    }
+}

@@ -1,0 +1,189 @@
+//! What one simulated run is: the cluster's settings, its workload and the
+//! fault events to inject, all resolved (a scenario file plus a seed
+//! resolve to one of these).
+
+use protocol::Level;
+
+/// A VM host, named by what it is when an event fires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum HostRef {
+    /// Whoever is primary at that moment (host `a` if nobody is).
+    Primary,
+    /// Whoever is not the primary.
+    Backup,
+    /// Host `a` (index 0).
+    A,
+    /// Host `b` (index 1).
+    B,
+    /// The host the last crash, pause or NIC failure struck (what a restart,
+    /// resume or NIC repair must bring back, whatever its role is now).
+    LastStruck,
+}
+
+/// An end of a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Endpoint {
+    /// A VM host.
+    Host(HostRef),
+    /// The witness.
+    Witness,
+    /// The switch that carries client traffic.
+    Switch,
+    /// A client.
+    Client(u16),
+}
+
+/// A primitive fault event at the simulator's boundaries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Event {
+    /// The host dies (its guest, memory and protocol state are gone).
+    Crash(HostRef),
+    /// A crashed host boots again, empty, and asks to rejoin.
+    Restart(HostRef),
+    /// The host freezes: it runs nothing and answers nothing.
+    Pause(HostRef),
+    /// A paused host runs again as if no time had passed for it.
+    Resume(HostRef),
+    /// The witness dies (it keeps its persisted grant).
+    WitnessCrash,
+    /// The witness is back.
+    WitnessRestart,
+    /// No message crosses from `from` to `to` (and back unless `oneway`);
+    /// `id` numbers it for its repair.
+    Partition {
+        /// The partition's number.
+        id: u32,
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Only from `from` to `to`.
+        oneway: bool,
+    },
+    /// Undo the partition (or isolation) numbered `id`: the hosts its ends
+    /// resolved to when it began, whatever their roles are now.
+    Repair {
+        /// The partition's number.
+        id: u32,
+    },
+    /// Cut `endpoint` off from everyone; `id` numbers it for its repair.
+    Isolate {
+        /// The host, witness, switch or client.
+        endpoint: Endpoint,
+        /// The isolation's number.
+        id: u32,
+    },
+    /// Each message between the ends is sent twice with this probability.
+    Duplicate {
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Probability, 0 to 1.
+        rate: f64,
+    },
+    /// Messages between the ends take 0 to `ms` ms at random, so they
+    /// overtake each other (0 ends it).
+    Jitter {
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Largest latency.
+        ms: u64,
+    },
+    /// Each message between the ends is lost with this probability.
+    Loss {
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Probability, 0 to 1.
+        rate: f64,
+    },
+    /// Each message between the ends takes this long.
+    Delay {
+        /// One end.
+        from: Endpoint,
+        /// The other end.
+        to: Endpoint,
+        /// Latency in milliseconds.
+        ms: u64,
+    },
+    /// The host's NIC is down: no frame and no client packet in or out.
+    NicDown(HostRef),
+    /// The host's NIC is up again.
+    NicUp(HostRef),
+}
+
+/// One run, fully resolved.
+#[derive(Debug, Clone)]
+pub struct RunSpec {
+    /// The scenario's name.
+    pub scenario: String,
+    /// The seed: scheduler, rng, network and workload all follow from it.
+    pub seed: u64,
+    /// Protection level.
+    pub level: Level,
+    /// vCPUs of the ledger guest.
+    pub vcpus: u16,
+    /// Accounts of the ledger.
+    pub accounts: u64,
+    /// Clients.
+    pub clients: u16,
+    /// Distinct requests each client sends.
+    pub requests_per_client: u64,
+    /// Requests a client keeps outstanding.
+    pub window: u64,
+    /// A client sends an unanswered request again after this long.
+    pub retry_after_ms: u64,
+    /// A client waits this long between two new requests (so the load
+    /// spans the safety phase).
+    pub think_ms: u64,
+    /// Epoch length.
+    pub epoch_ms: u64,
+    /// Heartbeat interval.
+    pub heartbeat_ms: u64,
+    /// Suspicion timeout.
+    pub suspect_after_ms: u64,
+    /// The safety phase: faults fire within it.
+    pub safety_ms: u64,
+    /// After the safety phase everything heals; the service must have
+    /// answered every request within this long.
+    pub liveness_ms: u64,
+    /// Fault events, by time in ms from the start.
+    pub events: Vec<(u64, Event)>,
+    /// Adjusts each VM host's protocol configuration (tests use it to run
+    /// deliberately broken protocols).
+    pub config_hook: Option<fn(&mut protocol::Config)>,
+}
+
+impl RunSpec {
+    /// A run of `scenario` with the usual settings and no faults.
+    pub fn baseline(scenario: &str, seed: u64) -> RunSpec {
+        RunSpec {
+            scenario: scenario.to_string(),
+            seed,
+            level: Level::Ft,
+            vcpus: 2,
+            accounts: 16,
+            clients: 2,
+            requests_per_client: 150,
+            window: 4,
+            retry_after_ms: 60,
+            think_ms: 3,
+            epoch_ms: 5,
+            heartbeat_ms: 10,
+            suspect_after_ms: 60,
+            safety_ms: 600,
+            liveness_ms: 1500,
+            events: Vec::new(),
+            config_hook: None,
+        }
+    }
+
+    /// Requests of all clients together.
+    pub fn requests_total(&self) -> u64 {
+        u64::from(self.clients) * self.requests_per_client
+    }
+}

@@ -1,0 +1,471 @@
+//! The simulated world shared by the turmoil hosts and the runner: the VM
+//! hosts' drivers and what survives their crashes, the witness, the
+//! clients, the switch's table, link faults at our boundary, the trace and
+//! what the oracle needs.
+
+use crate::client::Client;
+use crate::spec::{Endpoint, HostRef, RunSpec};
+use crate::trace::{digest, Trace};
+use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use machine::devices::MemStore;
+use machine::guests::ledger_load::LedgerConfig;
+use machine::guests::Guest;
+use machine::layout::MEMORY_BYTES_MIN;
+use machine::rng::SplitMix64;
+use machine::{Machine, Shape};
+use protocol::{Codec, Config, Generation, Grant, NodeId, RoleKind, Start, Time};
+use runtime::{HostError, Transmit, VmHost, WitnessHost};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Port of protocol frames on VM hosts and the witness.
+pub const FRAME_PORT: u16 = 7000;
+/// Port of client requests: on the switch (from clients) and on VM hosts
+/// (from the switch).
+pub const SERVICE_PORT: u16 = 8000;
+/// Port of the switch where a primary claims the service address.
+pub const CLAIM_PORT: u16 = 8001;
+/// Port of clients, for replies.
+pub const CLIENT_PORT: u16 = 9000;
+/// The VM hosts' names.
+pub const HOST_NAMES: [&str; 2] = ["a", "b"];
+/// The witness's node id.
+pub const WITNESS: NodeId = NodeId(2);
+const SHARED_KEY: &[u8] = b"lockstep simulated cluster key";
+const DISK_BLOCKS: u64 = 1024;
+
+/// A frame as the trace shows it: the message without bulk data, and a
+/// digest of the bytes.
+pub fn describe_frame(bytes: &[u8]) -> String {
+    use protocol::Message;
+    let digest = digest(bytes);
+    match Codec::authenticated(SHARED_KEY).decode(bytes) {
+        Ok(envelope) => match envelope.msg {
+            Message::Delta { generation, epoch, chunk } => {
+                format!("Delta {generation} {epoch} chunk {}/{} {digest:016x}", chunk.index, chunk.count)
+            }
+            Message::Copy { generation, session, round, base, chunk } => format!(
+                "Copy {generation} session {session} round {round} base {base:?} chunk {}/{} {digest:016x}",
+                chunk.index, chunk.count
+            ),
+            other => format!("{other:?} {digest:016x}"),
+        },
+        Err(e) => format!("undecodable ({e}) {digest:016x}"),
+    }
+}
+
+/// A client's host name.
+pub fn client_name(index: u16) -> String {
+    format!("client{index}")
+}
+
+/// One VM host's slot: its driver while it runs, and what survives.
+#[derive(Debug, Default)]
+pub struct HostSlot {
+    /// The driver; `None` while crashed.
+    pub host: Option<VmHost<EmuEngine>>,
+    /// The generation on its durable storage.
+    pub persisted: Generation,
+    /// Booted at least once (later boots are restarts).
+    pub booted: bool,
+    /// Frozen by a pause fault.
+    pub paused: bool,
+    /// NIC down.
+    pub nic_down: bool,
+    /// Last (role, generation) seen, to trace changes.
+    pub last_role: Option<(RoleKind, Generation)>,
+    next_claim_ns: u64,
+}
+
+/// The witness's slot.
+#[derive(Debug)]
+pub struct WitnessSlot {
+    /// The witness while it runs.
+    pub host: Option<WitnessHost>,
+    /// Its persisted grant.
+    pub grant: Grant,
+}
+
+/// Per-link faults applied where our hosts send.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct LinkFault {
+    /// Probability a message is lost.
+    pub loss: f64,
+    /// Probability a message is sent twice.
+    pub duplicate: f64,
+}
+
+/// Everything the hosts and the runner share.
+#[derive(Debug)]
+pub struct World {
+    /// The run.
+    pub spec: RunSpec,
+    /// The VM hosts.
+    pub hosts: [HostSlot; 2],
+    /// The witness.
+    pub witness: WitnessSlot,
+    /// The clients.
+    pub clients: Vec<Client>,
+    /// The host the switch sends the service address to.
+    pub switch_owner: Option<usize>,
+    /// Link faults by (from, to) host name.
+    pub links: BTreeMap<(String, String), LinkFault>,
+    rng: SplitMix64,
+    /// The trace.
+    pub trace: Trace,
+    /// Oracle 2: hosts that released output in each generation.
+    pub releases: BTreeMap<Generation, BTreeSet<usize>>,
+    /// Errors the hosts hit (guest faults, inconsistent standby).
+    pub host_errors: Vec<String>,
+    /// When the primary was lost (crash, pause, isolation), for failover time.
+    pub primary_lost: Option<(u64, Generation)>,
+    /// Failover times: primary lost to first output of the next generation.
+    pub failover_ns: Vec<u64>,
+    /// Partitions in force, by number: the host-name pairs they cut.
+    pub partitions: BTreeMap<u32, Vec<(String, String)>>,
+    /// The host the last crash, pause or NIC failure struck.
+    pub last_struck: usize,
+    /// Set when the faults left no host with the VM's state.
+    pub vm_lost: Option<String>,
+}
+
+impl World {
+    /// The world of `spec` before anything runs.
+    pub fn new(spec: RunSpec, keep_trace: bool) -> World {
+        let grant = Grant {
+            generation: Generation(1),
+            holder: NodeId(0),
+            backup: Some(NodeId(1)),
+        };
+        let clients = (0..spec.clients)
+            .map(|k| {
+                Client::new(
+                    k,
+                    spec.requests_per_client,
+                    spec.window,
+                    spec.retry_after_ms * 1_000_000,
+                    spec.think_ms * 1_000_000,
+                    spec.accounts,
+                    spec.seed,
+                )
+            })
+            .collect();
+        World {
+            rng: SplitMix64::new(spec.seed ^ 0x51_4D_4C_49_4E_4B),
+            spec,
+            hosts: [HostSlot::default(), HostSlot::default()],
+            witness: WitnessSlot { host: None, grant },
+            clients,
+            switch_owner: None,
+            links: BTreeMap::new(),
+            trace: Trace::new(keep_trace),
+            releases: BTreeMap::new(),
+            host_errors: Vec::new(),
+            primary_lost: None,
+            failover_ns: Vec::new(),
+            partitions: BTreeMap::new(),
+            last_struck: 0,
+            vm_lost: None,
+        }
+    }
+
+    /// The ledger's configuration.
+    pub fn ledger(&self) -> LedgerConfig {
+        LedgerConfig {
+            accounts: self.spec.accounts,
+            initial_balance: 1000,
+            requests: self.spec.requests_total(),
+            window: self.spec.window,
+            repeat_percent: 0,
+        }
+    }
+
+    fn machine(&self, index: usize) -> Result<Machine<EmuEngine>, HostError> {
+        let image = Guest::Ledger
+            .image(self.ledger().params())
+            .expect("the ledger assembles");
+        let shape =
+            Shape::new(self.spec.vcpus, MEMORY_BYTES_MIN).expect("scenario vCPUs are validated");
+        let config = EmuConfig {
+            seed: self.spec.seed ^ (index as u64 + 1),
+            quantum: Quantum::default(),
+            counting: Counting::Slices,
+        };
+        let store = Box::new(MemStore::new(DISK_BLOCKS));
+        emulated_machine(shape, &image, config, store).map_err(|e| HostError::Machine(e.into()))
+    }
+
+    fn config(&self, index: usize) -> Config {
+        let me = NodeId(index as u8);
+        let peer = NodeId(1 - index as u8);
+        let mut config = Config::new(me, peer, WITNESS, self.spec.level);
+        config.epoch_duration_ns = self.spec.epoch_ms * 1_000_000;
+        config.heartbeat_interval_ns = self.spec.heartbeat_ms * 1_000_000;
+        config.suspect_after_ns = self.spec.suspect_after_ms * 1_000_000;
+        config.retransmit_after_ns = self.spec.heartbeat_ms * 3 * 1_000_000;
+        // Small chunks: most deltas travel in several pieces, so incomplete
+        // deltas happen and are exercised.
+        config.chunk_bytes_max = 8 * 1024;
+        if let Some(hook) = self.spec.config_hook {
+            hook(&mut config);
+        }
+        config
+    }
+
+    /// Host `index` starts (first boot) or restarts (empty, rejoining).
+    pub fn boot_host(&mut self, index: usize, now: Time) {
+        let g1 = Generation(1);
+        let slot = &self.hosts[index];
+        let start = match (slot.booted, index) {
+            (false, 0) => Start::Primary { generation: g1 },
+            (false, _) => Start::Backup { generation: g1 },
+            (true, _) => Start::Restart {
+                generation: slot.persisted,
+                disk: None,
+            },
+        };
+        let built = self.machine(index).and_then(|m| {
+            VmHost::new(
+                self.config(index),
+                Codec::authenticated(SHARED_KEY),
+                start,
+                m,
+                now,
+            )
+        });
+        self.trace
+            .record(now.0, HOST_NAMES[index], || format!("boot {start:?}"));
+        let slot = &mut self.hosts[index];
+        slot.booted = true;
+        slot.paused = false;
+        match built {
+            Ok(host) => slot.host = Some(host),
+            Err(e) => self
+                .host_errors
+                .push(format!("{}: boot: {e}", HOST_NAMES[index])),
+        }
+    }
+
+    /// The witness starts from its persisted grant.
+    pub fn boot_witness(&mut self, now: Time) {
+        let grant = self.witness.grant;
+        self.trace
+            .record(now.0, "witness", || format!("boot {grant:?}"));
+        self.witness.host = Some(WitnessHost::new(
+            WITNESS,
+            [NodeId(0), NodeId(1)],
+            grant,
+            Codec::authenticated(SHARED_KEY),
+        ));
+    }
+
+    /// Which host an event's reference means now.
+    pub fn resolve(&self, host: HostRef) -> usize {
+        let primary = (0..2).find(|i| {
+            self.hosts[*i]
+                .host
+                .as_ref()
+                .is_some_and(|h| h.role() == RoleKind::Primary && h.is_running())
+        });
+        match host {
+            HostRef::A => 0,
+            HostRef::B => 1,
+            HostRef::Primary => primary.unwrap_or(0),
+            HostRef::Backup => primary.map_or(1, |p| 1 - p),
+            HostRef::LastStruck => self.last_struck,
+        }
+    }
+
+    /// The turmoil host name of an endpoint.
+    pub fn endpoint_name(&self, endpoint: Endpoint) -> String {
+        match endpoint {
+            Endpoint::Host(h) => HOST_NAMES[self.resolve(h)].to_string(),
+            Endpoint::Witness => "witness".to_string(),
+            Endpoint::Switch => "switch".to_string(),
+            Endpoint::Client(k) => client_name(k),
+        }
+    }
+
+    /// At the end of the safety phase: if no VM host holds the guest (a
+    /// running primary, or a backup with a checkpoint), the faults went
+    /// beyond the single host failure the system survives.
+    pub fn note_if_vm_lost(&mut self) {
+        let holds = self.hosts.iter().any(|slot| {
+            slot.host.as_ref().is_some_and(|h| {
+                (h.role() == RoleKind::Primary && h.is_running()) || h.role() == RoleKind::Backup
+            })
+        });
+        if !holds {
+            let states: Vec<String> = self
+                .hosts
+                .iter()
+                .zip(HOST_NAMES)
+                .map(|(slot, name)| match &slot.host {
+                    None => format!("{name} down"),
+                    Some(h) => format!("{name} {:?}", h.role()),
+                })
+                .collect();
+            self.vm_lost = Some(format!("no host holds the VM ({})", states.join(", ")));
+        }
+    }
+
+    /// Every endpoint's host name but `name`'s.
+    pub fn everyone_but(&self, name: &str) -> Vec<String> {
+        let mut all: Vec<String> = HOST_NAMES.iter().map(|h| h.to_string()).collect();
+        all.extend(["witness".to_string(), "switch".to_string()]);
+        all.extend((0..self.spec.clients).map(client_name));
+        all.retain(|n| n != name);
+        all
+    }
+
+    /// Runs a step of host `index`'s driver: `input` then the bookkeeping
+    /// after it. A host error is recorded and the host stops (it crashed).
+    pub fn with_host(
+        &mut self,
+        index: usize,
+        now: Time,
+        input: impl FnOnce(&mut VmHost<EmuEngine>) -> Result<(), HostError>,
+    ) {
+        let slot = &mut self.hosts[index];
+        if slot.paused {
+            return;
+        }
+        let Some(host) = slot.host.as_mut() else {
+            return;
+        };
+        if let Err(e) = input(host) {
+            self.host_errors
+                .push(format!("{} at {} ns: {e}", HOST_NAMES[index], now.0));
+            self.hosts[index].host = None;
+            return;
+        }
+        let role = (host.role(), host.node().generation());
+        if slot.last_role != Some(role) {
+            slot.persisted = host.persisted_generation();
+            slot.last_role = Some(role);
+            self.trace.record(now.0, HOST_NAMES[index], || {
+                format!("role {:?} {}", role.0, role.1)
+            });
+        }
+        self.hosts[index].persisted = self.hosts[index]
+            .host
+            .as_ref()
+            .map_or(Generation(0), |h| h.persisted_generation());
+    }
+
+    /// What host `index` sends now, as (host name, port, bytes); frames
+    /// go through the link faults, outputs are recorded for the oracle.
+    pub fn host_sends(&mut self, index: usize, now: Time) -> Vec<(String, u16, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let me = HOST_NAMES[index];
+        let (nic_down, paused) = (self.hosts[index].nic_down, self.hosts[index].paused);
+        let Some(host) = self.hosts[index].host.as_mut() else {
+            return sends;
+        };
+        if paused {
+            return sends;
+        }
+        let generation = host.node().generation();
+        let running_primary = host.role() == RoleKind::Primary && host.is_running();
+        let mut transmits = Vec::new();
+        while let Some(t) = host.poll_transmit() {
+            transmits.push(t);
+        }
+        if nic_down {
+            return sends;
+        }
+        for t in transmits {
+            match t {
+                Transmit::Frame { to, bytes } => {
+                    let name = if to == WITNESS {
+                        "witness".to_string()
+                    } else {
+                        HOST_NAMES[usize::from(to.0)].to_string()
+                    };
+                    self.trace.record(now.0, me, || {
+                        format!("to {name}: {}", describe_frame(&bytes))
+                    });
+                    self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
+                }
+                Transmit::Output(packet) => {
+                    self.note_release(index, generation, now);
+                    let id = packet
+                        .get(..8)
+                        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
+                    let client = client_name(crate::client::Client::owner(id));
+                    self.trace.record(now.0, me, || {
+                        format!("output to {client} {:016x}", digest(&packet))
+                    });
+                    sends.push((client, CLIENT_PORT, packet));
+                }
+            }
+        }
+        let slot = &mut self.hosts[index];
+        if running_primary && now.0 >= slot.next_claim_ns {
+            slot.next_claim_ns = now.0 + self.spec.heartbeat_ms * 1_000_000;
+            sends.push((
+                "switch".to_string(),
+                CLAIM_PORT,
+                generation.0.to_le_bytes().to_vec(),
+            ));
+        }
+        sends
+    }
+
+    /// What the witness sends now.
+    pub fn witness_sends(&mut self, now: Time) -> Vec<(String, u16, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let Some(witness) = self.witness.host.as_mut() else {
+            return sends;
+        };
+        let mut frames = Vec::new();
+        while let Some(Transmit::Frame { to, bytes }) = witness.poll_transmit() {
+            frames.push((to, bytes));
+        }
+        self.witness.grant = witness.persisted();
+        for (to, bytes) in frames {
+            let name = HOST_NAMES[usize::from(to.0)].to_string();
+            self.trace.record(now.0, "witness", || {
+                format!("to {name}: {}", describe_frame(&bytes))
+            });
+            self.push_through_link("witness", name, FRAME_PORT, bytes, &mut sends);
+        }
+        sends
+    }
+
+    fn push_through_link(
+        &mut self,
+        from: &str,
+        to: String,
+        port: u16,
+        bytes: Vec<u8>,
+        sends: &mut Vec<(String, u16, Vec<u8>)>,
+    ) {
+        let fault = self
+            .links
+            .get(&(from.to_string(), to.clone()))
+            .copied()
+            .unwrap_or_default();
+        if fault.loss > 0.0 && self.draw() < fault.loss {
+            self.trace.record(0, from, || format!("lost frame to {to}"));
+            return;
+        }
+        if fault.duplicate > 0.0 && self.draw() < fault.duplicate {
+            sends.push((to.clone(), port, bytes.clone()));
+        }
+        sends.push((to, port, bytes));
+    }
+
+    fn draw(&mut self) -> f64 {
+        (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn note_release(&mut self, index: usize, generation: Generation, now: Time) {
+        self.releases.entry(generation).or_default().insert(index);
+        if let Some((lost_at, old)) = self.primary_lost {
+            if generation > old {
+                self.failover_ns.push(now.0.saturating_sub(lost_at));
+                self.primary_lost = None;
+            }
+        }
+    }
+}

@@ -1,0 +1,340 @@
+//! `lockstep run` (a suite of seeded scenarios, in parallel, judged and
+//! reported) and `lockstep replay` (one seed, exactly, with its trace).
+
+use anyhow::{bail, Context};
+use clap::Args;
+use faults::scenario::{load_dir, Catalogue, Origin, Seeds};
+use protocol::Level;
+use sim::RunOutcome;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+/// Run a suite of scenarios across seeds in the simulator.
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The suite: a file name in `<scenarios>/suites/` (smoke, ci, nightly).
+    #[arg(long)]
+    suite: String,
+    /// Seeds per scenario, instead of the suite's.
+    #[arg(long)]
+    seeds: Option<u64>,
+    /// Runs at once (default: the machine's cores).
+    #[arg(long)]
+    jobs: Option<usize>,
+    /// Protection level for every run, instead of each scenario's.
+    #[arg(long)]
+    level: Option<Level>,
+    /// Where results.jsonl, junit.xml and report.html go.
+    #[arg(long, default_value = "lockstep-out")]
+    out: PathBuf,
+    /// The scenario directory.
+    #[arg(long, default_value = "scenarios")]
+    scenarios: PathBuf,
+    /// Run each seed twice and compare the traces (oracle 5).
+    #[arg(long)]
+    check_determinism: bool,
+}
+
+/// Replay one run exactly: print its trace hash, write its trace.
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The scenario's name.
+    #[arg(long)]
+    scenario: String,
+    /// The seed.
+    #[arg(long)]
+    seed: u64,
+    /// Protection level, instead of the scenario's.
+    #[arg(long)]
+    level: Option<Level>,
+    /// Where the trace goes, as JSON lines (default: replay-<scenario>-<seed>.jsonl).
+    #[arg(long)]
+    trace: Option<PathBuf>,
+    /// The scenario directory.
+    #[arg(long, default_value = "scenarios")]
+    scenarios: PathBuf,
+}
+
+fn catalogue(dir: &Path) -> anyhow::Result<Catalogue> {
+    load_dir(dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))
+        .with_context(|| {
+            format!(
+                "loading scenarios from {} (use --scenarios DIR)",
+                dir.display()
+            )
+        })
+}
+
+/// One run to do.
+struct Job {
+    scenario: faults::scenario::Scenario,
+    seed: u64,
+}
+
+pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
+    let catalogue = catalogue(&args.scenarios)?;
+    let Some(suite) = catalogue.suites.get(&args.suite) else {
+        let known: Vec<&String> = catalogue.suites.keys().collect();
+        bail!(
+            "no suite `{}` in {} (known: {known:?})",
+            args.suite,
+            args.scenarios.display()
+        );
+    };
+    let mut suite = suite.clone();
+    if let Some(seeds) = args.seeds {
+        suite.seeds = Seeds::Count(seeds);
+    }
+    if suite.run_count(&catalogue).is_none() {
+        bail!("suite `{}` is unbounded: give --seeds N", args.suite);
+    }
+    let mut jobs = Vec::new();
+    let mut skipped = std::collections::BTreeMap::new();
+    let mut regressions = 0;
+    for planned in suite.runs(&catalogue) {
+        if planned.origin == Origin::Regression {
+            regressions += 1;
+        }
+        match sim::scenario::resolve(planned.scenario, planned.seed, args.level) {
+            Ok(_) => jobs.push(Job {
+                scenario: planned.scenario.clone(),
+                seed: planned.seed,
+            }),
+            Err(e) => {
+                skipped
+                    .entry(e.to_string())
+                    .and_modify(|n| *n += 1)
+                    .or_insert(1u64);
+            }
+        }
+    }
+    let workers = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
+        .max(1);
+    println!(
+        "suite {}: {} runs ({} regressions first) on {workers} jobs{}",
+        args.suite,
+        jobs.len(),
+        regressions,
+        if args.check_determinism {
+            ", each twice"
+        } else {
+            ""
+        }
+    );
+    for (reason, count) in &skipped {
+        println!("SKIPPED {count} runs: {reason}");
+    }
+    let started = Instant::now();
+    let results = run_parallel(jobs, workers, args.level, args.check_determinism, &args.out)?;
+    let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+    let (summary, paths) = reports::write_all(&args.out, &results, wall_ms)?;
+    println!("\n{summary}");
+    println!(
+        "reports: {}, {}, {}",
+        paths.jsonl.display(),
+        paths.junit.display(),
+        paths.html.display()
+    );
+    let skipped_runs: u64 = skipped.values().sum();
+    if skipped_runs > 0 {
+        println!(
+            "{skipped_runs} runs skipped: their fault kinds are not injectable yet (see above)"
+        );
+    }
+    Ok(if summary.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn run_parallel(
+    jobs: Vec<Job>,
+    workers: usize,
+    level: Option<Level>,
+    check_determinism: bool,
+    out: &Path,
+) -> anyhow::Result<Vec<reports::RunResult>> {
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let total = jobs.len();
+    let queue = Arc::new(Mutex::new(jobs.into_iter().enumerate()));
+    let (sender, receiver) = mpsc::channel();
+    let mut handles = Vec::new();
+    for _ in 0..workers {
+        let queue = Arc::clone(&queue);
+        let sender = sender.clone();
+        handles.push(std::thread::spawn(move || loop {
+            let next = queue
+                .lock()
+                .expect("no worker panics holding the queue")
+                .next();
+            let Some((index, job)) = next else { break };
+            let started = Instant::now();
+            let outcome = one_run(&job, level, check_determinism);
+            let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+            if sender.send((index, outcome, wall_ms)).is_err() {
+                break;
+            }
+        }));
+    }
+    drop(sender);
+    let mut results: Vec<Option<reports::RunResult>> = (0..total).map(|_| None).collect();
+    let mut done = 0;
+    let mut failed = 0;
+    for (index, outcome, wall_ms) in receiver {
+        done += 1;
+        if !outcome.passed() {
+            failed += 1;
+            println!(
+                "\nFAIL {} seed {}: {}\n  replay: {}",
+                outcome.scenario,
+                outcome.seed,
+                outcome
+                    .violations
+                    .iter()
+                    .map(|v| format!("[{}] {}", v.oracle, v.message))
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                reports::replay_command(&outcome.scenario, outcome.seed, level_of(outcome.level))
+            );
+        }
+        if done % 50 == 0 || done == total {
+            print!("\r{done}/{total} runs, {failed} failed");
+            let _ = std::io::stdout().flush();
+        }
+        results[index] = Some(sim::report::to_result(&outcome, wall_ms));
+    }
+    println!();
+    for handle in handles {
+        if handle.join().is_err() {
+            bail!("a simulation worker panicked");
+        }
+    }
+    Ok(results.into_iter().flatten().collect())
+}
+
+fn level_of(level: Level) -> faults::scenario::Level {
+    match level {
+        Level::Ft => faults::scenario::Level::Ft,
+        Level::Ha => faults::scenario::Level::Ha,
+    }
+}
+
+fn one_run(job: &Job, level: Option<Level>, check_determinism: bool) -> RunOutcome {
+    let spec = sim::scenario::resolve(&job.scenario, job.seed, level).expect("resolved before");
+    let mut outcome = sim::run(&spec, check_determinism);
+    if check_determinism {
+        let again = sim::run(&spec, true);
+        if let Some(message) = first_difference(&outcome, &again) {
+            outcome
+                .violations
+                .push(sim::Violation { oracle: 5, message });
+        }
+        outcome.trace.clear();
+    }
+    outcome
+}
+
+/// The first event where two runs of one seed differ, if they do.
+fn first_difference(a: &RunOutcome, b: &RunOutcome) -> Option<String> {
+    if a.trace_hash == b.trace_hash {
+        return None;
+    }
+    let index = a
+        .trace
+        .iter()
+        .zip(&b.trace)
+        .position(|(x, y)| x != y)
+        .unwrap_or(a.trace.len().min(b.trace.len()));
+    let show = |t: &RunOutcome| {
+        t.trace
+            .get(index)
+            .map_or("(end of trace)".to_string(), |e| e.to_json())
+    };
+    Some(format!(
+        "same seed, different traces ({:016x} vs {:016x}); first difference at event {index}: {} vs {}",
+        a.trace_hash, b.trace_hash, show(a), show(b)
+    ))
+}
+
+pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
+    let catalogue = catalogue(&args.scenarios)?;
+    let Some(scenario) = catalogue.scenarios.get(&args.scenario) else {
+        bail!(
+            "no scenario `{}` in {}",
+            args.scenario,
+            args.scenarios.display()
+        );
+    };
+    let spec = sim::scenario::resolve(scenario, args.seed, args.level)?;
+    let started = Instant::now();
+    let outcome = sim::run(&spec, true);
+    let path = args
+        .trace
+        .unwrap_or_else(|| PathBuf::from(format!("replay-{}-{}.jsonl", args.scenario, args.seed)));
+    let mut file = std::io::BufWriter::new(
+        std::fs::File::create(&path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    for event in &outcome.trace {
+        writeln!(file, "{}", event.to_json())?;
+    }
+    file.flush()?;
+    println!(
+        "{} seed {} level {}: trace hash {:016x}, {} events in {} ({} ms simulated, {:.2} s wall)",
+        outcome.scenario,
+        outcome.seed,
+        outcome.level,
+        outcome.trace_hash,
+        outcome.trace_events,
+        path.display(),
+        outcome.sim_ms,
+        started.elapsed().as_secs_f64()
+    );
+    if let Some(reason) = &outcome.vm_lost {
+        println!("VM LOST to more than one host failure (beyond what Lockstep survives): {reason}");
+    }
+    if outcome.passed() {
+        println!(
+            "passed: replies {} of {}, failovers {:?} ms",
+            outcome.replies_received,
+            spec.requests_total(),
+            outcome.failover_ms
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("VIOLATIONS:");
+    for v in &outcome.violations {
+        println!("  [{}] {}", v.oracle, v.message);
+    }
+    println!("decisive events (the last role changes, faults and witness answers):");
+    let decisive: Vec<_> = outcome
+        .trace
+        .iter()
+        .filter(|e| {
+            e.host == "faults"
+                || e.what.starts_with("role")
+                || e.what.contains("WitnessState")
+                || e.what.starts_with("boot")
+        })
+        .collect();
+    for event in decisive.iter().rev().take(20).rev() {
+        println!(
+            "  {:>10.3} ms {:<8} {}",
+            event.at_ns as f64 / 1e6,
+            event.host,
+            event.what
+        );
+    }
+    println!("vCPUs at the end:");
+    for listing in &outcome.listings {
+        print!("{listing}");
+    }
+    Ok(ExitCode::FAILURE)
+}

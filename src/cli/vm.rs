@@ -1,0 +1,247 @@
+//! `lockstep vm run`: one guest on one machine, with a built-in load
+//! generator on its NIC, and a report of what the guest did.
+
+use std::process::ExitCode;
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use machine::devices::MemStore;
+use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad};
+use machine::guests::{compute, dirtier, Guest};
+use machine::{Engine, Gpa, Instructions, Kind, Machine, RunExit, Shape};
+
+/// Guest time per load-generator step.
+const SLICE: Instructions = Instructions(20_000);
+/// Most steps before a run is declared stuck.
+const STEPS_MAX: u64 = 10_000_000;
+
+#[derive(Debug, clap::Args)]
+pub struct VmArgs {
+    #[command(subcommand)]
+    command: VmCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum VmCommand {
+    /// Run a guest standalone and report on it.
+    Run(RunArgs),
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum EngineKind {
+    /// The emulated engine (cpu-model).
+    Emu,
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The engine that runs the guest.
+    #[arg(long, value_enum, default_value = "emu")]
+    engine: EngineKind,
+    /// ledger, echo, compute or dirtier.
+    #[arg(long, default_value = "ledger")]
+    guest: String,
+    /// Number of vCPUs (1 to 8).
+    #[arg(long, default_value_t = 4)]
+    vcpus: u16,
+    /// Seed of the scheduler, rdrand and the load generator.
+    #[arg(long, default_value_t = 7)]
+    seed: u64,
+    /// Requests to serve (ledger) or packets to echo (echo).
+    #[arg(long, default_value_t = 10_000)]
+    requests: u64,
+    /// Guest memory in MiB.
+    #[arg(long, default_value_t = 4)]
+    memory_mib: u64,
+    /// Loop iterations per vCPU (compute).
+    #[arg(long, default_value_t = 1_000_000)]
+    iterations: u64,
+    /// Pages written per millisecond per vCPU (dirtier).
+    #[arg(long, default_value_t = 64)]
+    pages_per_ms: u64,
+    /// Milliseconds of guest time to run (dirtier).
+    #[arg(long, default_value_t = 20)]
+    duration_ms: u64,
+}
+
+pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
+    let VmCommand::Run(args) = args.command;
+    let EngineKind::Emu = args.engine;
+    let guest: Guest = args.guest.parse()?;
+    let shape = Shape::new(args.vcpus, args.memory_mib << 20)?;
+    let config = EmuConfig {
+        seed: args.seed,
+        quantum: Quantum::default(),
+        counting: Counting::Precise,
+    };
+    let started = Instant::now();
+    let healthy = match guest {
+        Guest::Ledger => run_ledger(&args, shape, config)?,
+        Guest::Echo => run_echo(&args, shape, config)?,
+        Guest::Compute => run_compute(&args, shape, config)?,
+        Guest::Dirtier => run_dirtier(&args, shape, config)?,
+    };
+    let (mut machine, ok) = healthy;
+    let seconds = started.elapsed().as_secs_f64();
+    let stats = machine.engine().stats();
+    println!("guest instructions: {}", stats.instructions.0);
+    println!(
+        "guest time:         {:.3} ms",
+        machine.engine().now().0 as f64 / 1e6
+    );
+    println!("host time:          {seconds:.3} s");
+    println!(
+        "guest MIPS:         {:.1}",
+        stats.instructions.0 as f64 / seconds / 1e6
+    );
+    println!("vCPU switches:      {}", stats.vcpu_switches);
+    println!("dirty faults:       {}", stats.dirty_faults);
+    println!("machine state hash: {:016x}", machine.state_hash()?);
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+type Outcome = (Machine<EmuEngine>, bool);
+
+fn boot(
+    shape: Shape,
+    guest: Guest,
+    params: [u64; 8],
+    config: EmuConfig,
+    blocks: u64,
+) -> anyhow::Result<Machine<EmuEngine>> {
+    let image = guest.image(params)?;
+    Ok(emulated_machine(
+        shape,
+        &image,
+        config,
+        Box::new(MemStore::new(blocks)),
+    )?)
+}
+
+fn run_ledger(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+    let mut ledger = LedgerConfig::with_requests(args.requests);
+    ledger.window = 64;
+    if args.requests >= machine::guests::ledger::TABLE_ENTRIES {
+        bail!(
+            "at most {} requests",
+            machine::guests::ledger::TABLE_ENTRIES - 1
+        );
+    }
+    let blocks = args.requests / machine::guests::ledger::RECORDS_PER_BLOCK + 16;
+    let mut machine = boot(shape, Guest::Ledger, ledger.params(), config, blocks)?;
+    let mut load = LedgerLoad::new(ledger, args.seed);
+    let mut steps = 0;
+    while !load.done() {
+        load.step(&mut machine, SLICE)?;
+        steps += 1;
+        if steps > STEPS_MAX {
+            bail!("ledger stalled after {} replies", load.served());
+        }
+    }
+    println!("requests served:    {}", load.served());
+    let ok = match check(&mut machine, &load)? {
+        Ok(report) => {
+            println!(
+                "ledger invariant:   ok (money conserved: {}; {} journal records, {} applied, {} refused; every reply matches the journal)",
+                report.total_money, report.journal_records, report.applied, report.refused
+            );
+            println!("lock contended:     {:?} (per vCPU)", report.contended);
+            true
+        }
+        Err(violations) => {
+            println!("ledger invariant:   VIOLATED");
+            for violation in violations.iter().take(20) {
+                println!("  {violation}");
+            }
+            false
+        }
+    };
+    Ok((machine, ok))
+}
+
+fn run_echo(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+    let mut machine = boot(shape, Guest::Echo, [0; 8], config, 1)?;
+    let mut rng = machine::rng::SplitMix64::new(args.seed);
+    let (mut sent, mut matched) = (0u64, 0u64);
+    let mut expected = std::collections::BTreeMap::new();
+    let mut steps = 0;
+    while matched < args.requests {
+        while sent < args.requests && machine.bus().nic.rx_len() < 64 {
+            let len = rng.range(8, 256) as usize;
+            let mut packet: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
+            packet[..8].copy_from_slice(&sent.to_le_bytes());
+            expected.insert(sent, packet.clone());
+            machine.bus().nic.deliver(packet).context("NIC has room")?;
+            sent += 1;
+        }
+        machine.run(SLICE)?;
+        for packet in machine.bus().nic.take_tx() {
+            let id = u64::from_le_bytes(packet[..8].try_into().context("short echo")?);
+            if expected.remove(&id).is_some_and(|p| p == packet) {
+                matched += 1;
+            } else {
+                bail!("echo {id} does not match what was sent");
+            }
+        }
+        steps += 1;
+        if steps > STEPS_MAX {
+            bail!("echo stalled after {matched} packets");
+        }
+    }
+    println!("packets echoed:     {matched} (all byte-identical)");
+    Ok((machine, true))
+}
+
+fn run_compute(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+    let params = [args.iterations, 0, 0, 0, 0, 0, 0, 0];
+    let mut machine = boot(shape, Guest::Compute, params, config, 1)?;
+    let mut steps = 0;
+    while machine.run(Instructions(1_000_000))? != RunExit::Idle {
+        steps += 1;
+        if steps > STEPS_MAX {
+            bail!("compute did not finish");
+        }
+    }
+    let mut ok = true;
+    for vcpu in 0..shape.vcpus() {
+        let mut bytes = [0u8; 8];
+        let at = Gpa(compute::RESULTS + 8 * u64::from(vcpu));
+        machine.engine().read_memory(at, &mut bytes)?;
+        let expected = compute::expected(vcpu, args.iterations.max(1));
+        let got = u64::from_le_bytes(bytes);
+        ok &= got == expected;
+        println!(
+            "compute vCPU {vcpu}:      {got:016x} ({})",
+            if got == expected { "ok" } else { "WRONG" }
+        );
+    }
+    Ok((machine, ok))
+}
+
+fn run_dirtier(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+    let data_pages = (shape.memory_bytes() - machine::layout::GUEST_DATA.0) / machine::PAGE_SIZE;
+    let region = (data_pages / u64::from(shape.vcpus())).min(1024);
+    let params = [
+        args.pages_per_ms,
+        region,
+        dirtier::PERIOD_NS_DEFAULT,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    let mut machine = boot(shape, Guest::Dirtier, params, config, 1)?;
+    let mut per_ms = Vec::new();
+    for _ in 0..args.duration_ms {
+        machine.run(Instructions(dirtier::PERIOD_NS_DEFAULT))?;
+        per_ms.push(machine.checkpoint(Kind::Delta)?.pages.len());
+    }
+    println!("dirty pages per ms: {per_ms:?} (checkpoint each ms)");
+    Ok((machine, true))
+}
