@@ -505,6 +505,15 @@ impl Engine for EmuEngine {
         Ok(())
     }
 
+    fn adopt_foreign_state(&mut self, now: GuestNs) -> Result<(), EngineError> {
+        self.now = now.0;
+        self.budget_end = now.0;
+        self.sched.remaining = 0;
+        self.shared.borrow_mut().quantum_start = now;
+        self.code_stale = true;
+        Ok(())
+    }
+
     fn stats(&self) -> EngineStats {
         EngineStats {
             instructions: Instructions(self.instructions),

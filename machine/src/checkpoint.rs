@@ -50,7 +50,8 @@ pub struct Checkpoint {
     pub vcpu_states: Vec<VcpuState>,
     /// The device bus's saved state.
     pub devices: Vec<u8>,
-    /// The engine's private state.
+    /// The engine's state: an [`crate::EngineEnvelope`] (engine name, guest
+    /// time, private bytes).
     pub engine: Vec<u8>,
     /// Disk blocks with their contents, sorted.
     pub blocks: Vec<(u64, Vec<u8>)>,

@@ -13,6 +13,7 @@
 //! collects their state before `run` returns, and forwards its vCPU
 //! threads' port I/O exits to the thread that holds the bus.
 
+use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::DeviceBus;
 use crate::units::{Gpa, GuestNs, Instructions, PageIndex, VcpuId};
 use crate::vcpu::VcpuState;
@@ -115,6 +116,76 @@ pub trait Engine {
     fn save_engine_state(&self) -> Vec<u8>;
     /// Restores what [`Engine::save_engine_state`] returned.
     fn restore_engine_state(&mut self, bytes: &[u8]) -> Result<(), EngineError>;
+    /// Names the format of [`Engine::save_engine_state`]: a checkpoint's
+    /// engine state is restored only on an engine of the same name.
+    fn engine_name(&self) -> &'static str {
+        std::any::type_name::<Self>()
+    }
+    /// Takes over a checkpoint written by another engine (see
+    /// [`Engine::engine_name`]): only guest time carries over, so the
+    /// clock and the devices' deadlines stay one time line; the engine
+    /// resets its private state around `now`.
+    fn adopt_foreign_state(&mut self, now: GuestNs) -> Result<(), EngineError> {
+        Err(EngineError::BadState(format!(
+            "{} cannot take over another engine's checkpoint at {} ns",
+            self.engine_name(),
+            now.0
+        )))
+    }
     /// Counters.
     fn stats(&self) -> EngineStats;
+}
+
+/// The engine part of a checkpoint: the writing engine's name and guest
+/// time, engine-neutral, around the engine's private bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EngineEnvelope {
+    /// [`Engine::engine_name`] of the engine that wrote it.
+    pub name: String,
+    /// Guest time at the checkpoint.
+    pub now: GuestNs,
+    /// What [`Engine::save_engine_state`] returned.
+    pub private: Vec<u8>,
+}
+
+impl EngineEnvelope {
+    /// The envelope of `engine`'s current state.
+    pub fn of<E: Engine + ?Sized>(engine: &E) -> EngineEnvelope {
+        EngineEnvelope {
+            name: engine.engine_name().to_string(),
+            now: engine.now(),
+            private: engine.save_engine_state(),
+        }
+    }
+
+    /// Encodes the envelope.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        w.blob(self.name.as_bytes());
+        w.u64(self.now.0);
+        w.blob(&self.private);
+        w.into_bytes()
+    }
+
+    /// Decodes what [`EngineEnvelope::encode`] wrote.
+    pub fn decode(bytes: &[u8]) -> Result<EngineEnvelope, DecodeError> {
+        let mut r = Reader::new(bytes);
+        let name = std::str::from_utf8(r.blob()?)
+            .map_err(|_| DecodeError::Invalid("engine name".to_string()))?
+            .to_string();
+        let now = GuestNs(r.u64()?);
+        let private = r.blob()?.to_vec();
+        r.finish()?;
+        Ok(EngineEnvelope { name, now, private })
+    }
+
+    /// Restores this envelope into `engine`: its own private state if it
+    /// wrote it, else only guest time.
+    pub fn restore_into<E: Engine + ?Sized>(&self, engine: &mut E) -> Result<(), EngineError> {
+        if self.name == engine.engine_name() {
+            engine.restore_engine_state(&self.private)
+        } else {
+            engine.adopt_foreign_state(self.now)
+        }
+    }
 }

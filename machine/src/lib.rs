@@ -20,7 +20,7 @@ pub mod vcpu;
 
 pub use checkpoint::{Checkpoint, Kind, CHECKPOINT_BYTES_MAX};
 pub use devices::DeviceBus;
-pub use engine::{Engine, EngineError, EngineStats, FaultKind, RunExit};
+pub use engine::{Engine, EngineEnvelope, EngineError, EngineStats, FaultKind, RunExit};
 pub use layout::Shape;
 pub use machine::{Machine, MachineError};
 pub use units::{Gpa, GuestNs, Instructions, PageIndex, Port, VcpuId, PAGE_SIZE};

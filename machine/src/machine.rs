@@ -4,7 +4,7 @@
 use crate::checkpoint::{Checkpoint, Kind};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::{DeviceBus, StoreError, BLOCK_BYTES};
-use crate::engine::{Engine, EngineError, RunExit};
+use crate::engine::{Engine, EngineEnvelope, EngineError, RunExit};
 use crate::layout::Shape;
 use crate::rng::Fnv64;
 use crate::units::{Instructions, PageIndex, VcpuId, PAGE_SIZE};
@@ -125,7 +125,7 @@ impl<E: Engine> Machine<E> {
             pages,
             vcpu_states: self.vcpu_states()?,
             devices: self.save_devices(),
-            engine: self.engine.save_engine_state(),
+            engine: EngineEnvelope::of(&self.engine).encode(),
             blocks,
         })
     }
@@ -148,7 +148,7 @@ impl<E: Engine> Machine<E> {
             });
         }
         self.bus.restore(&mut Reader::new(&checkpoint.devices))?;
-        self.engine.restore_engine_state(&checkpoint.engine)?;
+        EngineEnvelope::decode(&checkpoint.engine)?.restore_into(&mut self.engine)?;
         for (index, bytes) in &checkpoint.pages {
             self.engine.write_memory(index.gpa(), bytes)?;
         }

@@ -22,6 +22,8 @@ pub struct BenchArgs {
 enum BenchCommand {
     /// The emulated engine against raw unicorn on the compute guest.
     Emu(EmuArgs),
+    /// KVM against the emulated engine; the checkpoint pause on KVM.
+    Kvm(super::kvm::KvmBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -47,7 +49,10 @@ struct EmuArgs {
 const RUN_SLICE: u64 = 10_000_000;
 
 pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
-    let BenchCommand::Emu(args) = args.command;
+    let args = match args.command {
+        BenchCommand::Emu(args) => args,
+        BenchCommand::Kvm(args) => return super::kvm::bench(args),
+    };
     anyhow::ensure!(
         args.quantum_min >= 1 && args.quantum_min <= args.quantum_max,
         "need 1 <= --quantum-min <= --quantum-max"

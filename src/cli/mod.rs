@@ -1,6 +1,7 @@
 //! Subcommands of the `lockstep` binary.
 
 mod bench;
+mod kvm;
 mod model_check;
 mod run;
 mod vm;
