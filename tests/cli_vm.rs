@@ -133,3 +133,46 @@ fn bench_emu_prints_a_ratio_per_vcpu_count() {
         assert!(ratio > 0.0, "{row}");
     }
 }
+
+#[test]
+fn vm_run_on_kvm_serves_the_ledger_and_checks_it() {
+    if std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_err()
+    {
+        eprintln!("SKIPPED: no usable /dev/kvm: vm_run_on_kvm_serves_the_ledger_and_checks_it did not run");
+        return;
+    }
+    let (code, out, err) = lockstep(&[
+        "vm",
+        "run",
+        "--engine",
+        "kvm",
+        "--guest",
+        "ledger",
+        "--vcpus",
+        "2",
+        "--requests",
+        "200",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(line(&out, "requests served").contains("200"), "{out}");
+    assert!(line(&out, "ledger invariant").contains("ok"), "{out}");
+    assert!(line(&out, "KVM exits").contains("port I/O"), "{out}");
+    let (code, out, err) = lockstep(&[
+        "vm",
+        "run",
+        "--engine",
+        "kvm",
+        "--guest",
+        "compute",
+        "--vcpus",
+        "2",
+        "--iterations",
+        "20000",
+    ]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(out.matches("(ok)").count(), 2, "{out}");
+}

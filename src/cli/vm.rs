@@ -5,14 +5,17 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad};
 use machine::guests::{compute, dirtier, Guest};
 use machine::{Engine, Gpa, Instructions, Kind, Machine, RunExit, Shape};
 
-/// Guest time per load-generator step.
-const SLICE: Instructions = Instructions(20_000);
+/// Guest time per load-generator step on the emulated engine.
+const SLICE_EMU: Instructions = Instructions(20_000);
+/// On KVM every step stops the vCPUs (a signal and a VM exit each): steps
+/// of a millisecond keep that overhead small.
+const SLICE_KVM: Instructions = Instructions(1_000_000);
 /// Most steps before a run is declared stuck.
 const STEPS_MAX: u64 = 10_000_000;
 
@@ -32,6 +35,8 @@ enum VmCommand {
 enum EngineKind {
     /// The emulated engine (cpu-model).
     Emu,
+    /// Hardware virtualization through /dev/kvm.
+    Kvm,
 }
 
 #[derive(Debug, clap::Args)]
@@ -67,36 +72,93 @@ struct RunArgs {
 
 pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
     let VmCommand::Run(args) = args.command;
-    let EngineKind::Emu = args.engine;
     let guest: Guest = args.guest.parse()?;
     let shape = Shape::new(args.vcpus, args.memory_mib << 20)?;
-    let config = EmuConfig {
-        seed: args.seed,
-        quantum: Quantum::default(),
-        counting: Counting::Precise,
-    };
     let started = Instant::now();
-    let healthy = match guest {
-        Guest::Ledger => run_ledger(&args, shape, config)?,
-        Guest::Echo => run_echo(&args, shape, config)?,
-        Guest::Compute => run_compute(&args, shape, config)?,
-        Guest::Dirtier => run_dirtier(&args, shape, config)?,
-    };
-    let (mut machine, ok) = healthy;
+    match args.engine {
+        EngineKind::Emu => {
+            let config = EmuConfig {
+                seed: args.seed,
+                quantum: Quantum::default(),
+                counting: Counting::Precise,
+            };
+            let boot = |guest: Guest, params: [u64; 8], blocks: u64| {
+                let image = guest.image(params)?;
+                Ok(emulated_machine(
+                    shape,
+                    &image,
+                    config,
+                    Box::new(MemStore::new(blocks)),
+                )?)
+            };
+            let (mut machine, ok) = run_guest(&args, guest, shape, SLICE_EMU, &boot)?;
+            report(&mut machine, ok, started, None)
+        }
+        EngineKind::Kvm => {
+            let boot = |guest: Guest, params: [u64; 8], blocks: u64| {
+                super::kvm::boot_kvm(shape, &guest.image(params)?, blocks)
+            };
+            let (mut machine, ok) = run_guest(&args, guest, shape, SLICE_KVM, &boot)?;
+            let kvm = machine.engine().kvm_stats();
+            let extra = format!(
+                "KVM exits:          {} port I/O, {} hlt, {} kicks (KVM counts no instructions)",
+                kvm.io_exits, kvm.halts, kvm.kicks
+            );
+            report(&mut machine, ok, started, Some(extra))
+        }
+    }
+}
+
+type Outcome<E> = (Machine<E>, bool);
+
+/// Boots a guest image on the chosen engine: (guest, boot params, disk blocks).
+type Boot<'a, E> = dyn Fn(Guest, [u64; 8], u64) -> anyhow::Result<Machine<E>> + 'a;
+
+fn run_guest<E: Engine>(
+    args: &RunArgs,
+    guest: Guest,
+    shape: Shape,
+    slice: Instructions,
+    boot: &Boot<'_, E>,
+) -> anyhow::Result<Outcome<E>> {
+    match guest {
+        Guest::Ledger => run_ledger(args, slice, boot),
+        Guest::Echo => run_echo(args, slice, boot),
+        Guest::Compute => run_compute(args, shape, boot),
+        Guest::Dirtier => run_dirtier(args, shape, boot),
+    }
+}
+
+fn report<E: Engine>(
+    machine: &mut Machine<E>,
+    ok: bool,
+    started: Instant,
+    extra: Option<String>,
+) -> anyhow::Result<ExitCode> {
     let seconds = started.elapsed().as_secs_f64();
     let stats = machine.engine().stats();
-    println!("guest instructions: {}", stats.instructions.0);
+    let counted = stats.instructions.0 > 0;
+    if counted {
+        println!("guest instructions: {}", stats.instructions.0);
+    } else {
+        println!("guest instructions: n/a (this engine counts none)");
+    }
     println!(
         "guest time:         {:.3} ms",
         machine.engine().now().0 as f64 / 1e6
     );
     println!("host time:          {seconds:.3} s");
-    println!(
-        "guest MIPS:         {:.1}",
-        stats.instructions.0 as f64 / seconds / 1e6
-    );
+    if counted {
+        println!(
+            "guest MIPS:         {:.1}",
+            stats.instructions.0 as f64 / seconds / 1e6
+        );
+    }
     println!("vCPU switches:      {}", stats.vcpu_switches);
     println!("dirty faults:       {}", stats.dirty_faults);
+    if let Some(extra) = extra {
+        println!("{extra}");
+    }
     println!("machine state hash: {:016x}", machine.state_hash()?);
     Ok(if ok {
         ExitCode::SUCCESS
@@ -105,25 +167,11 @@ pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-type Outcome = (Machine<EmuEngine>, bool);
-
-fn boot(
-    shape: Shape,
-    guest: Guest,
-    params: [u64; 8],
-    config: EmuConfig,
-    blocks: u64,
-) -> anyhow::Result<Machine<EmuEngine>> {
-    let image = guest.image(params)?;
-    Ok(emulated_machine(
-        shape,
-        &image,
-        config,
-        Box::new(MemStore::new(blocks)),
-    )?)
-}
-
-fn run_ledger(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+fn run_ledger<E: Engine>(
+    args: &RunArgs,
+    slice: Instructions,
+    boot: &Boot<'_, E>,
+) -> anyhow::Result<Outcome<E>> {
     let mut ledger = LedgerConfig::with_requests(args.requests);
     ledger.window = 64;
     if args.requests >= machine::guests::ledger::TABLE_ENTRIES {
@@ -133,11 +181,11 @@ fn run_ledger(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result
         );
     }
     let blocks = args.requests / machine::guests::ledger::RECORDS_PER_BLOCK + 16;
-    let mut machine = boot(shape, Guest::Ledger, ledger.params(), config, blocks)?;
+    let mut machine = boot(Guest::Ledger, ledger.params(), blocks)?;
     let mut load = LedgerLoad::new(ledger, args.seed);
     let mut steps = 0;
     while !load.done() {
-        load.step(&mut machine, SLICE)?;
+        load.step(&mut machine, slice)?;
         steps += 1;
         if steps > STEPS_MAX {
             bail!("ledger stalled after {} replies", load.served());
@@ -164,8 +212,12 @@ fn run_ledger(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result
     Ok((machine, ok))
 }
 
-fn run_echo(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
-    let mut machine = boot(shape, Guest::Echo, [0; 8], config, 1)?;
+fn run_echo<E: Engine>(
+    args: &RunArgs,
+    slice: Instructions,
+    boot: &Boot<'_, E>,
+) -> anyhow::Result<Outcome<E>> {
+    let mut machine = boot(Guest::Echo, [0; 8], 1)?;
     let mut rng = machine::rng::SplitMix64::new(args.seed);
     let (mut sent, mut matched) = (0u64, 0u64);
     let mut expected = std::collections::BTreeMap::new();
@@ -179,7 +231,7 @@ fn run_echo(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<O
             machine.bus().nic.deliver(packet).context("NIC has room")?;
             sent += 1;
         }
-        machine.run(SLICE)?;
+        machine.run(slice)?;
         for packet in machine.bus().nic.take_tx() {
             let id = u64::from_le_bytes(packet[..8].try_into().context("short echo")?);
             if expected.remove(&id).is_some_and(|p| p == packet) {
@@ -197,9 +249,13 @@ fn run_echo(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<O
     Ok((machine, true))
 }
 
-fn run_compute(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+fn run_compute<E: Engine>(
+    args: &RunArgs,
+    shape: Shape,
+    boot: &Boot<'_, E>,
+) -> anyhow::Result<Outcome<E>> {
     let params = [args.iterations, 0, 0, 0, 0, 0, 0, 0];
-    let mut machine = boot(shape, Guest::Compute, params, config, 1)?;
+    let mut machine = boot(Guest::Compute, params, 1)?;
     let mut steps = 0;
     while machine.run(Instructions(1_000_000))? != RunExit::Idle {
         steps += 1;
@@ -223,7 +279,11 @@ fn run_compute(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Resul
     Ok((machine, ok))
 }
 
-fn run_dirtier(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Result<Outcome> {
+fn run_dirtier<E: Engine>(
+    args: &RunArgs,
+    shape: Shape,
+    boot: &Boot<'_, E>,
+) -> anyhow::Result<Outcome<E>> {
     let data_pages = (shape.memory_bytes() - machine::layout::GUEST_DATA.0) / machine::PAGE_SIZE;
     let region = (data_pages / u64::from(shape.vcpus())).min(1024);
     let params = [
@@ -236,7 +296,7 @@ fn run_dirtier(args: &RunArgs, shape: Shape, config: EmuConfig) -> anyhow::Resul
         0,
         0,
     ];
-    let mut machine = boot(shape, Guest::Dirtier, params, config, 1)?;
+    let mut machine = boot(Guest::Dirtier, params, 1)?;
     let mut per_ms = Vec::new();
     for _ in 0..args.duration_ms {
         machine.run(Instructions(dirtier::PERIOD_NS_DEFAULT))?;
