@@ -1,18 +1,8 @@
 //! `lockstep vm run` and `lockstep bench emu` as a user runs them.
 
-use std::process::Command;
+mod support;
 
-fn lockstep(args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_lockstep"))
-        .args(args)
-        .output()
-        .expect("run lockstep");
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use support::lockstep;
 
 fn line<'a>(out: &'a str, label: &str) -> &'a str {
     out.lines()
