@@ -37,6 +37,10 @@ pub struct RunArgs {
     /// Run each seed twice and compare the traces (oracle 5).
     #[arg(long)]
     check_determinism: bool,
+    /// Append every failing (scenario, seed) to `<scenarios>/regressions.toml`,
+    /// so that every suite runs it first from now on.
+    #[arg(long)]
+    record_failures: bool,
 }
 
 /// Replay one run exactly: print its trace hash, write its trace.
@@ -142,6 +146,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         paths.junit.display(),
         paths.html.display()
     );
+    if args.record_failures {
+        let recorded = record_failures(&args.scenarios, &catalogue, &results, &args.suite)?;
+        println!(
+            "{recorded} failing seeds added to {}",
+            args.scenarios
+                .join(faults::scenario::suite::REGRESSIONS_FILE)
+                .display()
+        );
+    }
     let skipped_runs: u64 = skipped.values().sum();
     if skipped_runs > 0 {
         println!(
@@ -218,6 +231,43 @@ fn run_parallel(
         }
     }
     Ok(results.into_iter().flatten().collect())
+}
+
+/// Appends the failing runs not yet kept to the regressions file.
+fn record_failures(
+    dir: &Path,
+    catalogue: &Catalogue,
+    results: &[reports::RunResult],
+    suite: &str,
+) -> anyhow::Result<usize> {
+    let path = dir.join(faults::scenario::suite::REGRESSIONS_FILE);
+    let mut text = std::fs::read_to_string(&path).unwrap_or_default();
+    let mut added = 0;
+    for result in results.iter().filter(|r| !r.passed) {
+        let known = catalogue
+            .regressions
+            .iter()
+            .any(|r| r.scenario == result.scenario && r.seed == result.seed);
+        if known {
+            continue;
+        }
+        let first = result
+            .violations
+            .first()
+            .map_or(String::new(), |v| v.message.replace(['"', '\\', '\n'], " "));
+        text.push_str(&format!(
+            "\n[[regressions]]\nscenario = \"{}\"\nseed = {}\nnote = \"found by lockstep run --suite {suite} (level {}): {first}\"\n",
+            result.scenario, result.seed, result.level
+        ));
+        added += 1;
+    }
+    if added > 0 {
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        // What we wrote must load: a regressions file that does not parse
+        // would stop every later suite.
+        faults::scenario::load_dir(dir).map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    Ok(added)
 }
 
 fn level_of(level: Level) -> faults::scenario::Level {
