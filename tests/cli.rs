@@ -71,7 +71,10 @@ fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
         .and_then(|n| n.parse().ok())
         .expect("the plan is printed");
     assert!(planned >= 15, "{stdout}");
-    assert!(stdout.contains(&format!("{planned} runs: {planned} passed, 0 failed")), "{stdout}");
+    assert!(
+        stdout.contains(&format!("{planned} runs: {planned} passed, 0 failed")),
+        "{stdout}"
+    );
     let jsonl = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
     assert_eq!(jsonl.lines().count(), planned);
     assert!(std::fs::read_to_string(out.join("junit.xml"))
