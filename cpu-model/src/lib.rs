@@ -99,6 +99,9 @@ pub struct EmuEngine {
     halts: Halts,
     boot_states: Vec<VcpuState>,
     run_states: Vec<RunState>,
+    /// Guest time until which each vCPU makes no progress (an injected
+    /// stall: host-side, not guest state, so no checkpoint carries it).
+    stalled_until: Vec<u64>,
     sched: Scheduler,
     now: u64,
     budget_end: u64,
@@ -208,6 +211,7 @@ impl EmuEngine {
             shape,
             halts,
             run_states: vec![RunState::Running; usize::from(shape.vcpus())],
+            stalled_until: vec![0; usize::from(shape.vcpus())],
             boot_states,
             sched: Scheduler::new(config.seed, config.quantum),
             now: 0,
@@ -216,6 +220,22 @@ impl EmuEngine {
             instructions: 0,
             vcpu_switches: 0,
         })
+    }
+
+    /// Fault injection: vCPU `vcpu` makes no progress for `for_ns` of guest
+    /// time from now (the other vCPUs run on; one that waits for a lock the
+    /// stalled vCPU holds spins).
+    pub fn stall_vcpu(&mut self, vcpu: VcpuId, for_ns: u64) -> Result<(), EngineError> {
+        let until = self.now.saturating_add(for_ns);
+        let slot = self
+            .stalled_until
+            .get_mut(usize::from(vcpu.0))
+            .ok_or(EngineError::NoSuchVcpu(vcpu.0))?;
+        *slot = until;
+        if self.sched.current == vcpu.0 {
+            self.sched.remaining = 0; // its quantum ends now
+        }
+        Ok(())
     }
 
     fn check_range(&self, gpa: Gpa, len: usize) -> Result<(), EngineError> {
@@ -288,8 +308,10 @@ impl EmuEngine {
     /// next deadline (or the budget's end) and returns false.
     fn start_quantum(&mut self) -> bool {
         self.wake();
-        let run_states = &self.run_states;
-        let runnable = |v: u16| run_states[usize::from(v)] == RunState::Running;
+        let (run_states, stalled_until, now) = (&self.run_states, &self.stalled_until, self.now);
+        let runnable = |v: u16| {
+            run_states[usize::from(v)] == RunState::Running && stalled_until[usize::from(v)] <= now
+        };
         match self.sched.next(self.shape.vcpus(), runnable) {
             Some(switched) => {
                 self.vcpu_switches += u64::from(switched);
@@ -298,7 +320,17 @@ impl EmuEngine {
             }
             None => {
                 let deadline = self.shared.borrow().bus.next_deadline();
-                let next = deadline.map_or(self.budget_end, |d| d.0.max(self.now + 1));
+                let stall_end = self
+                    .stalled_until
+                    .iter()
+                    .copied()
+                    .filter(|&t| t > self.now)
+                    .min();
+                let deadline = match (deadline.map(|d| d.0), stall_end) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
+                let next = deadline.map_or(self.budget_end, |d| d.max(self.now + 1));
                 self.now = next.min(self.budget_end);
                 false
             }

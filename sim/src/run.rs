@@ -232,6 +232,17 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                     .expect("EIO is a disk fault");
             }
         }
+        Event::VcpuStall { host, vcpu, ms } => {
+            let i = w.resolve(host);
+            w.last_struck = i;
+            if let Some(h) = w.hosts[i].host.as_mut() {
+                // The vCPU index was validated against the guest's shape.
+                let _ = h
+                    .machine()
+                    .engine_mut()
+                    .stall_vcpu(machine::VcpuId(vcpu), ms * 1_000_000);
+            }
+        }
         Event::DiskHeal(h) => {
             let i = w.resolve(h);
             if let Some(disk) = &w.hosts[i].disk {
@@ -315,6 +326,9 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         Event::Jitter { from, to, ms } => {
             let (a, b) = names(&w, from, to);
             drop(w);
+            // Jitter replaces any fixed delay on the link: the latency is
+            // drawn from 0 to `ms` (turmoil needs min <= max).
+            sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO);
             sim.set_link_max_message_latency(
                 a.as_str(),
                 b.as_str(),

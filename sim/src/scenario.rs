@@ -209,8 +209,15 @@ fn events_of(
         FaultKind::DiskLatency { .. }
         | FaultKind::TornWrite { .. }
         | FaultKind::LostUnsyncedWrites { .. }
-        | FaultKind::DiskCorruption { .. }
-        | FaultKind::VcpuStall { .. } => return Err(unsupported()),
+        | FaultKind::DiskCorruption { .. } => return Err(unsupported()),
+        FaultKind::VcpuStall { target, vcpu, ms } => {
+            let host = host(hosts, target).ok_or_else(unsupported)?;
+            starts.push(Event::VcpuStall {
+                host,
+                vcpu: *vcpu,
+                ms: *ms,
+            });
+        }
     }
     out.extend(starts.into_iter().map(|e| (at, e)));
     Ok(())

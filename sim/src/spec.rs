@@ -126,6 +126,15 @@ pub enum Event {
     },
     /// The host's disk works again.
     DiskHeal(HostRef),
+    /// One vCPU of the host's guest makes no progress for `ms`.
+    VcpuStall {
+        /// The host.
+        host: HostRef,
+        /// The vCPU.
+        vcpu: u16,
+        /// How long, in guest (= simulated) milliseconds.
+        ms: u64,
+    },
 }
 
 /// One run, fully resolved.

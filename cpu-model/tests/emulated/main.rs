@@ -4,4 +4,5 @@
 mod checkpoint;
 mod guests;
 mod ledger;
+mod stall;
 mod traps;
