@@ -31,37 +31,36 @@ pub fn run(args: ModelCheckArgs) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
-    let mut passed = true;
-    let started = Instant::now();
-    let model = LockstepModel {
-        bounds: Bounds::safety(args.level),
-    };
-    println!(
-        "safety model, level {}: 2 hosts + witness, {:?}, depth {}",
-        args.level, model.bounds, args.depth
-    );
-    let report = check(model, Some(args.depth), threads);
-    passed &= print_report(&report, started);
+    let mut variants = vec![(
+        format!("safety model, level {}: 2 hosts + witness", args.level),
+        Bounds::safety(args.level),
+        Some(args.depth),
+    )];
     if !args.no_liveness {
+        variants.push((
+            format!(
+                "liveness model, level {}: fair delivery, one crash",
+                args.level
+            ),
+            Bounds::fair(args.level),
+            None,
+        ));
+        variants.push((
+            format!(
+                "re-protection model, level {}: fair delivery, a crash and a restart",
+                args.level
+            ),
+            Bounds::reprotect(args.level),
+            None,
+        ));
+    }
+    let mut passed = true;
+    for (index, (title, bounds, depth)) in variants.into_iter().enumerate() {
         let started = Instant::now();
-        let model = LockstepModel {
-            bounds: Bounds::fair(args.level),
-        };
-        println!(
-            "\nliveness model, level {}: fair delivery, one crash, {:?}",
-            args.level, model.bounds
-        );
-        let report = check(model, None, threads);
-        passed &= print_report(&report, started);
-        let started = Instant::now();
-        let model = LockstepModel {
-            bounds: Bounds::reprotect(args.level),
-        };
-        println!(
-            "\nre-protection model, level {}: fair delivery, a crash and a restart, {:?}",
-            args.level, model.bounds
-        );
-        let report = check(model, None, threads);
+        let depth_text = depth.map_or(String::new(), |d| format!(", depth {d}"));
+        let gap = if index == 0 { "" } else { "\n" };
+        println!("{gap}{title}, {bounds:?}{depth_text}");
+        let report = check(LockstepModel { bounds }, depth, threads);
         passed &= print_report(&report, started);
     }
     println!(

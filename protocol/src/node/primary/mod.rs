@@ -251,25 +251,28 @@ impl Node {
     pub(super) fn primary_tick(&mut self) {
         let (peer, witness, generation) = (self.config.peer, self.config.witness, self.generation);
         let p = self.primary();
-        let backup = match p.pairing {
-            Pairing::Paired { backup } => Some(backup),
-            _ => None,
-        };
         let ping = p.needs_lease();
         let wanted = p.grant_wanted;
-        self.send(
-            peer,
-            Message::Heartbeat {
-                generation,
-                role: PeerRole::Primary,
-                backup,
-            },
-        );
+        let heartbeat = self.primary_heartbeat();
+        self.send(peer, heartbeat);
         if ping {
             self.send(witness, Message::WitnessPing { generation });
         }
         if let Some((want, backup)) = wanted {
             self.request_grant(want, backup);
+        }
+    }
+
+    /// The primary's heartbeat: its generation and its certified backup.
+    fn primary_heartbeat(&self) -> Message {
+        let backup = match self.primary().pairing {
+            Pairing::Paired { backup } => Some(backup),
+            _ => None,
+        };
+        Message::Heartbeat {
+            generation: self.generation,
+            role: PeerRole::Primary,
+            backup,
         }
     }
 
@@ -467,7 +470,7 @@ impl Node {
     }
 
     pub(super) fn on_primary_message(&mut self, msg: Message) {
-        let (peer, generation) = (self.config.peer, self.generation);
+        let peer = self.config.peer;
         let pairing_generation = self.primary().pairing_generation;
         match msg {
             Message::DeltaAck {
@@ -503,18 +506,8 @@ impl Node {
             Message::Delta { .. } | Message::Copy { .. } => {
                 // An older primary still ships: tell it our generation.
                 self.stats.dropped_stale += 1;
-                let backup = match self.primary().pairing {
-                    Pairing::Paired { backup } => Some(backup),
-                    _ => None,
-                };
-                self.send(
-                    peer,
-                    Message::Heartbeat {
-                        generation,
-                        role: PeerRole::Primary,
-                        backup,
-                    },
-                );
+                let heartbeat = self.primary_heartbeat();
+                self.send(peer, heartbeat);
             }
             _ => self.stats.dropped_stale += 1,
         }
