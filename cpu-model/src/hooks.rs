@@ -7,7 +7,7 @@ use std::ffi::c_void;
 use std::rc::Rc;
 
 use iced_x86::{Decoder, DecoderOptions, Mnemonic, OpKind, Register};
-use machine::devices::{DeviceBus, IoContext, MemStore};
+use machine::devices::{DeviceBus, IoContext, MemStore, PORT_DISK_CMD};
 use machine::rng::SplitMix64;
 use machine::{FaultKind, GuestNs, VcpuId, PAGE_SIZE};
 use unicorn_engine::unicorn_const::{uc_engine, uc_error, HookType, X86Insn};
@@ -48,6 +48,14 @@ pub(crate) struct HookState {
     pub block_sizes: std::collections::BTreeMap<u64, u64>,
     /// The first fault of the current run.
     pub fault: Option<(VcpuId, FaultKind)>,
+    /// Set by the hook when a disk command took store time: the vCPU
+    /// waits that long (its slice stops at the command).
+    pub disk_wait_ns: u64,
+    /// Set by the hook on a `pause`: the vCPU yields its quantum.
+    pub yielded: bool,
+    /// Where the slice began: a `pause` there is the one the vCPU yielded
+    /// at last time (a code hook runs before its instruction), so it runs.
+    pub slice_start: Option<u64>,
 }
 
 impl HookState {
@@ -68,6 +76,9 @@ impl HookState {
             block_instructions: 0,
             block_sizes: std::collections::BTreeMap::new(),
             fault: None,
+            disk_wait_ns: 0,
+            yielded: false,
+            slice_start: None,
         }
     }
 }
@@ -88,12 +99,14 @@ fn ctx(state: &HookState, vcpu: VcpuId) -> IoContext {
 }
 
 /// Installs every hook on the instance of `vcpu`; `hlt_addresses` are the
-/// `hlt` instructions of the guest image.
+/// `hlt` instructions of the guest image to watch, `pause_addresses` its
+/// `pause` instructions.
 pub(crate) fn install(
     uc: &mut Vcpu,
     vcpu: VcpuId,
     shared: &Shared,
     hlt_addresses: &[u64],
+    pause_addresses: &[u64],
 ) -> Result<(), uc_error> {
     let s = shared.clone();
     uc.add_insn_in_hook(move |_, port, size| {
@@ -102,10 +115,19 @@ pub(crate) fn install(
         state.bus.port_in(context, port as u16, size as u8)
     })?;
     let s = shared.clone();
-    uc.add_insn_out_hook(move |_, port, size, value| {
+    uc.add_insn_out_hook(move |uc, port, size, value| {
         let mut state = s.borrow_mut();
         let context = ctx(&state, vcpu);
         state.bus.port_out(context, port as u16, size as u8, value);
+        if port as u16 == PORT_DISK_CMD {
+            let wait = state.bus.disk.take_busy_ns(usize::from(vcpu.0));
+            if wait > 0 {
+                state.disk_wait_ns += wait;
+                // Stopping from a hook is the documented way out; it
+                // cannot fail on a running instance.
+                let _ = uc.emu_stop();
+            }
+        }
     })?;
     let s = shared.clone();
     uc.add_mem_hook(
@@ -118,6 +140,17 @@ pub(crate) fn install(
         let s = shared.clone();
         uc.add_code_hook(address, address, move |_, address, _| {
             s.borrow_mut().halting = Some(address);
+        })?;
+    }
+    for &address in pause_addresses {
+        let s = shared.clone();
+        uc.add_code_hook(address, address, move |uc, at, _| {
+            let mut state = s.borrow_mut();
+            if state.slice_start.take() == Some(at) {
+                return;
+            }
+            state.yielded = true;
+            let _ = uc.emu_stop();
         })?;
     }
     let s = shared.clone();

@@ -130,6 +130,11 @@ struct Halts {
     /// a code hook marks it (a code hook slows every instruction by about
     /// a quarter, so only where needed).
     hooked: Vec<u64>,
+    /// Every `pause` (a spin-wait hint): the vCPU that executes one gives
+    /// up the rest of its quantum, as pause-loop exiting deschedules a
+    /// spinning vCPU on real hardware. The spin's guest time still passes;
+    /// only its emulation is skipped.
+    pauses: Vec<u64>,
 }
 
 impl Halts {
@@ -151,8 +156,12 @@ impl Halts {
                 }
                 _ => {}
             }
-            if instruction.mnemonic() == Mnemonic::Hlt {
-                halts.all.insert(instruction.ip());
+            match instruction.mnemonic() {
+                Mnemonic::Hlt => {
+                    halts.all.insert(instruction.ip());
+                }
+                Mnemonic::Pause => halts.pauses.push(instruction.ip()),
+                _ => {}
             }
         }
         halts.hooked = halts
@@ -196,8 +205,7 @@ impl EmuEngine {
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            let mut uc =
-                new_instance(&ram, vcpu, &shared, &halts.hooked, state).map_err(backend)?;
+            let mut uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
             if config.counting == Counting::Precise {
                 hooks::install_block_counter(&mut uc, &shared).map_err(backend)?;
             }
@@ -288,6 +296,22 @@ impl EmuEngine {
             }
             self.now += slice;
             self.sched.remaining -= slice;
+            let (wait, yielded) = {
+                let mut state = self.shared.borrow_mut();
+                (
+                    std::mem::take(&mut state.disk_wait_ns),
+                    std::mem::take(&mut state.yielded),
+                )
+            };
+            if yielded {
+                self.sched.remaining = 0;
+            }
+            if wait > 0 {
+                // The vCPU waits for its disk command; the others run on.
+                let until = self.now.saturating_add(wait);
+                self.stalled_until[v] = self.stalled_until[v].max(until);
+                self.sched.remaining = 0;
+            }
         }
         // Only looks: waking here would make the run depend on where it
         // was cut (vCPUs wake at quantum boundaries only).
@@ -345,6 +369,7 @@ impl EmuEngine {
             let mut state = self.shared.borrow_mut();
             state.halting = None;
             state.block_instructions = 0;
+            state.slice_start = Some(rip);
         }
         // emu_start takes a count of 0 to mean "no limit".
         assert!(slice > 0, "an empty slice would run unbounded");
@@ -410,7 +435,7 @@ fn new_instance(
     ram: &ram::GuestRam,
     vcpu: VcpuId,
     shared: &Shared,
-    halts: &[u64],
+    halts: &Halts,
     state: &VcpuState,
 ) -> Result<Vcpu, uc_error> {
     let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64)?;
@@ -420,7 +445,7 @@ fn new_instance(
     // RAM) and that Rust code only touches through unicorn afterwards.
     unsafe { uc.mem_map_ptr(0, ram.len(), Prot::ALL, ram.as_mut_ptr().cast())? };
     uc.mem_protect(0, ram.len(), Prot::READ | Prot::EXEC)?;
-    hooks::install(&mut uc, vcpu, shared, halts)?;
+    hooks::install(&mut uc, vcpu, shared, &halts.hooked, &halts.pauses)?;
     regs::write(&mut uc, state)?;
     Ok(uc)
 }

@@ -3,10 +3,9 @@
 //! corruption), each drawn from a seed and counted, so that a test or the
 //! simulator can tell what was injected and check it was caught.
 //!
-//! `BlockStore` has no notion of sync: a write is durable once the node
-//! driver says so. We take "unsynced" to mean written since the last
-//! [`FaultyStore::mark_durable`], which the driver calls when a checkpoint
-//! that carries those writes is acknowledged; a crash may lose any of them.
+//! "Unsynced" means written since the last [`BlockStore::flush`]; a crash
+//! may lose any of them. Latency is not slept: it is handed to the engine
+//! and the driver as [`BlockStore::take_busy_ns`], for simulated time.
 
 use std::collections::BTreeMap;
 
@@ -118,11 +117,6 @@ impl<S: BlockStore> FaultyStore<S> {
         self.armed = Armed::default();
     }
 
-    /// The writes so far are durable: a crash no longer loses them.
-    pub fn mark_durable(&mut self) {
-        self.unsynced.clear();
-    }
-
     /// The host crashed: with lost unsynced writes armed, each block written
     /// since the last durable point reverts to its old contents with
     /// probability one half (writes reach the platter in no promised order).
@@ -198,6 +192,16 @@ impl<S: BlockStore> BlockStore for FaultyStore<S> {
         Ok(())
     }
 
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.inner.flush()?;
+        self.unsynced.clear();
+        Ok(())
+    }
+
+    fn take_busy_ns(&mut self) -> u64 {
+        self.take_latency_ms() * 1_000_000
+    }
+
     fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
         self.before_io(block)?;
         if block >= self.inner.block_count() {
@@ -210,11 +214,15 @@ impl<S: BlockStore> BlockStore for FaultyStore<S> {
         }
         let mut data = *buf;
         if self.armed.torn_next_write {
-            self.armed.torn_next_write = false;
             let granules = BLOCK_BYTES / TORN_GRANULE_BYTES;
             let landed = self.rng.range(1, granules as u64 - 1) as usize * TORN_GRANULE_BYTES;
             data[landed..].copy_from_slice(&old[landed..]);
-            self.injected.torn_writes += 1;
+            // A tear whose lost part held the same bytes anyway tore
+            // nothing: the fault waits for a write it changes.
+            if data != *buf {
+                self.armed.torn_next_write = false;
+                self.injected.torn_writes += 1;
+            }
         }
         self.inner.write_block(block, &data)?;
         self.unsynced.entry(block).or_insert(old);
@@ -361,7 +369,7 @@ mod tests {
         })
         .unwrap();
         write_all(&mut s, 1);
-        s.mark_durable();
+        s.flush().unwrap();
         write_all(&mut s, 2);
         let lost = s.crash().unwrap();
         assert!(

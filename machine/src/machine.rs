@@ -1,6 +1,8 @@
 //! A machine: an engine, the device bus it calls, and the checkpoint
 //! sequence. Taking and restoring checkpoints lives here, engine-neutral.
 
+use std::collections::BTreeSet;
+
 use crate::checkpoint::{Checkpoint, Kind};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::{DeviceBus, StoreError, BLOCK_BYTES};
@@ -92,6 +94,24 @@ impl<E: Engine> Machine<E> {
     /// Takes a checkpoint of the paused machine. Either kind restarts dirty
     /// tracking, so the next delta holds what changed after this one.
     pub fn checkpoint(&mut self, kind: Kind) -> Result<Checkpoint, MachineError> {
+        self.capture(kind, None)
+    }
+
+    /// A full checkpoint (every page) that carries of the disk only
+    /// `blocks` and the blocks written since the last checkpoint: for a
+    /// peer whose disk already holds the rest.
+    pub fn checkpoint_with_blocks(
+        &mut self,
+        blocks: &BTreeSet<u64>,
+    ) -> Result<Checkpoint, MachineError> {
+        self.capture(Kind::Full, Some(blocks))
+    }
+
+    fn capture(
+        &mut self,
+        kind: Kind,
+        only_blocks: Option<&BTreeSet<u64>>,
+    ) -> Result<Checkpoint, MachineError> {
         let dirty = self.engine.take_dirty_pages()?;
         let written = self.bus.disk.take_written();
         let page_indices: Vec<PageIndex> = match kind {
@@ -104,9 +124,10 @@ impl<E: Engine> Machine<E> {
             self.engine.read_memory(index.gpa(), &mut bytes)?;
             pages.push((index, bytes));
         }
-        let block_numbers: Vec<u64> = match kind {
-            Kind::Full => (0..self.bus.store().block_count()).collect(),
-            Kind::Delta => written.into_iter().collect(),
+        let block_numbers: Vec<u64> = match (kind, only_blocks) {
+            (Kind::Full, None) => (0..self.bus.store().block_count()).collect(),
+            (Kind::Full, Some(blocks)) => blocks.union(&written).copied().collect(),
+            (Kind::Delta, _) => written.into_iter().collect(),
         };
         let mut blocks = Vec::with_capacity(block_numbers.len());
         for block in block_numbers {
@@ -255,6 +276,39 @@ mod tests {
             primary.state_hash().expect("hash")
         );
         assert_eq!(backup.sequence(), 2);
+    }
+
+    #[test]
+    fn a_full_checkpoint_can_carry_only_the_blocks_a_peer_lacks() {
+        let mut primary = machine();
+        let mut joiner = machine();
+        for (block, fill) in [(1, 7), (2, 8)] {
+            primary
+                .bus()
+                .store()
+                .write_block(block, &[fill; BLOCK_BYTES])
+                .expect("in range");
+        }
+        // The joiner's disk already holds block 1 (an older checkpoint).
+        joiner
+            .bus()
+            .store()
+            .write_block(1, &[7; BLOCK_BYTES])
+            .expect("in range");
+        let full = primary
+            .checkpoint_with_blocks(&BTreeSet::from([2]))
+            .expect("checkpoint");
+        assert_eq!(full.kind, Kind::Full);
+        assert_eq!(full.pages.len(), 1024);
+        assert_eq!(
+            full.blocks.iter().map(|(b, _)| *b).collect::<Vec<_>>(),
+            vec![2]
+        );
+        joiner.restore(&full).expect("restores");
+        assert_eq!(
+            joiner.state_hash().expect("hash"),
+            primary.state_hash().expect("hash")
+        );
     }
 
     #[test]

@@ -91,7 +91,8 @@ pub enum DiskCopy {
 pub struct Capture {
     /// The encoded state; the protocol treats it as opaque.
     pub bytes: Vec<u8>,
-    /// Disk blocks the guest wrote in the epoch or round.
+    /// Disk blocks the guest wrote since the previous capture (not every
+    /// block a full round carries): the primary's disk history.
     pub disk_blocks: Vec<BlockIndex>,
     /// Memory pages the capture carries.
     pub pages: u64,

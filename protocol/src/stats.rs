@@ -14,6 +14,9 @@ pub struct Stats {
     pub dropped_stale: u64,
     /// Messages that make no sense in this node's role or state.
     pub dropped_unexpected: u64,
+    /// Duplicates of a message already acted on (a second `Join` in the
+    /// epoch its copy began).
+    pub dropped_duplicate: u64,
     /// Epochs the primary closed.
     pub epochs: u64,
     /// Deltas shipped to a backup (first sends).

@@ -200,7 +200,7 @@ impl Cluster {
                 continue;
             };
             host.advance(now).expect("host runs");
-            while let Some(t) = host.poll_transmit() {
+            while let Some(t) = host.poll_transmit(now) {
                 self.network.push_back(match t {
                     Transmit::Frame { to, bytes } => (later, Payload::Frame(to, bytes)),
                     Transmit::Output(packet) => (later, Payload::Reply(packet)),

@@ -16,5 +16,5 @@ pub mod trace;
 pub mod world;
 
 pub use oracle::Violation;
-pub use run::{run, RunOutcome};
-pub use spec::{Endpoint, Event, HostRef, RunSpec};
+pub use run::{run, DiskCounts, RunOutcome};
+pub use spec::{DiskFault, Endpoint, Event, HostRef, RunSpec};

@@ -51,6 +51,32 @@ pub struct RunOutcome {
     pub capture_pages: Vec<u64>,
     /// On a violation: each vCPU of each live VM host, disassembled at rip.
     pub listings: Vec<String>,
+    /// What the disks went through, both hosts together.
+    pub disk: DiskCounts,
+}
+
+/// Disk faults injected and what caught them, summed over both hosts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DiskCounts {
+    /// Injected: I/Os failed with EIO.
+    pub eio: u64,
+    /// Injected: writes torn.
+    pub torn_writes: u64,
+    /// Injected: unsynced writes a crash reverted.
+    pub lost_writes: u64,
+    /// Injected: reads returned with a flipped bit.
+    pub corrupted_reads: u64,
+    /// Caught: reads that failed their checksum and were read again.
+    pub read_retries: u64,
+    /// Caught: writes that did not read back whole and were written again.
+    pub write_retries: u64,
+    /// Blocks given up on as corrupt.
+    pub corrupt: u64,
+    /// Copy sessions that sent only the blocks the joiner lacked (live
+    /// hosts at the end).
+    pub block_resyncs: u64,
+    /// Disk blocks sent in copy rounds (live hosts at the end).
+    pub copied_blocks: u64,
 }
 
 impl RunOutcome {
@@ -139,10 +165,24 @@ fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64
     let hosts = world.hosts.iter().filter_map(|h| h.host.as_ref());
     let (mut epochs, mut shipped) = (0, 0);
     let mut capture_pages = Vec::new();
+    let mut disk = DiskCounts::default();
     for host in hosts {
         epochs += host.node().stats().epochs;
         shipped += host.stats().shipped_bytes;
         capture_pages.extend_from_slice(&host.stats().delta_pages);
+        disk.block_resyncs += host.stats().block_resyncs;
+        disk.copied_blocks += host.stats().copied_blocks;
+    }
+    for store in world.hosts.iter().filter_map(|h| h.disk.as_ref()) {
+        let store = store.borrow();
+        let (injected, caught) = (store.inner().injected(), store.stats());
+        disk.eio += injected.eio;
+        disk.torn_writes += injected.torn_writes;
+        disk.lost_writes += injected.lost_writes;
+        disk.corrupted_reads += injected.corrupted_reads;
+        disk.read_retries += caught.read_retries;
+        disk.write_retries += caught.write_retries;
+        disk.corrupt += caught.corrupt;
     }
     RunOutcome {
         scenario: spec.scenario.clone(),
@@ -165,6 +205,7 @@ fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64
         capture_pages,
         listings: Vec::new(),
         vm_lost: world.vm_lost.clone(),
+        disk,
     }
 }
 
@@ -189,7 +230,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         Event::Crash(h) => {
             let i = w.resolve(h);
             strike(&mut w, i);
-            w.hosts[i].host = None;
+            w.crash_host(i, now_ms * 1_000_000);
             drop(w);
             sim.crash(HOST_NAMES[i]);
         }
@@ -214,22 +255,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
             strike(&mut w, i);
             w.hosts[i].nic_down = true;
         }
-        Event::DiskEio {
-            host,
-            rate,
-            after_writes,
-        } => {
+        Event::Disk { host, fault } => {
             let i = w.resolve(host);
             w.last_struck = i;
-            let fault = faults::FaultKind::DiskEio {
-                target: faults::Target::Primary,
-                rate: rate.and_then(faults::catalogue::Rate::new),
-                after_writes,
-            };
             if let Some(disk) = &w.hosts[i].disk {
                 disk.borrow_mut()
-                    .apply(&fault)
-                    .expect("EIO is a disk fault");
+                    .inner_mut()
+                    .apply(&fault.kind())
+                    .expect("every DiskFault is a disk fault");
             }
         }
         Event::VcpuStall { host, vcpu, ms } => {
@@ -246,7 +279,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         Event::DiskHeal(h) => {
             let i = w.resolve(h);
             if let Some(disk) = &w.hosts[i].disk {
-                disk.borrow_mut().heal();
+                disk.borrow_mut().inner_mut().heal();
             }
         }
         Event::NicUp(h) => {
@@ -365,7 +398,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
         slot.paused = false;
         slot.nic_down = false;
         if let Some(disk) = &slot.disk {
-            disk.borrow_mut().heal();
+            disk.borrow_mut().inner_mut().heal();
         }
         if slot.host.is_none() {
             restart.push(HOST_NAMES[i]);

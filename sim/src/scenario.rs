@@ -2,14 +2,14 @@
 //! over the safety phase, and each fault of the plan turned into the
 //! primitive events that start and end it.
 
-use crate::spec::{Endpoint, Event, HostRef, RunSpec};
+use crate::spec::{DiskFault, Endpoint, Event, HostRef, RunSpec};
 use faults::scenario::{Level as FileLevel, Scenario};
 use faults::{FaultKind, ScheduledFault, Target};
 use protocol::Level;
 
-/// A fault the simulator cannot inject yet.
+/// A fault the simulator cannot inject: its target is not a VM host.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("scenario {scenario}: fault kind `{kind}` is not injectable by this simulator yet")]
+#[error("scenario {scenario}: fault kind `{kind}` cannot strike that target in this simulator")]
 pub struct Unsupported {
     /// The scenario.
     pub scenario: String,
@@ -51,6 +51,7 @@ pub fn resolve(
         liveness_ms: scenario.liveness_ms,
         events: Vec::new(),
         config_hook: None,
+        disk_verify: machine::devices::Verify::ReadsAndWrites,
     };
     let hosts = [
         scenario.topology.hosts[0].as_str().to_string(),
@@ -101,6 +102,12 @@ fn events_of(
         kind: format!("{:?}", fault.fault.name()),
     };
     let mut starts = Vec::new();
+    let mut disk = |target: &Target, what: DiskFault| {
+        let host = host(hosts, target).ok_or_else(unsupported)?;
+        starts.push(Event::Disk { host, fault: what });
+        until(Event::DiskHeal(HostRef::LastStruck));
+        Ok::<(), Unsupported>(())
+    };
     match &fault.fault {
         FaultKind::Crash {
             target: Target::Witness,
@@ -197,19 +204,19 @@ fn events_of(
             target,
             rate,
             after_writes,
-        } => {
-            let host = host(hosts, target).ok_or_else(unsupported)?;
-            starts.push(Event::DiskEio {
-                host,
+        } => disk(
+            target,
+            DiskFault::Eio {
                 rate: rate.map(|r| r.get()),
                 after_writes: *after_writes,
-            });
-            until(Event::DiskHeal(HostRef::LastStruck));
+            },
+        )?,
+        FaultKind::DiskLatency { target, ms } => disk(target, DiskFault::Latency { ms: *ms })?,
+        FaultKind::TornWrite { target } => disk(target, DiskFault::TornWrite)?,
+        FaultKind::LostUnsyncedWrites { target } => disk(target, DiskFault::LostUnsyncedWrites)?,
+        FaultKind::DiskCorruption { target, rate } => {
+            disk(target, DiskFault::Corruption { rate: rate.get() })?;
         }
-        FaultKind::DiskLatency { .. }
-        | FaultKind::TornWrite { .. }
-        | FaultKind::LostUnsyncedWrites { .. }
-        | FaultKind::DiskCorruption { .. } => return Err(unsupported()),
         FaultKind::VcpuStall { target, vcpu, ms } => {
             let host = host(hosts, target).ok_or_else(unsupported)?;
             starts.push(Event::VcpuStall {

@@ -33,6 +33,55 @@ pub enum Endpoint {
     Client(u16),
 }
 
+/// What goes wrong with a disk.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum DiskFault {
+    /// I/O fails: each with probability `rate`, or every one after
+    /// `after_writes` more writes.
+    Eio {
+        /// Probability per I/O.
+        rate: Option<f64>,
+        /// Writes that still succeed.
+        after_writes: Option<u64>,
+    },
+    /// Each I/O takes this much longer.
+    Latency {
+        /// Added milliseconds.
+        ms: u64,
+    },
+    /// The next write lands torn (a prefix of it) and reports success.
+    TornWrite,
+    /// A crash loses writes not yet flushed.
+    LostUnsyncedWrites,
+    /// Reads return a flipped bit with this probability.
+    Corruption {
+        /// Probability per read.
+        rate: f64,
+    },
+}
+
+impl DiskFault {
+    /// The catalogue's fault, as the faulty store takes it.
+    pub fn kind(self) -> faults::FaultKind {
+        use faults::catalogue::Rate;
+        let target = faults::Target::Primary; // the store ignores it
+        match self {
+            DiskFault::Eio { rate, after_writes } => faults::FaultKind::DiskEio {
+                target,
+                rate: rate.and_then(Rate::new),
+                after_writes,
+            },
+            DiskFault::Latency { ms } => faults::FaultKind::DiskLatency { target, ms },
+            DiskFault::TornWrite => faults::FaultKind::TornWrite { target },
+            DiskFault::LostUnsyncedWrites => faults::FaultKind::LostUnsyncedWrites { target },
+            DiskFault::Corruption { rate } => faults::FaultKind::DiskCorruption {
+                target,
+                rate: Rate::new(rate).expect("scenario rates are validated probabilities"),
+            },
+        }
+    }
+}
+
 /// A primitive fault event at the simulator's boundaries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Event {
@@ -114,15 +163,12 @@ pub enum Event {
     NicDown(HostRef),
     /// The host's NIC is up again.
     NicUp(HostRef),
-    /// The host's disk fails I/O with EIO: each with probability `rate`,
-    /// or every one after `after_writes` more writes.
-    DiskEio {
+    /// A fault armed on the host's disk (until [`Event::DiskHeal`]).
+    Disk {
         /// The host.
         host: HostRef,
-        /// Probability per I/O.
-        rate: Option<f64>,
-        /// Writes that still succeed.
-        after_writes: Option<u64>,
+        /// What goes wrong.
+        fault: DiskFault,
     },
     /// The host's disk works again.
     DiskHeal(HostRef),
@@ -177,6 +223,9 @@ pub struct RunSpec {
     /// Adjusts each VM host's protocol configuration (tests use it to run
     /// deliberately broken protocols).
     pub config_hook: Option<fn(&mut protocol::Config)>,
+    /// How the hosts' disks check their blocks (tests turn it down to show
+    /// what the checks catch).
+    pub disk_verify: machine::devices::Verify,
 }
 
 impl RunSpec {
@@ -200,6 +249,7 @@ impl RunSpec {
             liveness_ms: 1500,
             events: Vec::new(),
             config_hook: None,
+            disk_verify: machine::devices::Verify::ReadsAndWrites,
         }
     }
 

@@ -8,14 +8,13 @@ use crate::spec::{Endpoint, HostRef, RunSpec};
 use crate::trace::{digest, Trace};
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
-use machine::devices::MemStore;
-use machine::devices::{BlockStore, StoreError, BLOCK_BYTES};
+use machine::devices::{BlockStore, IntegrityStore, MemStore, StoreError, BLOCK_BYTES};
 use machine::guests::ledger_load::LedgerConfig;
 use machine::guests::Guest;
 use machine::layout::MEMORY_BYTES_MIN;
 use machine::rng::SplitMix64;
 use machine::{Machine, Shape};
-use protocol::{Codec, Config, Generation, Grant, NodeId, RoleKind, Start, Time};
+use protocol::{CheckpointId, Codec, Config, Generation, Grant, NodeId, RoleKind, Start, Time};
 use runtime::{HostError, Transmit, VmHost, WitnessHost};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -57,10 +56,13 @@ pub fn describe_frame(bytes: &[u8]) -> String {
     }
 }
 
+/// A VM host's disk: checksummed blocks over a store that injects faults.
+pub type HostDisk = IntegrityStore<FaultyStore<MemStore>>;
+
 /// The host's disk as its machine sees it; the world keeps another handle
-/// to arm faults.
+/// to arm faults and keeps the disk across the host's crashes.
 #[derive(Debug)]
-struct SharedDisk(Rc<RefCell<FaultyStore<MemStore>>>);
+struct SharedDisk(Rc<RefCell<HostDisk>>);
 
 impl BlockStore for SharedDisk {
     fn block_count(&self) -> u64 {
@@ -72,12 +74,15 @@ impl BlockStore for SharedDisk {
     }
 
     fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
-        let mut disk = self.0.borrow_mut();
-        let written = disk.write_block(block, buf);
-        // Unsynced writes are not modelled by this simulator yet: every
-        // write is durable at once.
-        disk.mark_durable();
-        written
+        self.0.borrow_mut().write_block(block, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.0.borrow_mut().flush()
+    }
+
+    fn take_busy_ns(&mut self) -> u64 {
+        self.0.borrow_mut().take_busy_ns()
     }
 }
 
@@ -101,8 +106,11 @@ pub struct HostSlot {
     pub nic_down: bool,
     /// Last (role, generation) seen, to trace changes.
     pub last_role: Option<(RoleKind, Generation)>,
-    /// The host's disk, shared with its machine so faults can be armed.
-    pub disk: Option<Rc<RefCell<FaultyStore<MemStore>>>>,
+    /// The host's disk, shared with its machine so faults can be armed;
+    /// it survives the host's crashes.
+    pub disk: Option<Rc<RefCell<HostDisk>>>,
+    /// The checkpoint the disk durably holds, as the driver last said.
+    pub disk_checkpoint: Option<CheckpointId>,
     next_claim_ns: u64,
 }
 
@@ -179,10 +187,28 @@ impl World {
                 )
             })
             .collect();
+        // The disks exist before the hosts boot (a fault may be armed at
+        // time 0) and outlive their crashes.
+        let disk = |index: u64| {
+            let faulty = FaultyStore::new(MemStore::new(DISK_BLOCKS), spec.seed ^ (0xD15C + index));
+            let disk = IntegrityStore::format(faulty, spec.disk_verify)
+                .expect("a new store in memory reads");
+            Some(Rc::new(RefCell::new(disk)))
+        };
+        let hosts = [
+            HostSlot {
+                disk: disk(0),
+                ..HostSlot::default()
+            },
+            HostSlot {
+                disk: disk(1),
+                ..HostSlot::default()
+            },
+        ];
         World {
             rng: SplitMix64::new(spec.seed ^ 0x51_4D_4C_49_4E_4B),
             spec,
-            hosts: [HostSlot::default(), HostSlot::default()],
+            hosts,
             witness: WitnessSlot { host: None, grant },
             clients,
             switch_owner: None,
@@ -220,11 +246,12 @@ impl World {
             quantum: Quantum::default(),
             counting: Counting::Slices,
         };
-        let disk = Rc::new(RefCell::new(FaultyStore::new(
-            MemStore::new(DISK_BLOCKS),
-            self.spec.seed ^ (0xD15C + index as u64),
-        )));
-        self.hosts[index].disk = Some(Rc::clone(&disk));
+        let disk = Rc::clone(
+            self.hosts[index]
+                .disk
+                .as_ref()
+                .expect("made with the world"),
+        );
         let store = Box::new(SharedDisk(disk));
         emulated_machine(shape, &image, config, store).map_err(|e| HostError::Machine(e.into()))
     }
@@ -246,16 +273,68 @@ impl World {
         config
     }
 
-    /// Host `index` starts (first boot) or restarts (empty, rejoining).
+    /// Host `index` dies: its driver is gone; its disk stays, losing what
+    /// the disk's faults make a crash lose.
+    pub fn crash_host(&mut self, index: usize, now_ns: u64) {
+        self.hosts[index].host = None;
+        let Some(disk) = self.hosts[index].disk.clone() else {
+            return;
+        };
+        let lost = disk.borrow_mut().inner_mut().crash();
+        match lost {
+            Ok(blocks) if blocks.is_empty() => {}
+            Ok(blocks) => self.trace.record(now_ns, HOST_NAMES[index], || {
+                format!("crash lost unsynced writes to blocks {blocks:?}")
+            }),
+            Err(e) => self.trace.record(now_ns, HOST_NAMES[index], || {
+                format!("crash: disk failed reverting writes: {e}")
+            }),
+        }
+    }
+
+    /// What a restarting host's disk may claim: the checkpoint it durably
+    /// holds, if a scrub finds every block whole (a block that fails its
+    /// checksum, torn or lost by the crash, makes the primary copy it all).
+    fn disk_claim(&mut self, index: usize, now: Time) -> Option<CheckpointId> {
+        let claim = self.hosts[index].disk_checkpoint?;
+        let disk = self.hosts[index].disk.clone()?;
+        let mut disk = disk.borrow_mut();
+        let scrubbed = disk.scrub();
+        // The scrub runs before the host is back: its disk time is not
+        // charged to the guest.
+        disk.take_busy_ns();
+        let name = HOST_NAMES[index];
+        match scrubbed {
+            Ok(bad) if bad.is_empty() => {
+                self.trace
+                    .record(now.0, name, || format!("scrub clean, disk holds {claim:?}"));
+                Some(claim)
+            }
+            Ok(bad) => {
+                self.trace.record(now.0, name, || {
+                    format!("scrub found bad blocks {bad:?}: disk claims nothing")
+                });
+                None
+            }
+            Err(e) => {
+                self.trace.record(now.0, name, || {
+                    format!("scrub failed ({e}): disk claims nothing")
+                });
+                None
+            }
+        }
+    }
+
+    /// Host `index` starts (first boot) or restarts (empty, rejoining with
+    /// the disk it had).
     pub fn boot_host(&mut self, index: usize, now: Time) {
         let g1 = Generation(1);
-        let slot = &self.hosts[index];
-        let start = match (slot.booted, index) {
+        let start = match (self.hosts[index].booted, index) {
             (false, 0) => Start::Primary { generation: g1 },
             (false, _) => Start::Backup { generation: g1 },
             (true, _) => Start::Restart {
-                generation: slot.persisted,
-                disk: None,
+                generation: self.hosts[index].persisted,
+                disk: self.disk_claim(index, now),
             },
         };
         let built = self.machine(index).and_then(|m| {
@@ -396,10 +475,10 @@ impl World {
                 format!("role {:?} {}", role.0, role.1)
             });
         }
-        self.hosts[index].persisted = self.hosts[index]
-            .host
-            .as_ref()
-            .map_or(Generation(0), |h| h.persisted_generation());
+        if let Some(host) = self.hosts[index].host.as_ref() {
+            self.hosts[index].persisted = host.persisted_generation();
+            self.hosts[index].disk_checkpoint = host.disk_checkpoint();
+        }
     }
 
     /// What host `index` sends now, as (host name, port, bytes); frames
@@ -417,7 +496,7 @@ impl World {
         let generation = host.node().generation();
         let running_primary = host.role() == RoleKind::Primary && host.is_running();
         let mut transmits = Vec::new();
-        while let Some(t) = host.poll_transmit() {
+        while let Some(t) = host.poll_transmit(now) {
             transmits.push(t);
         }
         if nic_down {

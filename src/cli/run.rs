@@ -158,7 +158,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let skipped_runs: u64 = skipped.values().sum();
     if skipped_runs > 0 {
         println!(
-            "{skipped_runs} runs skipped: their fault kinds are not injectable yet (see above)"
+            "{skipped_runs} runs skipped: their faults cannot strike their targets here (see above)"
         );
     }
     Ok(if summary.all_passed() {

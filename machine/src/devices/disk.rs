@@ -17,6 +17,10 @@ pub enum StoreError {
     /// The store failed the I/O.
     #[error("I/O error: {0}")]
     Io(String),
+    /// The block's contents do not match its checksum, however often it
+    /// was read (or written back).
+    #[error("block {0} is corrupt (checksum mismatch)")]
+    Corrupt(u64),
 }
 
 /// Where the disk's blocks live: memory in tests, a file or a simulated
@@ -26,8 +30,20 @@ pub trait BlockStore: std::fmt::Debug {
     fn block_count(&self) -> u64;
     /// Reads one block.
     fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError>;
-    /// Writes one block.
+    /// Writes one block. It may sit in a volatile cache until
+    /// [`flush`](Self::flush).
     fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError>;
+    /// Makes every write so far durable (fsync): a crash after this loses
+    /// none of them.
+    fn flush(&mut self) -> Result<(), StoreError> {
+        Ok(())
+    }
+    /// Time the store's I/O took since the last call, in simulated
+    /// nanoseconds, for an engine that models time to charge it to the
+    /// vCPU or host that waited. A store whose I/O takes real time says 0.
+    fn take_busy_ns(&mut self) -> u64 {
+        0
+    }
 }
 
 /// A block store in memory.
@@ -104,6 +120,9 @@ pub struct Disk {
     /// Commands the store failed, since this disk was made or restored (a
     /// host-side count for the driver, not device state).
     errors: u64,
+    /// Per vCPU: store time its commands took, not yet charged to it
+    /// (host-side, not guest state: no checkpoint carries it).
+    busy_ns: Vec<u64>,
 }
 
 impl Disk {
@@ -119,6 +138,7 @@ impl Disk {
             channels: vec![channel; usize::from(vcpus)],
             written: BTreeSet::new(),
             errors: 0,
+            busy_ns: vec![0; usize::from(vcpus)],
         }
     }
 
@@ -129,8 +149,19 @@ impl Disk {
     }
 
     /// Takes the numbers of the blocks written since the last call.
+    /// The blocks written since the last checkpoint.
+    pub fn written(&self) -> &BTreeSet<u64> {
+        &self.written
+    }
+
     pub fn take_written(&mut self) -> BTreeSet<u64> {
         std::mem::take(&mut self.written)
+    }
+
+    /// Takes the store time `vcpu`'s commands took since the last call:
+    /// an engine that models time keeps the vCPU waiting that long.
+    pub fn take_busy_ns(&mut self, vcpu: usize) -> u64 {
+        self.busy_ns.get_mut(vcpu).map_or(0, std::mem::take)
     }
 
     pub(crate) fn select(&mut self, vcpu: usize, block: u32) {
@@ -177,6 +208,8 @@ impl Disk {
             }
             other => Err(StoreError::Io(format!("unknown command {other}"))),
         };
+        let busy = store.take_busy_ns();
+        self.busy_ns[vcpu] = self.busy_ns[vcpu].saturating_add(busy);
         channel.status = match result {
             Ok(()) => DiskStatus::Ok,
             Err(_) => {

@@ -27,10 +27,12 @@
 pub mod bus;
 pub mod console;
 pub mod disk;
+pub mod integrity;
 pub mod nic;
 
 pub use bus::{DeviceBus, IoContext};
 pub use disk::{BlockStore, MemStore, StoreError, BLOCK_BYTES};
+pub use integrity::{IntegrityStats, IntegrityStore, Verify};
 pub use nic::{Packet, PACKET_BYTES_MAX};
 
 /// Console output port.

@@ -21,10 +21,10 @@ use machine::{
 };
 use outputs::Outputs;
 use protocol::{
-    Action, BlockIndex, Capture, Codec, Config, ConfigError, Envelope, Generation, Node, NodeId,
-    Protection, RoleKind, Start, Time,
+    Action, BlockIndex, Capture, CheckpointId, Codec, Config, ConfigError, DiskCopy, Envelope,
+    Generation, Node, NodeId, Protection, RoleKind, Start, Time,
 };
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 
 /// Something the host sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,6 +91,14 @@ pub struct HostStats {
     pub applied: u64,
     /// Pages of each shipped delta, the most recent `DELTA_PAGES_KEPT`.
     pub delta_pages: Vec<u64>,
+    /// Disk blocks in copy rounds sent to joiners.
+    pub copied_blocks: u64,
+    /// Copy sessions whose first round carried only the blocks the
+    /// joiner's disk lacked.
+    pub block_resyncs: u64,
+    /// Simulated time the host waited on its disk outside guest commands
+    /// (captures, applies), in ns.
+    pub disk_wait_ns: u64,
 }
 
 /// Per-delta page counts kept in [`HostStats::delta_pages`].
@@ -116,13 +124,22 @@ pub struct VmHost<E: Engine> {
     paused: bool,
     outputs: Outputs,
     copy: Option<CopyStream>,
-    transmits: VecDeque<Transmit>,
+    /// What to send, each not before its time (an ack waits for the disk
+    /// writes of what it acknowledges).
+    transmits: VecDeque<(Time, Transmit)>,
     last_run: Time,
     /// The disk's error count already seen.
     disk_errors_seen: u64,
     /// The engine's dirty-fault counter at the last capture.
     dirty_mark: u64,
     persisted: Generation,
+    /// The checkpoint the local disk durably holds, if it holds one whole:
+    /// what a restart claims in its `Join`.
+    disk_checkpoint: Option<CheckpointId>,
+    /// The guest does not run before this (the host waits on its disk).
+    guest_held_until: Time,
+    /// The disk is busy with the standby's writes until then.
+    disk_free_at: Time,
     broken: Option<String>,
     stats: HostStats,
 }
@@ -139,14 +156,19 @@ impl<E: Engine> VmHost<E> {
         now: Time,
     ) -> Result<VmHost<E>, HostError> {
         let node = Node::new(config, codec, start, now)?;
-        let guest = match start {
-            Start::Primary { .. } => Guest::Running,
-            Start::Backup { .. } => Guest::Standby,
-            Start::Restart { .. } => Guest::Stopped,
+        let (guest, disk_checkpoint) = match start {
+            Start::Primary { .. } => (Guest::Running, None),
+            // A backup boots from the same image as the primary: its disk
+            // is the boot checkpoint.
+            Start::Backup { .. } => (Guest::Standby, node.applied()),
+            Start::Restart { disk, .. } => (Guest::Stopped, disk),
         };
         let dirty_mark = machine.engine().stats().dirty_faults;
         let mut host = VmHost {
             persisted: node.generation(),
+            disk_checkpoint,
+            guest_held_until: now,
+            disk_free_at: now,
             node,
             machine,
             guest,
@@ -180,6 +202,13 @@ impl<E: Engine> VmHost<E> {
         self.persisted
     }
 
+    /// The checkpoint the local disk durably holds (flushed), if it holds
+    /// one whole: a restart with this disk may claim it. `None` once the
+    /// disk is written past it (a running guest, a copy under way).
+    pub fn disk_checkpoint(&self) -> Option<CheckpointId> {
+        self.disk_checkpoint
+    }
+
     /// Counters.
     pub fn stats(&self) -> &HostStats {
         &self.stats
@@ -195,14 +224,23 @@ impl<E: Engine> VmHost<E> {
         self.guest == Guest::Running
     }
 
-    /// The next thing to send.
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
+    /// The next thing to send at `now`: the oldest that is due (an ack
+    /// whose disk writes are still under way waits; a later heartbeat
+    /// does not wait for it).
+    pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
+        let due = self.transmits.iter().position(|(at, _)| *at <= now)?;
+        self.transmits.remove(due).map(|(_, t)| t)
     }
 
-    /// When to call [`VmHost::advance`] next, at the latest.
+    /// When to call [`VmHost::advance`] next, at the latest (and so to
+    /// poll what became due).
     pub fn next_deadline(&self) -> Time {
-        self.node.poll_timeout()
+        let timeout = self.node.poll_timeout();
+        self.transmits
+            .iter()
+            .map(|(at, _)| *at)
+            .filter(|at| *at > self.last_run)
+            .fold(timeout, Time::min)
     }
 
     /// A frame arrived from another host.
@@ -233,8 +271,9 @@ impl<E: Engine> VmHost<E> {
     /// Runs the guest up to `now` and acts on every protocol deadline due.
     pub fn advance(&mut self, now: Time) -> Result<(), HostError> {
         assert!(now >= self.last_run, "time does not go backwards");
-        if self.guest == Guest::Running && !self.paused && now > self.last_run {
-            let budget = now.0 - self.last_run.0;
+        let from = self.last_run.max(self.guest_held_until);
+        if self.guest == Guest::Running && !self.paused && now > from {
+            let budget = now.0 - from.0;
             self.machine.run(Instructions(budget))?;
             self.stats.guest_ns += budget;
             let errors = self.machine.bus().disk.errors();
@@ -243,7 +282,7 @@ impl<E: Engine> VmHost<E> {
                     "{errors} failed disk commands"
                 )));
             }
-            self.collect_outputs();
+            self.collect_outputs(now);
             let dirty = self.machine.engine().stats().dirty_faults - self.dirty_mark;
             self.node.handle_dirty_pages(now, dirty);
         }
@@ -254,22 +293,35 @@ impl<E: Engine> VmHost<E> {
         self.carry_out(now)
     }
 
-    fn collect_outputs(&mut self) {
+    fn collect_outputs(&mut self, now: Time) {
         let epoch = self.node.epoch().expect("a running guest is on a primary");
         let packets = self.machine.bus().nic.take_tx();
         let (transmits, stats) = (&mut self.transmits, &mut self.stats);
         for packet in packets {
             self.outputs.push(epoch, packet, &mut |p| {
                 stats.outputs_released += 1;
-                transmits.push_back(Transmit::Output(p));
+                transmits.push_back((now, Transmit::Output(p)));
             });
         }
     }
 
     /// Carries out every action the protocol has for us, in order.
     fn carry_out(&mut self, now: Time) -> Result<(), HostError> {
+        let (mut applied, queued) = (false, self.transmits.len());
         while let Some(action) = self.node.poll_action() {
+            applied |= matches!(action, Action::ApplyDelta { .. } | Action::ApplyCopy { .. });
             self.act(now, action)?;
+        }
+        if applied {
+            let busy = self.settle_disk()?;
+            if busy > 0 {
+                // The disk takes the writes one after the other; what this
+                // step sends (its acks) leaves when they are done.
+                self.disk_free_at = self.disk_free_at.max(now).add_ns(busy);
+                for (at, _) in self.transmits.iter_mut().skip(queued) {
+                    *at = self.disk_free_at;
+                }
+            }
         }
         if self.copy.is_some() && self.node.protection() != Some(Protection::Resyncing) {
             self.copy = None; // the copy session was abandoned
@@ -286,7 +338,8 @@ impl<E: Engine> VmHost<E> {
                     msg,
                 };
                 let bytes = self.node.codec().encode(&envelope);
-                self.transmits.push_back(Transmit::Frame { to, bytes });
+                self.transmits
+                    .push_back((now, Transmit::Frame { to, bytes }));
             }
             Action::PauseGuest => self.paused = true,
             Action::ResumeGuest => self.paused = false,
@@ -302,30 +355,52 @@ impl<E: Engine> VmHost<E> {
                 }
                 self.node.handle_delta_captured(now, epoch, capture);
             }
-            Action::CaptureCopy { round, last, .. } => {
-                // Round 0 copies everything (memory and the whole disk: the
-                // simulator's disks are small; a block-level resync is the
-                // protocol's `DiskCopy::Blocks`, not used by this driver yet).
-                let kind = if round == 0 { Kind::Full } else { Kind::Delta };
-                let checkpoint = self.capture(kind)?;
+            Action::CaptureCopy { round, disk, last } => {
+                // Round 0 copies all memory and the disk the joiner lacks:
+                // all of it, or the blocks written since the checkpoint its
+                // disk holds.
+                let written: Vec<BlockIndex> = self
+                    .machine
+                    .bus()
+                    .disk
+                    .written()
+                    .iter()
+                    .map(|b| BlockIndex(*b))
+                    .collect();
+                let checkpoint = match (round, disk) {
+                    (0, DiskCopy::Full) => self.capture(Kind::Full)?,
+                    (0, DiskCopy::Blocks(blocks)) => {
+                        self.stats.block_resyncs += 1;
+                        let blocks: BTreeSet<u64> = blocks.iter().map(|b| b.0).collect();
+                        let checkpoint = self.machine.checkpoint_with_blocks(&blocks)?;
+                        self.captured(checkpoint)
+                    }
+                    _ => self.capture(Kind::Delta)?,
+                };
                 let copy = self.copy.get_or_insert_with(CopyStream::default);
                 copy.absorb(checkpoint);
                 let round_checkpoint = copy.take_round().expect("absorbed just now");
-                let capture = describe(&round_checkpoint, true);
+                let mut capture = describe(&round_checkpoint, true);
+                self.stats.copied_blocks += capture.disk_blocks.len() as u64;
+                capture.disk_blocks = written;
                 self.stats.shipped_bytes += capture.bytes.len() as u64;
                 if last {
                     self.copy = None;
                 }
                 self.node.handle_copy_captured(now, round, capture);
             }
-            Action::ApplyDelta { delta: bytes, .. } | Action::ApplyCopy { copy: bytes, .. } => {
+            Action::ApplyDelta { delta: bytes, .. } => self.apply(&bytes)?,
+            Action::ApplyCopy { copy: bytes, .. } => {
+                // The copy overwrites the disk: whatever checkpoint it held
+                // is gone until the copy completes.
+                self.disk_checkpoint = None;
                 self.apply(&bytes)?;
             }
             Action::ReleaseOutput { upto } => {
                 let (transmits, stats) = (&mut self.transmits, &mut self.stats);
                 self.outputs.release(upto, &mut |p| {
                     stats.outputs_released += 1;
-                    transmits.push_back(Transmit::Output(p));
+                    transmits.push_back((now, Transmit::Output(p)));
                 });
             }
             Action::RestoreAndResume { checkpoint } => {
@@ -334,6 +409,8 @@ impl<E: Engine> VmHost<E> {
                 }
                 tracing::info!(node = %self.node.config().me, ?checkpoint, "resuming the standby image");
                 self.end_term();
+                // The guest writes past the checkpoint from now on.
+                self.disk_checkpoint = None;
                 self.guest = Guest::Running;
                 self.paused = false;
                 self.last_run = now;
@@ -342,6 +419,7 @@ impl<E: Engine> VmHost<E> {
             }
             Action::StopGuest => {
                 self.end_term();
+                self.disk_checkpoint = None;
                 self.guest = Guest::Stopped;
             }
             Action::PersistGeneration(generation) => self.persisted = generation,
@@ -352,10 +430,40 @@ impl<E: Engine> VmHost<E> {
 
     fn capture(&mut self, kind: Kind) -> Result<Checkpoint, HostError> {
         let checkpoint = self.machine.checkpoint(kind)?;
+        Ok(self.captured(checkpoint))
+    }
+
+    /// Bookkeeping after a capture. The guest is paused for it, and stays
+    /// paused while the disk reads it needed take their (simulated) time.
+    fn captured(&mut self, checkpoint: Checkpoint) -> Checkpoint {
         self.dirty_mark = self.machine.engine().stats().dirty_faults;
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
-        Ok(checkpoint)
+        let busy = self.machine.bus().store().take_busy_ns();
+        if busy > 0 {
+            self.stats.disk_wait_ns += busy;
+            let from = self.last_run.max(self.guest_held_until);
+            self.guest_held_until = from.add_ns(busy);
+        }
+        checkpoint
+    }
+
+    /// After deltas or copy rounds were applied: the standby's writes are
+    /// flushed, then (a backup) the disk durably holds the checkpoint the
+    /// node applied. Returns the disk time the writes took.
+    fn settle_disk(&mut self) -> Result<u64, HostError> {
+        self.machine
+            .bus()
+            .store()
+            .flush()
+            .map_err(|e| HostError::DiskFailed(e.to_string()))?;
+        let busy = self.machine.bus().store().take_busy_ns();
+        self.stats.disk_wait_ns += busy;
+        self.disk_checkpoint = match (self.node.role(), &self.broken) {
+            (RoleKind::Backup, None) => self.node.applied(),
+            _ => None,
+        };
+        Ok(busy)
     }
 
     /// A complete delta or copy round from the primary, onto the standby.

@@ -36,10 +36,13 @@ impl Node {
             return;
         };
         let is_final = p.phase == Phase::CapturingFinal;
+        // Every capture, a round's too, takes the blocks written since the
+        // last one: the history must hold them, or a later joiner whose disk
+        // is older than this copy would not be sent them.
+        p.history.record(p.epoch, &capture.disk_blocks);
         let Pairing::Copying(copy) = &mut p.pairing else {
             // The joiner was lost meanwhile; the final capture still ends the epoch.
             if is_final {
-                p.history.record(p.epoch, &capture.disk_blocks);
                 p.lineage.extend(generation, p.epoch);
                 self.open_next_epoch();
             }
@@ -57,7 +60,6 @@ impl Node {
                 generation,
                 epoch: p.epoch,
             };
-            p.history.record(p.epoch, &capture.disk_blocks);
             p.lineage.extend(generation, p.epoch);
             copy.base = Some(base);
         } else {
@@ -163,6 +165,14 @@ impl Node {
                 };
                 self.peer_heard = self.now;
                 self.start_copy(disk);
+            }
+            Pairing::Copying(copy) | Pairing::Catching(copy) if copy.session == p.epoch => {
+                // A session is named by the epoch it began in, so a second
+                // one in that epoch would share its name and the joiner
+                // would mix their rounds. A Join now is a duplicate of the
+                // one that began it; a joiner that really restarted sends
+                // its Join again later and is answered then.
+                self.stats.dropped_duplicate += 1;
             }
             Pairing::Copying(_) | Pairing::Catching(_) => {
                 // The joiner restarted mid-copy: begin again.
