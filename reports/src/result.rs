@@ -150,6 +150,33 @@ pub struct RunResult {
     /// failure the system survives): not judged for liveness or state.
     #[serde(default)]
     pub vm_lost: bool,
+    /// Disk faults injected in the run and what caught them.
+    #[serde(default)]
+    pub disk: DiskFigures,
+}
+
+/// Disk faults injected in a run, and what the hosts did about them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DiskFigures {
+    /// Injected: torn writes, writes a crash lost, reads with a flipped
+    /// bit, I/Os failed.
+    pub injected: u64,
+    /// Caught: reads read again and writes written again after a checksum
+    /// mismatch.
+    pub repaired: u64,
+    /// Blocks given up on as corrupt (the host stops, fail-stop).
+    pub corrupt: u64,
+    /// Copy sessions that sent a restarted host only the blocks it lacked.
+    pub block_resyncs: u64,
+}
+
+impl std::ops::AddAssign for DiskFigures {
+    fn add_assign(&mut self, other: DiskFigures) {
+        self.injected += other.injected;
+        self.repaired += other.repaired;
+        self.corrupt += other.corrupt;
+        self.block_resyncs += other.block_resyncs;
+    }
 }
 
 /// The one-line command that replays a run.

@@ -25,6 +25,8 @@ pub struct Summary {
     pub violations: [u64; 5],
     /// Runs whose faults left no host with the VM's state.
     pub vm_lost: u64,
+    /// Disk faults of all runs together.
+    pub disk: crate::DiskFigures,
     /// Replay commands of the failed runs, in scenario and seed order.
     pub replays: Vec<String>,
 }
@@ -56,6 +58,12 @@ impl Summary {
             sim_to_wall: sim_ms as f64 / wall_ms.max(1) as f64,
             violations,
             vm_lost: results.iter().filter(|r| r.vm_lost).count() as u64,
+            disk: results
+                .iter()
+                .fold(crate::DiskFigures::default(), |mut sum, r| {
+                    sum += r.disk;
+                    sum
+                }),
             replays,
         }
     }
@@ -92,6 +100,13 @@ impl fmt::Display for Summary {
                 f,
                 "{} runs lost the VM to more than one host failure (judged for replies and releases only)",
                 self.vm_lost
+            )?;
+        }
+        if self.disk.injected > 0 {
+            writeln!(
+                f,
+                "disk faults: {} injected, {} repaired by checksum, {} blocks given up as corrupt; {} block-level resyncs",
+                self.disk.injected, self.disk.repaired, self.disk.corrupt, self.disk.block_resyncs
             )?;
         }
         for replay in &self.replays {

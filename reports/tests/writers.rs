@@ -28,6 +28,7 @@ fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
         requests_sent: 80,
         replies_received: 80,
         vm_lost: false,
+        disk: reports::DiskFigures::default(),
     }
 }
 
@@ -175,7 +176,22 @@ fn summary_counts_rates_and_replays() {
         text.contains("1 violations of oracle 2 (one-releaser)\n"),
         "{text}"
     );
+    assert!(!text.contains("disk faults"), "no disk faults, no line");
     assert!(Summary::of(&[], 0).to_string().starts_with("0 runs"));
+    let mut with_disk = sample();
+    for (k, r) in with_disk.iter_mut().enumerate().take(2) {
+        r.disk = reports::DiskFigures {
+            injected: 3 + k as u64,
+            repaired: 2,
+            corrupt: 0,
+            block_resyncs: 1,
+        };
+    }
+    let text = Summary::of(&with_disk, 30_000).to_string();
+    assert!(
+        text.contains("disk faults: 7 injected, 4 repaired by checksum, 0 blocks given up as corrupt; 2 block-level resyncs\n"),
+        "{text}"
+    );
 }
 
 #[test]

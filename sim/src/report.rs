@@ -30,6 +30,7 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
         .map(|pages| PAUSE_FIXED_NS + pages * PAUSE_PER_PAGE_NS)
         .collect();
     pauses.sort_unstable();
+    let d = outcome.disk;
     RunResult {
         scenario: outcome.scenario.clone(),
         seed: outcome.seed,
@@ -56,5 +57,11 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
         requests_sent: outcome.requests_sent,
         replies_received: outcome.replies_received,
         vm_lost: outcome.vm_lost.is_some(),
+        disk: reports::DiskFigures {
+            injected: d.eio + d.torn_writes + d.lost_writes + d.corrupted_reads,
+            repaired: d.read_retries + d.write_retries,
+            corrupt: d.corrupt,
+            block_resyncs: d.block_resyncs,
+        },
     }
 }
