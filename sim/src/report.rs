@@ -5,7 +5,8 @@ use reports::{Oracle, RunResult, TraceHash};
 
 /// Guest pause per captured page, modelled: the emulated engine's capture
 /// takes no simulated time, so pause figures are modelled from the pages a
-/// delta carries (a fixed cost plus a copy per page, as measured on KVM).
+/// delta carries (a fixed cost plus a copy per page, as measured on KVM),
+/// plus the simulated time the capture's disk reads took.
 pub const PAUSE_FIXED_NS: u64 = 20_000;
 /// See [`PAUSE_FIXED_NS`].
 pub const PAUSE_PER_PAGE_NS: u64 = 400;
@@ -27,7 +28,8 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
     let mut pauses: Vec<u64> = outcome
         .capture_pages
         .iter()
-        .map(|pages| PAUSE_FIXED_NS + pages * PAUSE_PER_PAGE_NS)
+        .zip(&outcome.capture_disk_ns)
+        .map(|(pages, disk_ns)| PAUSE_FIXED_NS + pages * PAUSE_PER_PAGE_NS + disk_ns)
         .collect();
     pauses.sort_unstable();
     let d = outcome.disk;

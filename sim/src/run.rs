@@ -49,6 +49,9 @@ pub struct RunOutcome {
     pub vm_lost: Option<String>,
     /// Pages per captured delta, by count (for pause figures).
     pub capture_pages: Vec<u64>,
+    /// Disk time each of those captures took (simulated ns), in the same
+    /// order.
+    pub capture_disk_ns: Vec<u64>,
     /// On a violation: each vCPU of each live VM host, disassembled at rip.
     pub listings: Vec<String>,
     /// What the disks went through, both hosts together.
@@ -164,12 +167,13 @@ pub fn run(spec: &RunSpec, keep_trace: bool) -> RunOutcome {
 fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64) -> RunOutcome {
     let hosts = world.hosts.iter().filter_map(|h| h.host.as_ref());
     let (mut epochs, mut shipped) = (0, 0);
-    let mut capture_pages = Vec::new();
+    let (mut capture_pages, mut capture_disk_ns) = (Vec::new(), Vec::new());
     let mut disk = DiskCounts::default();
     for host in hosts {
         epochs += host.node().stats().epochs;
         shipped += host.stats().shipped_bytes;
         capture_pages.extend_from_slice(&host.stats().delta_pages);
+        capture_disk_ns.extend_from_slice(&host.stats().delta_disk_ns);
         disk.block_resyncs += host.stats().block_resyncs;
         disk.copied_blocks += host.stats().copied_blocks;
     }
@@ -203,6 +207,7 @@ fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64
         requests_sent: world.clients.iter().map(|c| c.sent).sum(),
         replies_received: world.clients.iter().map(|c| c.replies.len() as u64).sum(),
         capture_pages,
+        capture_disk_ns,
         listings: Vec::new(),
         vm_lost: world.vm_lost.clone(),
         disk,

@@ -139,3 +139,28 @@ fn a_primary_crash_loses_its_unsynced_writes_and_no_acknowledged_transfer() {
         );
     }
 }
+
+#[test]
+fn a_slow_primary_disk_lengthens_its_pauses_and_loses_nothing() {
+    let slow = |ms| Event::Disk {
+        host: HostRef::Primary,
+        fault: DiskFault::Latency { ms },
+    };
+    let spec = with_events(
+        "slow-disk-primary",
+        1,
+        vec![(100, slow(2)), (500, Event::DiskHeal(HostRef::LastStruck))],
+    );
+    let outcome = run(&spec, false);
+    assert!(outcome.passed(), "{:#?}", outcome.violations);
+    assert_eq!(outcome.replies_received, 300);
+    assert_eq!(outcome.capture_disk_ns.len(), outcome.capture_pages.len());
+    let waited = outcome.capture_disk_ns.iter().filter(|ns| **ns > 0).count();
+    assert!(waited > 10, "captures that read blocks waited: {waited}");
+    assert!(
+        outcome.capture_disk_ns.iter().all(|ns| ns % 2_000_000 == 0),
+        "whole reads of 2 ms each"
+    );
+    let fast = run(&with_events("baseline", 1, Vec::new()), false);
+    assert!(fast.capture_disk_ns.iter().all(|ns| *ns == 0));
+}

@@ -91,6 +91,9 @@ pub struct HostStats {
     pub applied: u64,
     /// Pages of each shipped delta, the most recent `DELTA_PAGES_KEPT`.
     pub delta_pages: Vec<u64>,
+    /// Disk time (simulated ns) each of those captures held the guest
+    /// paused for, beside its pages.
+    pub delta_disk_ns: Vec<u64>,
     /// Disk blocks in copy rounds sent to joiners.
     pub copied_blocks: u64,
     /// Copy sessions whose first round carried only the blocks the
@@ -138,6 +141,8 @@ pub struct VmHost<E: Engine> {
     disk_checkpoint: Option<CheckpointId>,
     /// The guest does not run before this (the host waits on its disk).
     guest_held_until: Time,
+    /// Disk time the last capture took.
+    last_capture_disk_ns: u64,
     /// The disk is busy with the standby's writes until then.
     disk_free_at: Time,
     broken: Option<String>,
@@ -168,6 +173,7 @@ impl<E: Engine> VmHost<E> {
             persisted: node.generation(),
             disk_checkpoint,
             guest_held_until: now,
+            last_capture_disk_ns: 0,
             disk_free_at: now,
             node,
             machine,
@@ -349,6 +355,7 @@ impl<E: Engine> VmHost<E> {
                 self.stats.shipped_bytes += capture.bytes.len() as u64;
                 if ship && self.stats.delta_pages.len() < DELTA_PAGES_KEPT {
                     self.stats.delta_pages.push(capture.pages);
+                    self.stats.delta_disk_ns.push(self.last_capture_disk_ns);
                 }
                 if let Some(copy) = &mut self.copy {
                     copy.absorb(checkpoint);
@@ -440,6 +447,7 @@ impl<E: Engine> VmHost<E> {
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
         let busy = self.machine.bus().store().take_busy_ns();
+        self.last_capture_disk_ns = busy;
         if busy > 0 {
             self.stats.disk_wait_ns += busy;
             let from = self.last_run.max(self.guest_held_until);
