@@ -148,12 +148,12 @@ impl Disk {
         self.errors
     }
 
-    /// Takes the numbers of the blocks written since the last call.
     /// The blocks written since the last checkpoint.
     pub fn written(&self) -> &BTreeSet<u64> {
         &self.written
     }
 
+    /// Takes the numbers of the blocks written since the last call.
     pub fn take_written(&mut self) -> BTreeSet<u64> {
         std::mem::take(&mut self.written)
     }

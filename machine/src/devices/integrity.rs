@@ -118,10 +118,11 @@ impl<S: BlockStore> IntegrityStore<S> {
         Ok(false)
     }
 
-    fn sum_of(&self, block: u64) -> Result<u32, StoreError> {
+    /// Where `block`'s checksum is kept, if the store has that block.
+    fn index_of(&self, block: u64) -> Result<usize, StoreError> {
         usize::try_from(block)
             .ok()
-            .and_then(|i| self.sums.get(i).copied())
+            .filter(|&i| i < self.sums.len())
             .ok_or(StoreError::OutOfRange(block))
     }
 }
@@ -132,7 +133,7 @@ impl<S: BlockStore> BlockStore for IntegrityStore<S> {
     }
 
     fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError> {
-        let sum = self.sum_of(block)?;
+        let sum = self.sums[self.index_of(block)?];
         if self.verify == Verify::Off {
             return self.inner.read_block(block, buf);
         }
@@ -144,10 +145,7 @@ impl<S: BlockStore> BlockStore for IntegrityStore<S> {
     }
 
     fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
-        let index = usize::try_from(block)
-            .ok()
-            .filter(|&i| i < self.sums.len())
-            .ok_or(StoreError::OutOfRange(block))?;
+        let index = self.index_of(block)?;
         // The new sum first: a write that lands torn or not at all no
         // longer matches, whatever happens next.
         let sum = crc32c::crc32c(buf);

@@ -141,8 +141,6 @@ pub struct VmHost<E: Engine> {
     disk_checkpoint: Option<CheckpointId>,
     /// The guest does not run before this (the host waits on its disk).
     guest_held_until: Time,
-    /// Disk time the last capture took.
-    last_capture_disk_ns: u64,
     /// The disk is busy with the standby's writes until then.
     disk_free_at: Time,
     broken: Option<String>,
@@ -173,7 +171,6 @@ impl<E: Engine> VmHost<E> {
             persisted: node.generation(),
             disk_checkpoint,
             guest_held_until: now,
-            last_capture_disk_ns: 0,
             disk_free_at: now,
             node,
             machine,
@@ -350,12 +347,12 @@ impl<E: Engine> VmHost<E> {
             Action::PauseGuest => self.paused = true,
             Action::ResumeGuest => self.paused = false,
             Action::CaptureDelta { epoch, ship } => {
-                let checkpoint = self.capture(Kind::Delta)?;
+                let (checkpoint, disk_ns) = self.capture(Kind::Delta)?;
                 let capture = describe(&checkpoint, ship);
                 self.stats.shipped_bytes += capture.bytes.len() as u64;
                 if ship && self.stats.delta_pages.len() < DELTA_PAGES_KEPT {
                     self.stats.delta_pages.push(capture.pages);
-                    self.stats.delta_disk_ns.push(self.last_capture_disk_ns);
+                    self.stats.delta_disk_ns.push(disk_ns);
                 }
                 if let Some(copy) = &mut self.copy {
                     copy.absorb(checkpoint);
@@ -374,7 +371,7 @@ impl<E: Engine> VmHost<E> {
                     .iter()
                     .map(|b| BlockIndex(*b))
                     .collect();
-                let checkpoint = match (round, disk) {
+                let (checkpoint, _) = match (round, disk) {
                     (0, DiskCopy::Full) => self.capture(Kind::Full)?,
                     (0, DiskCopy::Blocks(blocks)) => {
                         self.stats.block_resyncs += 1;
@@ -435,25 +432,26 @@ impl<E: Engine> VmHost<E> {
         Ok(())
     }
 
-    fn capture(&mut self, kind: Kind) -> Result<Checkpoint, HostError> {
+    /// A checkpoint of `kind`, and the disk time (simulated ns) it took.
+    fn capture(&mut self, kind: Kind) -> Result<(Checkpoint, u64), HostError> {
         let checkpoint = self.machine.checkpoint(kind)?;
         Ok(self.captured(checkpoint))
     }
 
     /// Bookkeeping after a capture. The guest is paused for it, and stays
-    /// paused while the disk reads it needed take their (simulated) time.
-    fn captured(&mut self, checkpoint: Checkpoint) -> Checkpoint {
+    /// paused while the disk reads it needed take their (simulated) time,
+    /// which is returned beside the checkpoint.
+    fn captured(&mut self, checkpoint: Checkpoint) -> (Checkpoint, u64) {
         self.dirty_mark = self.machine.engine().stats().dirty_faults;
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
         let busy = self.machine.bus().store().take_busy_ns();
-        self.last_capture_disk_ns = busy;
         if busy > 0 {
             self.stats.disk_wait_ns += busy;
             let from = self.last_run.max(self.guest_held_until);
             self.guest_held_until = from.add_ns(busy);
         }
-        checkpoint
+        (checkpoint, busy)
     }
 
     /// After deltas or copy rounds were applied: the standby's writes are
