@@ -18,7 +18,7 @@ pub use catalogue::{
 pub use disk::{FaultyStore, Injected};
 pub use plan::{FaultPlan, PlanBounds, Swarm};
 pub use scenario::{
-    load_dir, load_scenario, load_suite, Catalogue, Level, Regression, Scenario, ScenarioError,
-    Suite,
+    field_error, load_dir, load_scenario, load_suite, parse_toml, Catalogue, FileError, Level,
+    Regression, Scenario, ScenarioError, Suite,
 };
 pub use timeline::{timeline, Phase, Step};

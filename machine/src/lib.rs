@@ -1,7 +1,8 @@
 //! The guest-visible machine of Lockstep: memory map and boot state,
 //! devices on port I/O, the checkpoint format, the guest images, and the
 //! [`Engine`] trait that the emulated (`cpu-model`) and KVM (`runtime`)
-//! engines implement. Nothing here does I/O or reads the clock.
+//! engines implement. Nothing here reads the clock; the only I/O is the
+//! file-backed guest disk (`devices::file`) a real host runs on.
 #![forbid(unsafe_code)]
 
 pub mod boot;

@@ -8,7 +8,9 @@
 #![deny(unsafe_code)]
 
 #[forbid(unsafe_code)]
+pub mod daemon;
+#[forbid(unsafe_code)]
 pub mod driver;
 pub mod kvm;
 
-pub use driver::{HostError, HostStats, Transmit, VmHost, WitnessHost};
+pub use driver::{Effect, HostError, HostStats, Pace, Transmit, VmHost, WitnessHost};

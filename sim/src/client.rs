@@ -64,6 +64,17 @@ impl Client {
         }
     }
 
+    /// Sends no new request from now on; what is outstanding is still
+    /// retried.
+    pub fn stop_new(&mut self) {
+        self.requests = self.requests.min(self.next - 1);
+    }
+
+    /// Requests sent and not answered yet.
+    pub fn outstanding(&self) -> usize {
+        self.outstanding.len()
+    }
+
     /// Which client an id belongs to.
     pub fn owner(id: u64) -> u16 {
         u16::try_from(id.saturating_sub(1) / ID_SPAN).unwrap_or(u16::MAX)

@@ -5,7 +5,10 @@
 use crate::world::{
     client_name, World, CLAIM_PORT, CLIENT_PORT, FRAME_PORT, HOST_NAMES, SERVICE_PORT,
 };
-use protocol::Time;
+use cpu_model::EmuEngine;
+use protocol::{CheckpointId, Generation, NodeId, Time};
+use runtime::daemon::{Input, Service};
+use runtime::{HostError, VmHost};
 use std::cell::RefCell;
 use std::net::{IpAddr, Ipv4Addr};
 use std::rc::Rc;
@@ -40,65 +43,139 @@ async fn sleep_until(at: Time) {
     tokio::time::sleep(Duration::from_nanos(at.0.saturating_sub(now.0).max(1))).await;
 }
 
-/// A VM host: boots (or reboots empty), then serves frames, client
-/// requests and its timers until it is crashed.
+/// A VM host: boots (or reboots empty), then runs the node daemon's body
+/// over this simulated world until it is crashed.
 pub async fn vm_host(world: Rc<RefCell<World>>, index: usize) -> turmoil::Result {
     let frames = bind(FRAME_PORT).await?;
     let service = bind(SERVICE_PORT).await?;
     world.borrow_mut().boot_host(index, now());
-    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
-    let mut buf2 = vec![0u8; DATAGRAM_BYTES_MAX];
-    let mut was_paused = false;
+    let mut seam = SimSeam {
+        world,
+        index,
+        frames,
+        service,
+        buf: vec![0u8; DATAGRAM_BYTES_MAX],
+        buf2: vec![0u8; DATAGRAM_BYTES_MAX],
+    };
+    runtime::daemon::serve(&mut seam).await;
+    // The host failed (fail-stop): its sockets stay bound and read
+    // nothing, as a dead machine's would, until the host restarts.
     loop {
-        let (paused, deadline) = {
-            let w = world.borrow();
-            let slot = &w.hosts[index];
-            let deadline = slot.host.as_ref().map(|h| h.next_deadline());
-            (slot.paused, deadline)
-        };
-        if paused {
-            was_paused = true;
-            tokio::time::sleep(Duration::from_nanos(GUEST_QUANTUM_NS)).await;
-            // A frozen host reads nothing: what arrives meanwhile is lost.
-            while frames.try_recv_from(&mut buf).is_ok() {}
-            while service.try_recv_from(&mut buf2).is_ok() {}
-            continue;
-        }
-        let t = now();
-        if was_paused {
-            was_paused = false;
-            let mut w = world.borrow_mut();
-            w.with_host(index, t, |h| {
-                h.thaw(t);
-                Ok(())
-            });
-        }
-        let wake = deadline.map_or(t.add_ns(GUEST_QUANTUM_NS), |d| {
-            d.min(t.add_ns(GUEST_QUANTUM_NS))
-        });
         tokio::select! {
-            biased;
-            received = frames.recv_from(&mut buf) => {
-                let (n, _) = received?;
-                let t = now();
-                world.borrow_mut().with_host(index, t, |h| h.handle_frame(t, &buf[..n]));
-            }
-            received = service.recv_from(&mut buf2) => {
-                let (n, _) = received?;
-                let t = now();
-                let nic_down = world.borrow().hosts[index].nic_down;
-                if !nic_down {
-                    let packet = buf2[..n].to_vec();
-                    world.borrow_mut().with_host(index, t, |h| h.handle_client_packet(t, packet));
+            r = seam.frames.recv_from(&mut seam.buf) => { r?; }
+            r = seam.service.recv_from(&mut seam.buf2) => { r?; }
+        }
+    }
+}
+
+/// The daemon's seam in the simulated world: turmoil sockets, simulated
+/// time, the world's fault tables, and the oracle's bookkeeping.
+struct SimSeam {
+    world: Rc<RefCell<World>>,
+    index: usize,
+    frames: UdpSocket,
+    service: UdpSocket,
+    /// Receive buffers of the frame and the service socket.
+    buf: Vec<u8>,
+    buf2: Vec<u8>,
+}
+
+impl SimSeam {
+    async fn send(&self, sends: Vec<(String, u16, Vec<u8>)>) {
+        send_all(&self.frames, sends).await;
+    }
+
+    /// Frozen by a pause fault: reads nothing (what arrives meanwhile is
+    /// lost) until resumed.
+    async fn wait_while_paused(&mut self) {
+        while self.world.borrow().hosts[self.index].paused {
+            tokio::time::sleep(Duration::from_nanos(GUEST_QUANTUM_NS)).await;
+            while self.frames.try_recv_from(&mut self.buf).is_ok() {}
+            while self.service.try_recv_from(&mut self.buf2).is_ok() {}
+        }
+    }
+}
+
+impl runtime::daemon::Seam for SimSeam {
+    type Engine = EmuEngine;
+
+    fn now(&self) -> Time {
+        now()
+    }
+
+    fn with_host<R>(
+        &mut self,
+        now: Time,
+        step: impl FnOnce(&mut VmHost<EmuEngine>) -> Result<R, HostError>,
+    ) -> Option<R> {
+        self.world.borrow_mut().with_host(self.index, now, step)
+    }
+
+    async fn next_input(&mut self, wake: Time) -> Option<Input> {
+        if self.world.borrow().hosts[self.index].paused {
+            self.wait_while_paused().await;
+            return Some(Input::Thawed);
+        }
+        loop {
+            tokio::select! {
+                biased;
+                received = self.frames.recv_from(&mut self.buf) => {
+                    let (n, _) = received.ok()?;
+                    return Some(Input::Frame(self.buf[..n].to_vec()));
                 }
-            }
-            () = sleep_until(wake) => {
-                let t = now();
-                world.borrow_mut().with_host(index, t, |h| h.advance(t));
+                received = self.service.recv_from(&mut self.buf2) => {
+                    let (n, _) = received.ok()?;
+                    // A NIC that is down takes nothing in.
+                    if !self.world.borrow().hosts[self.index].nic_down {
+                        return Some(Input::Client(self.buf2[..n].to_vec()));
+                    }
+                }
+                () = sleep_until(wake) => return Some(Input::Wake),
             }
         }
-        let sends = world.borrow_mut().host_sends(index, now());
-        send_all(&frames, sends).await;
+    }
+
+    async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>) {
+        let sends = self
+            .world
+            .borrow_mut()
+            .host_frame(self.index, now(), to, bytes);
+        self.send(sends).await;
+    }
+
+    async fn send_output(&mut self, generation: Generation, packet: Vec<u8>) {
+        let sends = self
+            .world
+            .borrow_mut()
+            .host_output(self.index, now(), generation, packet);
+        self.send(sends).await;
+    }
+
+    async fn persist_generation(&mut self, generation: Generation) -> bool {
+        self.world.borrow_mut().hosts[self.index].persisted = generation;
+        true
+    }
+
+    async fn record_disk(&mut self, checkpoint: Option<CheckpointId>) -> bool {
+        self.world.borrow_mut().hosts[self.index].disk_checkpoint = checkpoint;
+        true
+    }
+
+    async fn service(&mut self, want: Service) {
+        // The switch follows the last claim; dropping the address is the
+        // next primary's claim.
+        let Service::Hold(generation) = want else {
+            return;
+        };
+        let nic_down = self.world.borrow().hosts[self.index].nic_down;
+        if !nic_down {
+            let claim = generation.0.to_le_bytes();
+            let _ = self.frames.send_to(&claim, ("switch", CLAIM_PORT)).await;
+        }
+    }
+
+    fn guest_quantum_ns(&self) -> u64 {
+        GUEST_QUANTUM_NS
     }
 }
 

@@ -6,6 +6,7 @@
 #![forbid(unsafe_code)]
 
 pub mod client;
+pub mod history;
 pub mod hosts;
 pub mod oracle;
 pub mod report;

@@ -8,7 +8,7 @@ use crate::spec::{Endpoint, HostRef, RunSpec};
 use crate::trace::{digest, Trace};
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
-use machine::devices::{BlockStore, IntegrityStore, MemStore, StoreError, BLOCK_BYTES};
+use machine::devices::{BlockStore, IntegrityStore, MemStore, SharedStore};
 use machine::guests::ledger_load::LedgerConfig;
 use machine::guests::Guest;
 use machine::layout::MEMORY_BYTES_MIN;
@@ -59,33 +59,6 @@ pub fn describe_frame(bytes: &[u8]) -> String {
 /// A VM host's disk: checksummed blocks over a store that injects faults.
 pub type HostDisk = IntegrityStore<FaultyStore<MemStore>>;
 
-/// The host's disk as its machine sees it; the world keeps another handle
-/// to arm faults and keeps the disk across the host's crashes.
-#[derive(Debug)]
-struct SharedDisk(Rc<RefCell<HostDisk>>);
-
-impl BlockStore for SharedDisk {
-    fn block_count(&self) -> u64 {
-        self.0.borrow().block_count()
-    }
-
-    fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError> {
-        self.0.borrow_mut().read_block(block, buf)
-    }
-
-    fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
-        self.0.borrow_mut().write_block(block, buf)
-    }
-
-    fn flush(&mut self) -> Result<(), StoreError> {
-        self.0.borrow_mut().flush()
-    }
-
-    fn take_busy_ns(&mut self) -> u64 {
-        self.0.borrow_mut().take_busy_ns()
-    }
-}
-
 /// A client's host name.
 pub fn client_name(index: u16) -> String {
     format!("client{index}")
@@ -111,7 +84,6 @@ pub struct HostSlot {
     pub disk: Option<Rc<RefCell<HostDisk>>>,
     /// The checkpoint the disk durably holds, as the driver last said.
     pub disk_checkpoint: Option<CheckpointId>,
-    next_claim_ns: u64,
 }
 
 /// The witness's slot.
@@ -252,7 +224,7 @@ impl World {
                 .as_ref()
                 .expect("made with the world"),
         );
-        let store = Box::new(SharedDisk(disk));
+        let store = Box::new(SharedStore(disk));
         emulated_machine(shape, &image, config, store).map_err(|e| HostError::Machine(e.into()))
     }
 
@@ -431,25 +403,21 @@ impl World {
         all
     }
 
-    /// Runs a step of host `index`'s driver: `input` then the bookkeeping
-    /// after it. A host error is recorded and the host stops (it crashed).
-    pub fn with_host(
+    /// Runs a step of host `index`'s driver: `step` then the bookkeeping
+    /// after it. A host error is recorded and the host stops (it crashed):
+    /// `None`, as when there is no host.
+    pub fn with_host<R>(
         &mut self,
         index: usize,
         now: Time,
-        input: impl FnOnce(&mut VmHost<EmuEngine>) -> Result<(), HostError>,
-    ) {
+        step: impl FnOnce(&mut VmHost<EmuEngine>) -> Result<R, HostError>,
+    ) -> Option<R> {
         let slot = &mut self.hosts[index];
-        if slot.paused {
-            return;
-        }
-        let Some(host) = slot.host.as_mut() else {
-            return;
-        };
+        let host = slot.host.as_mut()?;
         let was_primary = host.role() == RoleKind::Primary && host.is_running();
         let generation = host.node().generation();
-        match input(host) {
-            Ok(()) => {}
+        let result = match step(host) {
+            Ok(result) => result,
             Err(HostError::DiskFailed(why)) => {
                 // Fail-stop, by design: the host is gone as if it crashed.
                 self.trace
@@ -458,86 +426,73 @@ impl World {
                     self.primary_lost = Some((now.0, generation));
                 }
                 self.hosts[index].host = None;
-                return;
+                return None;
             }
             Err(e) => {
                 self.host_errors
                     .push(format!("{} at {} ns: {e}", HOST_NAMES[index], now.0));
                 self.hosts[index].host = None;
-                return;
+                return None;
             }
-        }
+        };
         let role = (host.role(), host.node().generation());
         if slot.last_role != Some(role) {
-            slot.persisted = host.persisted_generation();
             slot.last_role = Some(role);
             self.trace.record(now.0, HOST_NAMES[index], || {
                 format!("role {:?} {}", role.0, role.1)
             });
         }
-        if let Some(host) = self.hosts[index].host.as_ref() {
-            self.hosts[index].persisted = host.persisted_generation();
-            self.hosts[index].disk_checkpoint = host.disk_checkpoint();
-        }
+        Some(result)
     }
 
-    /// What host `index` sends now, as (host name, port, bytes); frames
-    /// go through the link faults, outputs are recorded for the oracle.
-    pub fn host_sends(&mut self, index: usize, now: Time) -> Vec<(String, u16, Vec<u8>)> {
+    /// Where host `index`'s frame to `to` goes, as (host name, port,
+    /// bytes): through the link faults; nowhere from a frozen host or one
+    /// whose NIC is down.
+    pub fn host_frame(
+        &mut self,
+        index: usize,
+        now: Time,
+        to: NodeId,
+        bytes: Vec<u8>,
+    ) -> Vec<(String, u16, Vec<u8>)> {
         let mut sends = Vec::new();
+        if self.hosts[index].nic_down || self.hosts[index].paused {
+            return sends;
+        }
         let me = HOST_NAMES[index];
-        let (nic_down, paused) = (self.hosts[index].nic_down, self.hosts[index].paused);
-        let Some(host) = self.hosts[index].host.as_mut() else {
-            return sends;
+        let name = if to == WITNESS {
+            "witness".to_string()
+        } else {
+            HOST_NAMES[usize::from(to.0)].to_string()
         };
-        if paused {
-            return sends;
-        }
-        let generation = host.node().generation();
-        let running_primary = host.role() == RoleKind::Primary && host.is_running();
-        let mut transmits = Vec::new();
-        while let Some(t) = host.poll_transmit(now) {
-            transmits.push(t);
-        }
-        if nic_down {
-            return sends;
-        }
-        for t in transmits {
-            match t {
-                Transmit::Frame { to, bytes } => {
-                    let name = if to == WITNESS {
-                        "witness".to_string()
-                    } else {
-                        HOST_NAMES[usize::from(to.0)].to_string()
-                    };
-                    self.trace.record(now.0, me, || {
-                        format!("to {name}: {}", describe_frame(&bytes))
-                    });
-                    self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
-                }
-                Transmit::Output(packet) => {
-                    self.note_release(index, generation, now);
-                    let id = packet
-                        .get(..8)
-                        .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
-                    let client = client_name(crate::client::Client::owner(id));
-                    self.trace.record(now.0, me, || {
-                        format!("output to {client} {:016x}", digest(&packet))
-                    });
-                    sends.push((client, CLIENT_PORT, packet));
-                }
-            }
-        }
-        let slot = &mut self.hosts[index];
-        if running_primary && now.0 >= slot.next_claim_ns {
-            slot.next_claim_ns = now.0 + self.spec.heartbeat_ms * 1_000_000;
-            sends.push((
-                "switch".to_string(),
-                CLAIM_PORT,
-                generation.0.to_le_bytes().to_vec(),
-            ));
-        }
+        self.trace.record(now.0, me, || {
+            format!("to {name}: {}", describe_frame(&bytes))
+        });
+        self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
         sends
+    }
+
+    /// Where host `index`'s released output goes (its client), recorded
+    /// for the oracle; nowhere from a frozen host or one whose NIC is down.
+    pub fn host_output(
+        &mut self,
+        index: usize,
+        now: Time,
+        generation: Generation,
+        packet: Vec<u8>,
+    ) -> Vec<(String, u16, Vec<u8>)> {
+        if self.hosts[index].nic_down || self.hosts[index].paused {
+            return Vec::new();
+        }
+        self.note_release(index, generation, now);
+        let id = packet
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
+        let client = client_name(crate::client::Client::owner(id));
+        self.trace.record(now.0, HOST_NAMES[index], || {
+            format!("output to {client} {:016x}", digest(&packet))
+        });
+        vec![(client, CLIENT_PORT, packet)]
     }
 
     /// What the witness sends now.

@@ -1,7 +1,10 @@
 //! Subcommands of the `lockstep` binary.
 
 mod bench;
+mod cluster;
+mod daemon;
 mod kvm;
+mod load;
 mod model_check;
 mod run;
 mod vm;
@@ -32,6 +35,16 @@ pub enum Command {
     Vm(vm::VmArgs),
     /// Measure engine speed.
     Bench(bench::BenchArgs),
+    /// Run one VM host of a protected VM (a daemon).
+    Node(daemon::NodeArgs),
+    /// Run the witness of a VM's pair of hosts (a daemon).
+    Witness(daemon::WitnessArgs),
+    /// Run a real client fleet against a protected ledger and record its history.
+    Load(load::LoadArgs),
+    /// Judge a recorded history against the survivor's final checkpoint.
+    Check(load::CheckArgs),
+    /// Real-host clusters: `cluster local` builds one in network namespaces.
+    Cluster(cluster::ClusterArgs),
 }
 
 pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
@@ -41,6 +54,11 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => run::replay(args),
         Command::Vm(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
+        Command::Node(args) => daemon::node(args),
+        Command::Witness(args) => daemon::witness(args),
+        Command::Load(args) => load::load(args),
+        Command::Check(args) => load::check(args),
+        Command::Cluster(args) => cluster::run(args),
     }
 }
 

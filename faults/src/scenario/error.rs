@@ -108,6 +108,24 @@ impl Source<'_> {
     }
 }
 
+/// Reads a TOML file of any shape (a daemon's configuration, say) with the
+/// errors scenario files get: file, line, column and field.
+pub fn parse_toml<T: serde::de::DeserializeOwned>(file: &Path, text: &str) -> Result<T, FileError> {
+    let source = Source { file, text };
+    toml::from_str(text).map_err(|e| source.toml_error(&e))
+}
+
+/// An error at the field `keys` (`["net", "listen"]`) of a TOML file that
+/// parsed but holds a value our own checks refuse.
+pub fn field_error(
+    file: &Path,
+    text: &str,
+    keys: &[&str],
+    message: impl Into<String>,
+) -> FileError {
+    Source { file, text }.at_field(&FieldPath::keys(keys), message)
+}
+
 /// The plain value under `field` that serde's `message` is about: the one
 /// whose own check (target, rate) fails with exactly that message, or the
 /// string an "unknown variant `x`" names. Never a guess: no match, no leaf.

@@ -10,7 +10,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-pub use error::{FileError, ScenarioError};
+pub use error::{field_error, parse_toml, FileError, ScenarioError};
 pub use suite::{
     load_dir, load_suite, Catalogue, Origin, Regression, Run, Seeds, Selection, Suite,
 };

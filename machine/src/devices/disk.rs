@@ -46,6 +46,35 @@ pub trait BlockStore: std::fmt::Debug {
     }
 }
 
+/// A store shared between the machine, which does the guest's I/O through
+/// it, and its owner, who keeps a handle to reach the store underneath (to
+/// arm faults in the simulator, to label a file disk on a real host) and to
+/// keep it across the machine's end.
+#[derive(Debug)]
+pub struct SharedStore<S: BlockStore>(pub std::rc::Rc<std::cell::RefCell<S>>);
+
+impl<S: BlockStore> BlockStore for SharedStore<S> {
+    fn block_count(&self) -> u64 {
+        self.0.borrow().block_count()
+    }
+
+    fn read_block(&mut self, block: u64, buf: &mut [u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        self.0.borrow_mut().read_block(block, buf)
+    }
+
+    fn write_block(&mut self, block: u64, buf: &[u8; BLOCK_BYTES]) -> Result<(), StoreError> {
+        self.0.borrow_mut().write_block(block, buf)
+    }
+
+    fn flush(&mut self) -> Result<(), StoreError> {
+        self.0.borrow_mut().flush()
+    }
+
+    fn take_busy_ns(&mut self) -> u64 {
+        self.0.borrow_mut().take_busy_ns()
+    }
+}
+
 /// A block store in memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MemStore {

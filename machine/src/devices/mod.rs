@@ -27,11 +27,13 @@
 pub mod bus;
 pub mod console;
 pub mod disk;
+pub mod file;
 pub mod integrity;
 pub mod nic;
 
 pub use bus::{DeviceBus, IoContext};
-pub use disk::{BlockStore, MemStore, StoreError, BLOCK_BYTES};
+pub use disk::{BlockStore, MemStore, SharedStore, StoreError, BLOCK_BYTES};
+pub use file::{FileStore, FileStoreError, LABEL_BYTES};
 pub use integrity::{IntegrityStats, IntegrityStore, Verify};
 pub use nic::{Packet, PACKET_BYTES_MAX};
 

@@ -341,6 +341,9 @@ impl Node {
                 round: 0,
                 assembly: None,
             });
+            // The copy overwrites the disk: whatever checkpoint it held is
+            // no claim any more, should this session be given up.
+            j.disk = None;
         }
         let copy = j.copy.as_mut().expect("set above");
         if round < copy.round {

@@ -40,6 +40,38 @@ pub enum Transmit {
     Output(Packet),
 }
 
+/// What the host needs done, in order. The daemon completes each effect
+/// before it takes the next: a frame that follows a `PersistGeneration`
+/// (a heartbeat naming the new generation, a grant request) leaves only
+/// once the generation is durable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// Make `generation` durable: a restart starts from it.
+    PersistGeneration(Generation),
+    /// The local disk durably holds this checkpoint (flushed), or none
+    /// whole: record it beside the disk's data, for a restart to claim.
+    DiskHolds(Option<CheckpointId>),
+    /// Send this.
+    Transmit(Transmit),
+}
+
+/// How the guest's time relates to the host's clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pace {
+    /// Guest time follows the clock exactly: each call runs the guest for
+    /// all the time since the last (the simulator, where the clock is
+    /// simulated and guest execution is what advances it).
+    Lockstep,
+    /// Each call runs the guest for at most `slice_ns` (a real host: the
+    /// guest may run slower than the wall clock, and time it did not get
+    /// is not owed; a short slice keeps frames and heartbeats waiting at
+    /// most that long).
+    Slices {
+        /// Longest run of the guest per call.
+        slice_ns: u64,
+    },
+}
+
 /// Why a host cannot go on.
 #[derive(Debug, thiserror::Error)]
 pub enum HostError {
@@ -127,9 +159,10 @@ pub struct VmHost<E: Engine> {
     paused: bool,
     outputs: Outputs,
     copy: Option<CopyStream>,
-    /// What to send, each not before its time (an ack waits for the disk
-    /// writes of what it acknowledges).
-    transmits: VecDeque<(Time, Transmit)>,
+    /// What to do, in order, each not before its time (an ack waits for
+    /// the disk writes of what it acknowledges).
+    effects: VecDeque<(Time, Effect)>,
+    pace: Pace,
     last_run: Time,
     /// The disk's error count already seen.
     disk_errors_seen: u64,
@@ -159,7 +192,7 @@ impl<E: Engine> VmHost<E> {
         now: Time,
     ) -> Result<VmHost<E>, HostError> {
         let node = Node::new(config, codec, start, now)?;
-        let (guest, disk_checkpoint) = match start {
+        let (guest, disk_holds) = match start {
             Start::Primary { .. } => (Guest::Running, None),
             // A backup boots from the same image as the primary: its disk
             // is the boot checkpoint.
@@ -169,7 +202,7 @@ impl<E: Engine> VmHost<E> {
         let dirty_mark = machine.engine().stats().dirty_faults;
         let mut host = VmHost {
             persisted: node.generation(),
-            disk_checkpoint,
+            disk_checkpoint: None,
             guest_held_until: now,
             disk_free_at: now,
             node,
@@ -178,15 +211,41 @@ impl<E: Engine> VmHost<E> {
             paused: false,
             outputs: Outputs::default(),
             copy: None,
-            transmits: VecDeque::new(),
+            effects: VecDeque::new(),
+            pace: Pace::Lockstep,
             last_run: now,
             disk_errors_seen: 0,
             dirty_mark,
             broken: None,
             stats: HostStats::default(),
         };
+        // What the disk holds at the start is said once, whatever it is.
+        host.disk_checkpoint = disk_holds;
+        host.effects.push_back((now, Effect::DiskHolds(disk_holds)));
         host.carry_out(now)?;
         Ok(host)
+    }
+
+    /// Sets how guest time follows the clock (default [`Pace::Lockstep`]).
+    pub fn set_pace(&mut self, pace: Pace) {
+        if let Pace::Slices { slice_ns } = pace {
+            assert!(slice_ns > 0, "a slice runs the guest");
+        }
+        self.pace = pace;
+    }
+
+    /// Whether the guest runs now (a running primary, not paused for a
+    /// capture or its disk).
+    pub fn guest_runs(&self, now: Time) -> bool {
+        self.guest == Guest::Running && !self.paused && now >= self.guest_held_until
+    }
+
+    /// The disk now holds `holds`: an effect for the daemon if it changed.
+    fn note_disk(&mut self, now: Time, holds: Option<CheckpointId>) {
+        if self.disk_checkpoint != holds {
+            self.disk_checkpoint = holds;
+            self.effects.push_back((now, Effect::DiskHolds(holds)));
+        }
     }
 
     /// The protocol node.
@@ -227,19 +286,32 @@ impl<E: Engine> VmHost<E> {
         self.guest == Guest::Running
     }
 
-    /// The next thing to send at `now`: the oldest that is due (an ack
-    /// whose disk writes are still under way waits; a later heartbeat
-    /// does not wait for it).
+    /// The next thing to do at `now`: the oldest effect that is due (an
+    /// ack whose disk writes are still under way waits; a later heartbeat
+    /// does not wait for it). Only frames ever wait, so an effect that
+    /// must be durable first is never overtaken by one queued after it.
+    pub fn poll_effect(&mut self, now: Time) -> Option<Effect> {
+        let due = self.effects.iter().position(|(at, _)| *at <= now)?;
+        self.effects.remove(due).map(|(_, e)| e)
+    }
+
+    /// The next thing to send at `now`, completing every durable effect
+    /// due before it at once (for drivers with nothing to make durable:
+    /// tests and tools).
     pub fn poll_transmit(&mut self, now: Time) -> Option<Transmit> {
-        let due = self.transmits.iter().position(|(at, _)| *at <= now)?;
-        self.transmits.remove(due).map(|(_, t)| t)
+        loop {
+            match self.poll_effect(now)? {
+                Effect::Transmit(t) => return Some(t),
+                Effect::PersistGeneration(_) | Effect::DiskHolds(_) => {}
+            }
+        }
     }
 
     /// When to call [`VmHost::advance`] next, at the latest (and so to
     /// poll what became due).
     pub fn next_deadline(&self) -> Time {
         let timeout = self.node.poll_timeout();
-        self.transmits
+        self.effects
             .iter()
             .map(|(at, _)| *at)
             .filter(|at| *at > self.last_run)
@@ -276,7 +348,10 @@ impl<E: Engine> VmHost<E> {
         assert!(now >= self.last_run, "time does not go backwards");
         let from = self.last_run.max(self.guest_held_until);
         if self.guest == Guest::Running && !self.paused && now > from {
-            let budget = now.0 - from.0;
+            let budget = match self.pace {
+                Pace::Lockstep => now.0 - from.0,
+                Pace::Slices { slice_ns } => (now.0 - from.0).min(slice_ns),
+            };
             self.machine.run(Instructions(budget))?;
             self.stats.guest_ns += budget;
             let errors = self.machine.bus().disk.errors();
@@ -299,30 +374,32 @@ impl<E: Engine> VmHost<E> {
     fn collect_outputs(&mut self, now: Time) {
         let epoch = self.node.epoch().expect("a running guest is on a primary");
         let packets = self.machine.bus().nic.take_tx();
-        let (transmits, stats) = (&mut self.transmits, &mut self.stats);
+        let (effects, stats) = (&mut self.effects, &mut self.stats);
         for packet in packets {
             self.outputs.push(epoch, packet, &mut |p| {
                 stats.outputs_released += 1;
-                transmits.push_back((now, Transmit::Output(p)));
+                effects.push_back((now, Effect::Transmit(Transmit::Output(p))));
             });
         }
     }
 
     /// Carries out every action the protocol has for us, in order.
     fn carry_out(&mut self, now: Time) -> Result<(), HostError> {
-        let (mut applied, queued) = (false, self.transmits.len());
+        let (mut applied, queued) = (false, self.effects.len());
         while let Some(action) = self.node.poll_action() {
             applied |= matches!(action, Action::ApplyDelta { .. } | Action::ApplyCopy { .. });
             self.act(now, action)?;
         }
         if applied {
-            let busy = self.settle_disk()?;
+            let busy = self.settle_disk(now)?;
             if busy > 0 {
                 // The disk takes the writes one after the other; what this
                 // step sends (its acks) leaves when they are done.
                 self.disk_free_at = self.disk_free_at.max(now).add_ns(busy);
-                for (at, _) in self.transmits.iter_mut().skip(queued) {
-                    *at = self.disk_free_at;
+                for (at, effect) in self.effects.iter_mut().skip(queued) {
+                    if matches!(effect, Effect::Transmit(Transmit::Frame { .. })) {
+                        *at = self.disk_free_at;
+                    }
                 }
             }
         }
@@ -341,8 +418,8 @@ impl<E: Engine> VmHost<E> {
                     msg,
                 };
                 let bytes = self.node.codec().encode(&envelope);
-                self.transmits
-                    .push_back((now, Transmit::Frame { to, bytes }));
+                self.effects
+                    .push_back((now, Effect::Transmit(Transmit::Frame { to, bytes })));
             }
             Action::PauseGuest => self.paused = true,
             Action::ResumeGuest => self.paused = false,
@@ -397,14 +474,14 @@ impl<E: Engine> VmHost<E> {
             Action::ApplyCopy { copy: bytes, .. } => {
                 // The copy overwrites the disk: whatever checkpoint it held
                 // is gone until the copy completes.
-                self.disk_checkpoint = None;
+                self.note_disk(now, None);
                 self.apply(&bytes)?;
             }
             Action::ReleaseOutput { upto } => {
-                let (transmits, stats) = (&mut self.transmits, &mut self.stats);
+                let (effects, stats) = (&mut self.effects, &mut self.stats);
                 self.outputs.release(upto, &mut |p| {
                     stats.outputs_released += 1;
-                    transmits.push_back((now, Transmit::Output(p)));
+                    effects.push_back((now, Effect::Transmit(Transmit::Output(p))));
                 });
             }
             Action::RestoreAndResume { checkpoint } => {
@@ -414,7 +491,7 @@ impl<E: Engine> VmHost<E> {
                 tracing::info!(node = %self.node.config().me, ?checkpoint, "resuming the standby image");
                 self.end_term();
                 // The guest writes past the checkpoint from now on.
-                self.disk_checkpoint = None;
+                self.note_disk(now, None);
                 self.guest = Guest::Running;
                 self.paused = false;
                 self.last_run = now;
@@ -423,10 +500,14 @@ impl<E: Engine> VmHost<E> {
             }
             Action::StopGuest => {
                 self.end_term();
-                self.disk_checkpoint = None;
+                self.note_disk(now, None);
                 self.guest = Guest::Stopped;
             }
-            Action::PersistGeneration(generation) => self.persisted = generation,
+            Action::PersistGeneration(generation) => {
+                self.persisted = generation;
+                self.effects
+                    .push_back((now, Effect::PersistGeneration(generation)));
+            }
             Action::PersistGrant(_) => unreachable!("only the witness grants"),
         }
         Ok(())
@@ -457,7 +538,7 @@ impl<E: Engine> VmHost<E> {
     /// After deltas or copy rounds were applied: the standby's writes are
     /// flushed, then (a backup) the disk durably holds the checkpoint the
     /// node applied. Returns the disk time the writes took.
-    fn settle_disk(&mut self) -> Result<u64, HostError> {
+    fn settle_disk(&mut self, now: Time) -> Result<u64, HostError> {
         self.machine
             .bus()
             .store()
@@ -465,10 +546,11 @@ impl<E: Engine> VmHost<E> {
             .map_err(|e| HostError::DiskFailed(e.to_string()))?;
         let busy = self.machine.bus().store().take_busy_ns();
         self.stats.disk_wait_ns += busy;
-        self.disk_checkpoint = match (self.node.role(), &self.broken) {
+        let holds = match (self.node.role(), &self.broken) {
             (RoleKind::Backup, None) => self.node.applied(),
             _ => None,
         };
+        self.note_disk(now, holds);
         Ok(busy)
     }
 

@@ -14,6 +14,10 @@ use crate::types::{CheckpointId, Epoch, Generation, Level, NodeId, Time};
 use crate::wire::{Message, PeerRole};
 use std::collections::BTreeMap;
 
+/// A joiner may be silent this many times `suspect_after_ns` before its
+/// copy session is given up (see `Primary::peer_patience_ns`).
+pub const JOINER_PATIENCE: u64 = 8;
+
 /// Where the primary's guest is in its epoch cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Phase {
@@ -134,6 +138,20 @@ impl Primary {
         }
     }
 
+    /// How long the watched peer may be silent before it is lost. A backup
+    /// gets `suspect_after_ns`. A joiner gets `JOINER_PATIENCE` times that:
+    /// it may be busy applying a whole copy round, and while it copies our
+    /// releases rest on the witness lease, not on it, so waiting costs
+    /// nothing but the copy's time.
+    fn peer_patience_ns(&self, config: &Config) -> u64 {
+        match self.pairing {
+            Pairing::Copying(_) | Pairing::Catching(_) => {
+                config.suspect_after_ns.saturating_mul(JOINER_PATIENCE)
+            }
+            _ => config.suspect_after_ns,
+        }
+    }
+
     /// Whether releasing depends on the witness lease (no backup to ack).
     fn needs_lease(&self) -> bool {
         matches!(
@@ -176,7 +194,7 @@ impl Primary {
             deadlines.push(self.epoch_started.add_ns(config.epoch_duration_ns));
         }
         if self.watching().is_some() {
-            deadlines.push(peer_heard.add_ns(config.suspect_after_ns));
+            deadlines.push(peer_heard.add_ns(self.peer_patience_ns(config)));
         }
         let copy_in_flight = matches!(&self.pairing,
             Pairing::Copying(c) | Pairing::Catching(c) if c.in_flight.is_some());
@@ -283,7 +301,7 @@ impl Node {
             self.end_epoch();
         }
         let p = self.primary();
-        if p.watching().is_some() && now >= peer_heard.add_ns(config.suspect_after_ns) {
+        if p.watching().is_some() && now >= peer_heard.add_ns(p.peer_patience_ns(&config)) {
             self.peer_lost();
         }
         let p = self.primary();
@@ -493,10 +511,15 @@ impl Node {
                 role,
                 ..
             } if g >= pairing_generation => {
-                if role != PeerRole::Primary {
-                    self.peer_heard = self.now;
-                } else {
-                    self.stats.dropped_unexpected += 1;
+                match role {
+                    PeerRole::Primary => self.stats.dropped_unexpected += 1,
+                    // A joiner that still waits for a session we gave up
+                    // (it went silent too long): it only heartbeats now,
+                    // so its heartbeat is its Join.
+                    PeerRole::Joining if matches!(self.primary().pairing, Pairing::Solo) => {
+                        self.on_join(g, None)
+                    }
+                    _ => self.peer_heard = self.now,
                 }
             }
             Message::Join {

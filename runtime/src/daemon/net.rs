@@ -1,0 +1,303 @@
+//! The real network under the daemons: the replication link to the peer
+//! over TCP (length-delimited frames, reconnect with backoff, a bounded
+//! send queue), datagrams to and from the witness and the clients over
+//! UDP. Socket tasks run on tokio's worker threads, so frames are read
+//! while the guest runs on the daemon's own thread; what they read waits in
+//! a bounded queue for the body.
+
+use super::body::Input;
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+
+/// Largest frame on the replication link: a chunk of the largest size the
+/// protocol allows plus its envelope.
+pub const FRAME_BYTES_MAX: usize = protocol::wire::CHUNK_BYTES_MAX + 4096;
+/// Largest datagram (witness frames, client requests).
+pub const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
+/// Frames waiting to go to the peer; beyond it a frame is dropped (and
+/// counted): the protocol retransmits, and its own limit on deltas in
+/// flight keeps the queue short while the link is up.
+pub const SEND_QUEUE_FRAMES_MAX: usize = 1024;
+/// Inputs waiting for the body; socket tasks wait when it is full.
+pub const INPUTS_MAX: usize = 4096;
+/// Client addresses remembered, by request id, for the replies.
+pub const CLIENTS_REMEMBERED_MAX: usize = 64 * 1024;
+/// A frame not written within this long means the connection is stuck
+/// (a peer that died without a reset, a full window that never opens): it
+/// is dropped and made again.
+pub const WRITE_TIMEOUT: Duration = Duration::from_millis(500);
+/// A connection from the peer that carries nothing this long is dead: the
+/// peer sends heartbeats far more often.
+pub const READ_IDLE_MAX: Duration = Duration::from_secs(2);
+/// First wait before reconnecting to the peer.
+pub const RECONNECT_MIN: Duration = Duration::from_millis(20);
+/// Longest wait before reconnecting to the peer.
+pub const RECONNECT_MAX: Duration = Duration::from_millis(500);
+
+/// What the links dropped and why.
+#[derive(Debug, Default)]
+pub struct LinkCounters {
+    /// Frames to the peer dropped because the send queue was full.
+    pub send_queue_full: AtomicU64,
+    /// Frames to the peer lost with a broken connection.
+    pub send_failed: AtomicU64,
+    /// Connections from the peer closed for a frame length out of bounds.
+    pub bad_length: AtomicU64,
+    /// Connections made to the peer (first and reconnects).
+    pub connects: AtomicU64,
+    /// Connections to the peer dropped because a write stalled.
+    pub send_stalled: AtomicU64,
+    /// Connections from the peer closed for carrying nothing too long.
+    pub read_idle: AtomicU64,
+    /// Datagrams that could not be sent (a full socket buffer).
+    pub datagrams_dropped: AtomicU64,
+    /// Replies with no known client address.
+    pub replies_unaddressed: AtomicU64,
+}
+
+impl LinkCounters {
+    /// The counters as (name, value) pairs, for the status file.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, u64> {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        BTreeMap::from([
+            ("send_queue_full", get(&self.send_queue_full)),
+            ("send_failed", get(&self.send_failed)),
+            ("bad_length", get(&self.bad_length)),
+            ("connects", get(&self.connects)),
+            ("send_stalled", get(&self.send_stalled)),
+            ("read_idle", get(&self.read_idle)),
+            ("datagrams_dropped", get(&self.datagrams_dropped)),
+            ("replies_unaddressed", get(&self.replies_unaddressed)),
+        ])
+    }
+}
+
+/// Where each request id's reply goes: the address it last came from.
+#[derive(Debug, Default)]
+pub struct ClientBook {
+    by_id: BTreeMap<u64, SocketAddr>,
+    order: VecDeque<u64>,
+}
+
+impl ClientBook {
+    /// Request `id` came from `from`.
+    pub fn note(&mut self, id: u64, from: SocketAddr) {
+        if self.by_id.insert(id, from).is_none() {
+            self.order.push_back(id);
+        }
+        while self.order.len() > CLIENTS_REMEMBERED_MAX {
+            let oldest = self.order.pop_front().expect("longer than the bound");
+            self.by_id.remove(&oldest);
+        }
+        assert!(self.by_id.len() <= CLIENTS_REMEMBERED_MAX);
+    }
+
+    /// Where the reply to `id` goes.
+    pub fn address(&self, id: u64) -> Option<SocketAddr> {
+        self.by_id.get(&id).copied()
+    }
+}
+
+/// The id a request or reply of the ledger starts with.
+pub fn request_id(packet: &[u8]) -> Option<u64> {
+    let bytes: [u8; 8] = packet.get(..8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(bytes))
+}
+
+/// Accepts connections from the peer and reads their frames into `inputs`.
+pub async fn accept_frames(
+    listener: TcpListener,
+    inputs: mpsc::Sender<Input>,
+    counters: Arc<LinkCounters>,
+) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            tokio::time::sleep(RECONNECT_MIN).await;
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        tokio::spawn(read_frames(stream, inputs.clone(), Arc::clone(&counters)));
+    }
+}
+
+async fn read_frames(
+    mut stream: TcpStream,
+    inputs: mpsc::Sender<Input>,
+    counters: Arc<LinkCounters>,
+) {
+    loop {
+        let len = match tokio::time::timeout(READ_IDLE_MAX, stream.read_u32_le()).await {
+            Ok(Ok(len)) => len,
+            Ok(Err(_)) => return,
+            Err(_) => {
+                counters.read_idle.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        };
+        let len = len as usize;
+        if len == 0 || len > FRAME_BYTES_MAX {
+            counters.bad_length.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let mut frame = vec![0u8; len];
+        match tokio::time::timeout(READ_IDLE_MAX, stream.read_exact(&mut frame)).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(_)) => return,
+            Err(_) => {
+                counters.read_idle.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        if inputs.send(Input::Frame(frame)).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Sends queued frames to the peer, connecting and reconnecting with
+/// backoff. A frame whose connection breaks is lost (counted).
+pub async fn send_frames(
+    peer: SocketAddr,
+    mut queue: mpsc::Receiver<Vec<u8>>,
+    counters: Arc<LinkCounters>,
+) {
+    let mut backoff = RECONNECT_MIN;
+    let mut stream: Option<TcpStream> = None;
+    while let Some(frame) = queue.recv().await {
+        if stream.is_none() {
+            let connected = tokio::time::timeout(WRITE_TIMEOUT, TcpStream::connect(peer)).await;
+            match connected.unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into())) {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    counters.connects.fetch_add(1, Ordering::Relaxed);
+                    backoff = RECONNECT_MIN;
+                    stream = Some(s);
+                }
+                Err(_) => {
+                    counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(RECONNECT_MAX);
+                    // What queued meanwhile is stale: the protocol sends
+                    // it again.
+                    while queue.try_recv().is_ok() {
+                        counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                    }
+                    continue;
+                }
+            }
+        }
+        let s = stream.as_mut().expect("connected above");
+        assert!(frame.len() <= FRAME_BYTES_MAX, "our own frames fit");
+        let len = u32::try_from(frame.len()).expect("bounded above");
+        let written = async {
+            s.write_all(&len.to_le_bytes()).await?;
+            s.write_all(&frame).await
+        };
+        match tokio::time::timeout(WRITE_TIMEOUT, written).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                counters.send_failed.fetch_add(1, Ordering::Relaxed);
+                stream = None;
+            }
+            Err(_) => {
+                counters.send_stalled.fetch_add(1, Ordering::Relaxed);
+                stream = None;
+            }
+        }
+    }
+}
+
+/// Reads datagrams from the witness socket into `inputs`.
+pub async fn read_datagrams(socket: Arc<UdpSocket>, inputs: mpsc::Sender<Input>) {
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        let Ok((n, _)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        if inputs.send(Input::Frame(buf[..n].to_vec())).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// A UDP socket bound to `addr` even while the address is not on any
+/// interface (`IP_FREEBIND`): the service socket binds the service address,
+/// which only the primary holds, so replies leave from the address the
+/// clients sent to.
+pub fn bind_service(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    socket.set_freebind_v4(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+/// Reads client requests into `inputs`, noting where each came from.
+pub async fn read_requests(
+    socket: Arc<UdpSocket>,
+    inputs: mpsc::Sender<Input>,
+    book: Arc<Mutex<ClientBook>>,
+) {
+    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
+    loop {
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
+        };
+        let packet = buf[..n].to_vec();
+        if let Some(id) = request_id(&packet) {
+            book.lock().expect("no panics hold the book").note(id, from);
+        }
+        if inputs.send(Input::Client(packet)).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_client_book_is_bounded_and_keeps_the_newest() {
+        let mut book = ClientBook::default();
+        let addr: SocketAddr = "10.0.0.1:9000".parse().expect("addr");
+        for id in 0..(CLIENTS_REMEMBERED_MAX as u64 + 10) {
+            book.note(id, addr);
+        }
+        assert_eq!(book.address(0), None, "the oldest is forgotten");
+        assert_eq!(book.address(CLIENTS_REMEMBERED_MAX as u64 + 9), Some(addr));
+    }
+
+    #[test]
+    fn request_ids_are_read_only_from_whole_prefixes() {
+        assert_eq!(request_id(&[1, 0, 0, 0, 0, 0, 0, 0, 9]), Some(1));
+        assert_eq!(request_id(&[1, 0, 0]), None);
+    }
+
+    #[tokio::test]
+    async fn a_frame_too_long_closes_the_connection_and_is_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, mut rx) = mpsc::channel(8);
+        let counters = Arc::new(LinkCounters::default());
+        tokio::spawn(accept_frames(listener, tx, Arc::clone(&counters)));
+        let (qtx, qrx) = mpsc::channel(8);
+        tokio::spawn(send_frames(addr, qrx, Arc::clone(&counters)));
+        qtx.send(b"hello".to_vec()).await.expect("queued");
+        let got = rx.recv().await.expect("a frame");
+        assert_eq!(got, Input::Frame(b"hello".to_vec()));
+        let mut raw = TcpStream::connect(addr).await.expect("connect");
+        raw.write_u32_le(u32::MAX).await.expect("write");
+        let mut byte = [0u8; 1];
+        let closed = raw.read(&mut byte).await;
+        assert!(matches!(closed, Ok(0) | Err(_)), "the reader hung up");
+        assert_eq!(counters.bad_length.load(Ordering::Relaxed), 1);
+    }
+}

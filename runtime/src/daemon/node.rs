@@ -1,0 +1,583 @@
+//! `lockstep node`: one VM host on a real machine. The driver (`VmHost`)
+//! runs inside the shared body ([`super::body::serve`]) on this thread;
+//! tokio's worker threads serve the sockets meanwhile. Durable state lives
+//! in the node's state directory: the generation (replaced atomically),
+//! the guest disk on a file whose records carry their checksums and whose
+//! label says which checkpoint it holds, a status file for operators and
+//! tools, and on a clean stop the primary's final checkpoint.
+
+use super::address::ServiceAddress;
+use super::body::{serve, Ended, Input, Seam, Service};
+use super::durable::{self, DurableError};
+use super::net::{self, ClientBook, LinkCounters};
+use crate::driver::{HostError, Pace, VmHost};
+use machine::devices::{BlockStore, FileStore, Packet, SharedStore, LABEL_BYTES};
+use machine::{Engine, Kind, Machine};
+use protocol::{CheckpointId, Codec, Config, Epoch, Generation, NodeId, RoleKind, Start, Time};
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::mpsc;
+
+/// How often the status file is rewritten, at most.
+pub const STATUS_INTERVAL: Duration = Duration::from_millis(20);
+
+/// Which role a node takes the very first time the cluster starts (no
+/// state in its directory yet).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bootstrap {
+    /// Runs the guest from its image.
+    Primary,
+    /// Holds the boot image as the primary's backup.
+    Backup,
+}
+
+/// Everything a node daemon needs, as its configuration file says.
+#[derive(Debug, Clone)]
+pub struct NodeSettings {
+    /// The protocol's configuration (ids, level, timings).
+    pub protocol: Config,
+    /// The shared secret of the cluster's frames.
+    pub key: Vec<u8>,
+    /// Where the peer's replication connections and the witness's
+    /// datagrams arrive (TCP and UDP on the same address).
+    pub listen: SocketAddr,
+    /// The peer's `listen` address.
+    pub peer: SocketAddr,
+    /// The witness's address (UDP).
+    pub witness: SocketAddr,
+    /// Where client requests arrive (UDP).
+    pub service: SocketAddr,
+    /// The address clients use, moved to whichever host is primary.
+    pub address: Option<ServiceAddress>,
+    /// The node's durable state.
+    pub state_dir: PathBuf,
+    /// Blocks of the guest disk (created at first start).
+    pub disk_blocks: u64,
+    /// First start's role.
+    pub bootstrap: Bootstrap,
+    /// Longest run of the guest between looks at the network.
+    pub slice_ns: u64,
+}
+
+/// A node that cannot start or had to stop.
+#[derive(Debug, thiserror::Error)]
+pub enum NodeError {
+    /// A durable record failed.
+    #[error(transparent)]
+    Durable(#[from] DurableError),
+    /// The guest disk failed.
+    #[error("guest disk {}: {why}", path.display())]
+    Disk {
+        /// The disk file.
+        path: PathBuf,
+        /// Why.
+        why: String,
+    },
+    /// A socket could not be set up.
+    #[error("{what} {addr}: {source}")]
+    Socket {
+        /// Which socket.
+        what: &'static str,
+        /// Its address.
+        addr: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The state directory is unusable.
+    #[error("state directory {}: {source}", path.display())]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The machine could not be built.
+    #[error("machine: {0}")]
+    Machine(String),
+    /// The host failed (fail-stop): the peer takes over.
+    #[error(transparent)]
+    Host(#[from] HostError),
+}
+
+/// The node's files.
+#[derive(Debug, Clone)]
+pub struct StatePaths {
+    /// The persisted generation.
+    pub generation: PathBuf,
+    /// The guest disk.
+    pub disk: PathBuf,
+    /// The status, rewritten as it changes (JSON).
+    pub status: PathBuf,
+    /// The final checkpoint a primary writes on a clean stop.
+    pub final_checkpoint: PathBuf,
+}
+
+impl StatePaths {
+    /// The files in `dir`.
+    pub fn new(dir: &Path) -> StatePaths {
+        StatePaths {
+            generation: dir.join("generation"),
+            disk: dir.join("disk.img"),
+            status: dir.join("status.json"),
+            final_checkpoint: dir.join("final.ckpt"),
+        }
+    }
+}
+
+/// The status file's contents.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct Status {
+    /// The daemon's process id.
+    pub pid: u32,
+    /// Role: primary, backup, joining, stopped.
+    pub role: String,
+    /// The generation the node is in.
+    pub generation: u64,
+    /// On a primary: protected, resyncing, unprotected.
+    pub protection: Option<String>,
+    /// On a primary: the open epoch.
+    pub epoch: Option<u64>,
+    /// Whether the guest runs here.
+    pub running: bool,
+    /// Outputs released to clients.
+    pub outputs_released: u64,
+    /// Frames the protocol dropped (malformed, unauthenticated, stale).
+    pub frames_dropped: u64,
+    /// What the links dropped, by reason.
+    pub links: std::collections::BTreeMap<String, u64>,
+}
+
+/// A disk label from a checkpoint id, and back.
+fn label(checkpoint: Option<CheckpointId>) -> Option<[u8; LABEL_BYTES]> {
+    checkpoint.map(|c| {
+        let mut label = [0u8; LABEL_BYTES];
+        label[..8].copy_from_slice(&c.generation.0.to_le_bytes());
+        label[8..16].copy_from_slice(&c.epoch.0.to_le_bytes());
+        label
+    })
+}
+
+fn checkpoint_of(label: [u8; LABEL_BYTES]) -> CheckpointId {
+    let word = |i: usize| u64::from_le_bytes(label[i..i + 8].try_into().expect("8 bytes"));
+    CheckpointId {
+        generation: Generation(word(0)),
+        epoch: Epoch(word(8)),
+    }
+}
+
+/// How the node starts, from what its state directory holds: the first
+/// start takes its bootstrap role; a restart claims the checkpoint its
+/// disk holds if a scrub finds every block whole.
+fn start_of(
+    settings: &NodeSettings,
+    paths: &StatePaths,
+    disk: &mut FileStore,
+) -> Result<Start, NodeError> {
+    let g1 = Generation(1);
+    let Some(generation) = durable::read_generation(&paths.generation)? else {
+        durable::write_generation(&paths.generation, g1)?;
+        return Ok(match settings.bootstrap {
+            Bootstrap::Primary => Start::Primary { generation: g1 },
+            Bootstrap::Backup => Start::Backup { generation: g1 },
+        });
+    };
+    let bad = disk.scrub().map_err(|e| NodeError::Disk {
+        path: paths.disk.clone(),
+        why: e.to_string(),
+    })?;
+    let claim = match (bad.is_empty(), disk.label()) {
+        (true, Some(label)) => Some(checkpoint_of(label)),
+        (false, _) => {
+            tracing::warn!(
+                blocks = bad.len(),
+                "scrub found bad blocks: the disk claims nothing"
+            );
+            None
+        }
+        (true, None) => None,
+    };
+    tracing::info!(?generation, ?claim, "restart");
+    Ok(Start::Restart {
+        generation,
+        disk: claim,
+    })
+}
+
+/// Runs a node daemon until it is stopped (SIGTERM, SIGINT) or its host
+/// fails. `build` makes the machine on the given disk (the engine is the
+/// caller's choice). On a clean stop a running primary writes its final
+/// checkpoint.
+pub fn run<E: Engine>(
+    settings: NodeSettings,
+    build: impl FnOnce(Box<dyn BlockStore>) -> Result<Machine<E>, String>,
+) -> Result<(), NodeError> {
+    std::fs::create_dir_all(&settings.state_dir).map_err(|source| NodeError::StateDir {
+        path: settings.state_dir.clone(),
+        source,
+    })?;
+    let paths = StatePaths::new(&settings.state_dir);
+    let disk_error = |why: String| NodeError::Disk {
+        path: paths.disk.clone(),
+        why,
+    };
+    let mut disk = FileStore::open_or_create(&paths.disk, settings.disk_blocks)
+        .map_err(|e| disk_error(e.to_string()))?;
+    let start = start_of(&settings, &paths, &mut disk)?;
+    let disk = Rc::new(RefCell::new(disk));
+    let machine = build(Box::new(SharedStore(Rc::clone(&disk)))).map_err(NodeError::Machine)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|source| NodeError::StateDir {
+            path: settings.state_dir.clone(),
+            source,
+        })?;
+    let clock = Instant::now();
+    let now = Time(0);
+    let mut host = VmHost::new(
+        settings.protocol.clone(),
+        Codec::authenticated(&settings.key),
+        start,
+        machine,
+        now,
+    )?;
+    host.set_pace(Pace::Slices {
+        slice_ns: settings.slice_ns,
+    });
+    runtime.block_on(async move {
+        let mut seam = RealSeam::open(&settings, paths, disk, host, clock).await?;
+        let ended = serve(&mut seam).await;
+        seam.finish(ended).await
+    })
+}
+
+/// The seam on a real host.
+struct RealSeam<E: Engine> {
+    host: Option<VmHost<E>>,
+    failed: Option<HostError>,
+    clock: Instant,
+    inputs: mpsc::Receiver<Input>,
+    to_peer: mpsc::Sender<Vec<u8>>,
+    witness_socket: Arc<UdpSocket>,
+    witness: SocketAddr,
+    peer_id: NodeId,
+    service_socket: Arc<UdpSocket>,
+    book: Arc<Mutex<ClientBook>>,
+    counters: Arc<LinkCounters>,
+    address: Option<ServiceAddress>,
+    disk: Rc<RefCell<FileStore>>,
+    paths: StatePaths,
+    stop: Arc<AtomicBool>,
+    next_status: Instant,
+    last_status: Option<Status>,
+}
+
+impl<E: Engine> RealSeam<E> {
+    async fn open(
+        settings: &NodeSettings,
+        paths: StatePaths,
+        disk: Rc<RefCell<FileStore>>,
+        host: VmHost<E>,
+        clock: Instant,
+    ) -> Result<RealSeam<E>, NodeError> {
+        let socket = |what, addr| move |source| NodeError::Socket { what, addr, source };
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .map_err(socket("replication listener", settings.listen))?;
+        let witness_socket = UdpSocket::bind(settings.listen)
+            .await
+            .map_err(socket("witness link", settings.listen))?;
+        let service_socket =
+            net::bind_service(settings.service).map_err(socket("service", settings.service))?;
+        let (witness_socket, service_socket) = (Arc::new(witness_socket), Arc::new(service_socket));
+        let (input_tx, inputs) = mpsc::channel(net::INPUTS_MAX);
+        let (to_peer, queue) = mpsc::channel(net::SEND_QUEUE_FRAMES_MAX);
+        let counters = Arc::new(LinkCounters::default());
+        let book = Arc::new(Mutex::new(ClientBook::default()));
+        tokio::spawn(net::accept_frames(
+            listener,
+            input_tx.clone(),
+            Arc::clone(&counters),
+        ));
+        tokio::spawn(net::send_frames(
+            settings.peer,
+            queue,
+            Arc::clone(&counters),
+        ));
+        tokio::spawn(net::read_datagrams(
+            Arc::clone(&witness_socket),
+            input_tx.clone(),
+        ));
+        tokio::spawn(net::read_requests(
+            Arc::clone(&service_socket),
+            input_tx.clone(),
+            Arc::clone(&book),
+        ));
+        let stop = Arc::new(AtomicBool::new(false));
+        tokio::spawn(stop_on_signal(Arc::clone(&stop), input_tx));
+        let mut address = settings.address.clone();
+        if let Some(address) = &mut address {
+            // Whatever a previous life of this host held is not ours now.
+            address.release().await;
+        }
+        Ok(RealSeam {
+            host: Some(host),
+            failed: None,
+            clock,
+            inputs,
+            to_peer,
+            witness_socket,
+            witness: settings.witness,
+            peer_id: settings.protocol.peer,
+            service_socket,
+            book,
+            counters,
+            address,
+            disk,
+            paths,
+            stop,
+            next_status: Instant::now(),
+            last_status: None,
+        })
+    }
+
+    /// After the body ended: a clean stop writes the primary's final
+    /// checkpoint and lets the address go; a failure is the error.
+    async fn finish(mut self, ended: Ended) -> Result<(), NodeError> {
+        if let Some(address) = &mut self.address {
+            address.release().await;
+        }
+        if let Some(error) = self.failed.take() {
+            return Err(error.into());
+        }
+        if ended == Ended::Stopped {
+            if let Some(host) = self.host.as_mut() {
+                if host.role() == RoleKind::Primary && host.is_running() {
+                    let checkpoint = host
+                        .machine()
+                        .checkpoint(Kind::Full)
+                        .map_err(HostError::from)?;
+                    std::fs::write(&self.paths.final_checkpoint, checkpoint.encode()).map_err(
+                        |source| NodeError::StateDir {
+                            path: self.paths.final_checkpoint.clone(),
+                            source,
+                        },
+                    )?;
+                }
+            }
+            self.write_status(true);
+        }
+        Ok(())
+    }
+
+    fn status(&self) -> Option<Status> {
+        let host = self.host.as_ref()?;
+        let node = host.node();
+        let role = match host.role() {
+            RoleKind::Primary => "primary",
+            RoleKind::Backup => "backup",
+            RoleKind::Joining => "joining",
+        };
+        Some(Status {
+            pid: std::process::id(),
+            role: role.to_string(),
+            generation: node.generation().0,
+            protection: node.protection().map(|p| format!("{p:?}").to_lowercase()),
+            epoch: node.epoch().map(|e| e.0),
+            running: host.is_running(),
+            outputs_released: host.stats().outputs_released,
+            frames_dropped: {
+                let s = node.stats();
+                s.dropped_malformed
+                    + s.dropped_unauthenticated
+                    + s.dropped_misaddressed
+                    + s.dropped_stale
+                    + s.dropped_unexpected
+                    + s.dropped_duplicate
+            },
+            links: self
+                .counters
+                .snapshot()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
+        })
+    }
+
+    /// Rewrites the status file if it changed (at most every
+    /// `STATUS_INTERVAL` unless `force`). Write then rename: a reader sees
+    /// a whole file.
+    fn write_status(&mut self, force: bool) {
+        let now = Instant::now();
+        if !force && now < self.next_status {
+            return;
+        }
+        self.next_status = now + STATUS_INTERVAL;
+        let Some(status) = self.status() else {
+            return;
+        };
+        if !force && self.last_status.as_ref() == Some(&status) {
+            return;
+        }
+        let tmp = self.paths.status.with_extension("tmp");
+        let json = serde_json::to_vec(&status).expect("a status serialises");
+        if std::fs::write(&tmp, json)
+            .and_then(|()| std::fs::rename(&tmp, &self.paths.status))
+            .is_err()
+        {
+            tracing::warn!("status file not written");
+        }
+        self.last_status = Some(status);
+    }
+}
+
+async fn stop_on_signal(stop: Arc<AtomicBool>, wake: mpsc::Sender<Input>) {
+    super::stop_signal().await;
+    stop.store(true, Ordering::SeqCst);
+    let _ = wake.send(Input::Wake).await;
+}
+
+impl<E: Engine> Seam for RealSeam<E> {
+    type Engine = E;
+
+    fn now(&self) -> Time {
+        Time(u64::try_from(self.clock.elapsed().as_nanos()).expect("uptime below 584 years"))
+    }
+
+    fn with_host<R>(
+        &mut self,
+        _now: Time,
+        step: impl FnOnce(&mut VmHost<E>) -> Result<R, HostError>,
+    ) -> Option<R> {
+        let host = self.host.as_mut()?;
+        match step(host) {
+            Ok(r) => Some(r),
+            Err(e) => {
+                tracing::error!(error = %e, "host failed: stopping (fail-stop)");
+                self.failed = Some(e);
+                self.host = None;
+                None
+            }
+        }
+    }
+
+    async fn next_input(&mut self, wake: Time) -> Option<Input> {
+        self.write_status(false);
+        if self.stop.load(Ordering::SeqCst) {
+            return None;
+        }
+        if let Ok(input) = self.inputs.try_recv() {
+            return Some(input);
+        }
+        let wait = wake.0.saturating_sub(self.now().0);
+        if wait == 0 {
+            return Some(Input::Wake);
+        }
+        let wait = Duration::from_nanos(wait).min(STATUS_INTERVAL);
+        match tokio::time::timeout(wait, self.inputs.recv()).await {
+            Ok(Some(input)) => Some(input),
+            Ok(None) => None,
+            Err(_) => Some(Input::Wake),
+        }
+    }
+
+    async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>) {
+        if to == self.peer_id {
+            if self.to_peer.try_send(bytes).is_err() {
+                self.counters
+                    .send_queue_full
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+        } else if self
+            .witness_socket
+            .try_send_to(&bytes, self.witness)
+            .is_err()
+        {
+            self.counters
+                .datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn send_output(&mut self, _generation: Generation, packet: Packet) {
+        let to = net::request_id(&packet).and_then(|id| {
+            self.book
+                .lock()
+                .expect("no panics hold the book")
+                .address(id)
+        });
+        let Some(to) = to else {
+            self.counters
+                .replies_unaddressed
+                .fetch_add(1, Ordering::Relaxed);
+            return;
+        };
+        if self.service_socket.try_send_to(&packet, to).is_err() {
+            self.counters
+                .datagrams_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    async fn persist_generation(&mut self, generation: Generation) -> bool {
+        match durable::write_generation(&self.paths.generation, generation) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot persist the generation: stopping");
+                self.failed = Some(HostError::DiskFailed(e.to_string()));
+                self.host = None;
+                false
+            }
+        }
+    }
+
+    async fn record_disk(&mut self, checkpoint: Option<CheckpointId>) -> bool {
+        match self.disk.borrow_mut().set_label(label(checkpoint)) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot label the disk: stopping");
+                self.failed = Some(HostError::DiskFailed(e.to_string()));
+                self.host = None;
+                false
+            }
+        }
+    }
+
+    async fn service(&mut self, want: Service) {
+        let Some(address) = &mut self.address else {
+            return;
+        };
+        match want {
+            Service::Hold(generation) => address.hold(generation).await,
+            Service::Drop => address.release().await,
+        }
+    }
+
+    fn guest_quantum_ns(&self) -> u64 {
+        // A running guest runs whenever no input waits.
+        0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_carry_the_checkpoint() {
+        let id = CheckpointId {
+            generation: Generation(7),
+            epoch: Epoch(123_456),
+        };
+        let l = label(Some(id)).expect("a label");
+        assert_eq!(checkpoint_of(l), id);
+        assert_eq!(label(None), None);
+    }
+}

@@ -1,0 +1,562 @@
+//! `lockstep cluster local`: the real-host counterpart of a scenario
+//! suite, on one machine. Network namespaces for the witness, host a, host
+//! b and the clients, joined by a bridge in a namespace of its own; the
+//! three daemons as separate processes; `lockstep load` against the
+//! service address; the primary SIGKILLed again and again at seeded
+//! moments, restarted each time, and the pair waited for until it is
+//! protected again; then the history judged against the survivor by the
+//! simulator's oracle. Namespaces are removed at the end, on an error and
+//! on SIGINT/SIGTERM.
+
+use anyhow::{bail, Context};
+use machine::rng::SplitMix64;
+use runtime::daemon::node::Status;
+use sim::history::History;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+/// The bridge's subnet; hosts are .1 (a), .2 (b), .3 (witness), .4
+/// (clients), the service address .100.
+const SUBNET: &str = "10.77.0";
+const SERVICE_PORT: u16 = 8000;
+const FRAME_PORT: u16 = 7000;
+/// How long a failover or a re-protection may take before the run fails.
+const PHASE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How often status files are read.
+const POLL: Duration = Duration::from_millis(5);
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterArgs {
+    #[command(subcommand)]
+    command: ClusterCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ClusterCommand {
+    /// Three hosts as network namespaces on this machine, the primary
+    /// SIGKILLed under load again and again, the clients' history judged.
+    Local(LocalArgs),
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct LocalArgs {
+    /// SIGKILLs of the primary.
+    #[arg(long, default_value_t = 10)]
+    kills: u32,
+    /// "emu" or "kvm".
+    #[arg(long, default_value = "emu")]
+    engine: String,
+    /// Seed of the kill times.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Shortest and longest wait, ms, after re-protection before the next kill.
+    #[arg(long, default_value_t = 200)]
+    kill_after_min_ms: u64,
+    #[arg(long, default_value_t = 1200)]
+    kill_after_max_ms: u64,
+    /// "ft" or "ha".
+    #[arg(long, default_value = "ft")]
+    level: String,
+    /// Clients of the load.
+    #[arg(long, default_value_t = 8)]
+    clients: u16,
+    /// A peer silent this long is suspected, ms.
+    #[arg(long, default_value_t = 150)]
+    suspect_after_ms: u64,
+    /// Where configs, state, logs and the history go.
+    #[arg(long, default_value = "lockstep-cluster")]
+    out: PathBuf,
+}
+
+pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
+    let ClusterCommand::Local(args) = args.command;
+    local(&args)
+}
+
+/// Whether this process runs as root (read from /proc, no unsafe).
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+        s.lines()
+            .find(|l| l.starts_with("Uid:"))
+            .and_then(|l| l.split_whitespace().nth(2))
+            == Some("0")
+    })
+}
+
+fn sh(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .stdin(Stdio::null())
+        .output()
+        .with_context(|| format!("{}: cannot run", args[0]))?;
+    if !out.status.success() {
+        bail!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// The namespaces of one run; dropped, they are gone.
+struct Netns {
+    prefix: String,
+    made: Vec<String>,
+}
+
+impl Netns {
+    fn name(&self, role: &str) -> String {
+        format!("{}-{role}", self.prefix)
+    }
+
+    /// The bridge namespace and one namespace per member, each with an
+    /// `eth0` on the bridge at `SUBNET.<n>`.
+    fn build(prefix: String, members: &[(&str, u8)]) -> anyhow::Result<Netns> {
+        let mut netns = Netns {
+            prefix,
+            made: Vec::new(),
+        };
+        let br = netns.name("net");
+        sh(&["ip", "netns", "add", &br])?;
+        netns.made.push(br.clone());
+        sh(&["ip", "-n", &br, "link", "add", "br0", "type", "bridge"])?;
+        sh(&["ip", "-n", &br, "link", "set", "br0", "up"])?;
+        for (role, n) in members {
+            let ns = netns.name(role);
+            sh(&["ip", "netns", "add", &ns])?;
+            netns.made.push(ns.clone());
+            let outer = format!("v{role}");
+            sh(&[
+                "ip", "-n", &br, "link", "add", &outer, "type", "veth", "peer", "name", "eth0",
+                "netns", &ns,
+            ])?;
+            sh(&[
+                "ip", "-n", &br, "link", "set", &outer, "master", "br0", "up",
+            ])?;
+            let cidr = format!("{SUBNET}.{n}/24");
+            sh(&["ip", "-n", &ns, "addr", "add", &cidr, "dev", "eth0"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "eth0", "up"])?;
+            sh(&["ip", "-n", &ns, "link", "set", "lo", "up"])?;
+        }
+        // A client's ARP entry for the service address follows every
+        // gratuitous ARP, however soon after the last (the demo moves the
+        // address more often than a neighbour's lock time allows).
+        let clients = netns.name("c");
+        let _ = sh(&[
+            "ip",
+            "netns",
+            "exec",
+            &clients,
+            "sysctl",
+            "-qw",
+            "net.ipv4.neigh.eth0.locktime=0",
+        ]);
+        Ok(netns)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in self.made.drain(..).rev() {
+            let _ = sh(&["ip", "netns", "del", &ns]);
+        }
+    }
+}
+
+/// The daemons and the load; dropped, they are killed.
+#[derive(Default)]
+struct Procs {
+    children: Vec<Child>,
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for child in &mut self.children {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Children that come and go (the nodes, the load); dropped, they are
+/// killed.
+struct Nodes([Option<Child>; 2]);
+
+impl Drop for Nodes {
+    fn drop(&mut self) {
+        for child in self.0.iter_mut().flatten() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+struct Layout {
+    out: PathBuf,
+    exe: PathBuf,
+}
+
+impl Layout {
+    fn state(&self, host: &str) -> PathBuf {
+        self.out.join(format!("state-{host}"))
+    }
+
+    fn spawn(&self, netns: &Netns, role: &str, args: &[&str], log: &str) -> anyhow::Result<Child> {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.out.join(log))?;
+        let child = Command::new("ip")
+            .args(["netns", "exec", &netns.name(role)])
+            .arg(&self.exe)
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()?;
+        Ok(child)
+    }
+
+    fn status(&self, host: &str) -> Option<Status> {
+        let text = std::fs::read(self.state(host).join("status.json")).ok()?;
+        serde_json::from_slice(&text).ok()
+    }
+}
+
+fn unix_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
+fn write_configs(args: &LocalArgs, layout: &Layout) -> anyhow::Result<()> {
+    let key = layout.out.join("cluster.key");
+    // A fresh secret each run, from the OS (this is a real cluster).
+    let mut secret = [0u8; 32];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
+    let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(&key)?;
+    std::io::Write::write_all(&mut file, text.as_bytes())?;
+    for (n, host) in ["a", "b"].into_iter().enumerate() {
+        let peer = 1 - n;
+        let bootstrap = if n == 0 { "primary" } else { "backup" };
+        let config = format!(
+            r#"[node]
+id = {n}
+peer_id = {peer}
+witness_id = 2
+bootstrap = "{bootstrap}"
+state_dir = "{state}"
+key_file = "{key}"
+engine = "{engine}"
+
+[net]
+listen = "{SUBNET}.{me}:{FRAME_PORT}"
+peer = "{SUBNET}.{other}:{FRAME_PORT}"
+witness = "{SUBNET}.3:{FRAME_PORT}"
+service = "{SUBNET}.100:{SERVICE_PORT}"
+service_address = "{SUBNET}.100/24"
+service_interface = "eth0"
+
+[protocol]
+level = "{level}"
+epoch_ms = 20
+heartbeat_ms = 20
+suspect_after_ms = {suspect}
+"#,
+            state = layout.state(host).display(),
+            key = key.display(),
+            engine = args.engine,
+            me = n + 1,
+            other = peer + 1,
+            level = args.level,
+            suspect = args.suspect_after_ms,
+        );
+        std::fs::write(layout.out.join(format!("node-{host}.toml")), config)?;
+    }
+    let witness = format!(
+        r#"[witness]
+id = 2
+listen = "{SUBNET}.3:{FRAME_PORT}"
+state_dir = "{state}"
+key_file = "{key}"
+bootstrap_primary = 0
+
+[[members]]
+id = 0
+address = "{SUBNET}.1:{FRAME_PORT}"
+
+[[members]]
+id = 1
+address = "{SUBNET}.2:{FRAME_PORT}"
+"#,
+        state = layout.state("witness").display(),
+        key = key.display(),
+    );
+    std::fs::write(layout.out.join("witness.toml"), witness)?;
+    Ok(())
+}
+
+/// Waits until `ok` holds, polling; `Err` on timeout or interruption.
+fn wait_for(
+    stop: &AtomicBool,
+    what: &str,
+    mut ok: impl FnMut() -> bool,
+) -> anyhow::Result<Duration> {
+    let started = Instant::now();
+    while !ok() {
+        if stop.load(Ordering::SeqCst) {
+            bail!("interrupted while waiting for {what}");
+        }
+        if started.elapsed() > PHASE_TIMEOUT {
+            bail!("{what}: not within {} s", PHASE_TIMEOUT.as_secs());
+        }
+        std::thread::sleep(POLL);
+    }
+    Ok(started.elapsed())
+}
+
+fn protected(layout: &Layout, primary: &str, backup: &str) -> bool {
+    let p = layout.status(primary);
+    let b = layout.status(backup);
+    matches!((p, b), (Some(p), Some(b))
+        if p.role == "primary" && p.running && p.protection.as_deref() == Some("protected")
+            && b.role == "backup" && b.generation == p.generation)
+}
+
+fn local(args: &LocalArgs) -> anyhow::Result<ExitCode> {
+    if !is_root() {
+        println!("cluster local: SKIPPED: needs root (network namespaces); run it as root");
+        return Ok(ExitCode::from(2));
+    }
+    if !["emu", "kvm"].contains(&args.engine.as_str()) {
+        bail!("--engine is emu or kvm, not {}", args.engine);
+    }
+    if args.kill_after_min_ms > args.kill_after_max_ms {
+        bail!("--kill-after-min-ms exceeds --kill-after-max-ms");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_watch(Arc::clone(&stop))?;
+    let _ = std::fs::remove_dir_all(&args.out);
+    std::fs::create_dir_all(&args.out)?;
+    let layout = Layout {
+        out: std::fs::canonicalize(&args.out)?,
+        exe: std::env::current_exe()?,
+    };
+    write_configs(args, &layout)?;
+    let prefix = format!("ls{}", std::process::id());
+    let netns = match Netns::build(prefix, &[("a", 1), ("b", 2), ("w", 3), ("c", 4)]) {
+        Ok(n) => n,
+        Err(e) => {
+            println!("cluster local: SKIPPED: network namespaces do not work here: {e:#}");
+            return Ok(ExitCode::from(2));
+        }
+    };
+    let outcome = drive(args, &layout, &netns, &stop);
+    drop(netns);
+    outcome
+}
+
+fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    std::thread::spawn(move || {
+        runtime.block_on(runtime::daemon::stop_signal());
+        stop.store(true, Ordering::SeqCst);
+    });
+    Ok(())
+}
+
+/// Figures of one kill.
+struct KillFigures {
+    at_unix_ns: u64,
+    reprotect: Duration,
+}
+
+fn drive(
+    args: &LocalArgs,
+    layout: &Layout,
+    netns: &Netns,
+    stop: &AtomicBool,
+) -> anyhow::Result<ExitCode> {
+    let mut procs = Procs::default();
+    let node_args = |host: &str| {
+        let config = layout.out.join(format!("node-{host}.toml"));
+        vec![
+            "node".to_string(),
+            "--config".to_string(),
+            config.display().to_string(),
+        ]
+    };
+    let spawn_node = |host: &str| -> anyhow::Result<Child> {
+        let a = node_args(host);
+        let a: Vec<&str> = a.iter().map(String::as_str).collect();
+        layout.spawn(netns, host, &a, &format!("node-{host}.log"))
+    };
+    let witness_config = layout.out.join("witness.toml").display().to_string();
+    procs.children.push(layout.spawn(
+        netns,
+        "w",
+        &["witness", "--config", &witness_config],
+        "witness.log",
+    )?);
+    let mut nodes = Nodes([Some(spawn_node("a")?), Some(spawn_node("b")?)]);
+    wait_for(stop, "the first protection", || protected(layout, "a", "b"))?;
+    println!("cluster local: a primary, b backup, protected; load starts");
+    let history = layout.out.join("history.jsonl");
+    let think_ms = 20;
+    let load_s = f64::from(args.kills) * 3.0 + 30.0;
+    let load_args = [
+        "load".to_string(),
+        "--target".to_string(),
+        format!("{SUBNET}.100:{SERVICE_PORT}"),
+        "--clients".to_string(),
+        args.clients.to_string(),
+        "--think-ms".to_string(),
+        think_ms.to_string(),
+        "--duration-s".to_string(),
+        load_s.to_string(),
+        "--history".to_string(),
+        history.display().to_string(),
+        "--seed".to_string(),
+        args.seed.to_string(),
+    ];
+    let load_args: Vec<&str> = load_args.iter().map(String::as_str).collect();
+    let load = layout.spawn(netns, "c", &load_args, "load.log")?;
+    let mut load = Nodes([Some(load), None]);
+    let mut rng = SplitMix64::new(args.seed);
+    let mut kills = Vec::new();
+    let mut primary = 0usize;
+    let names = ["a", "b"];
+    std::thread::sleep(Duration::from_millis(500));
+    for k in 0..args.kills {
+        let wait = rng.range(args.kill_after_min_ms, args.kill_after_max_ms);
+        std::thread::sleep(Duration::from_millis(wait));
+        let (victim, survivor) = (names[primary], names[1 - primary]);
+        let mut child = nodes.0[primary].take().context("the primary runs")?;
+        let at_unix_ns = unix_ns();
+        child.kill().context("SIGKILL the primary")?;
+        let _ = child.wait();
+        // A dead machine answers no ARP: the killed daemon's namespace
+        // keeps the address its kernel had, so take it off.
+        let _ = sh(&[
+            "ip",
+            "-n",
+            &netns.name(victim),
+            "addr",
+            "del",
+            &format!("{SUBNET}.100/24"),
+            "dev",
+            "eth0",
+        ]);
+        wait_for(stop, "the failover", || {
+            layout
+                .status(survivor)
+                .is_some_and(|s| s.role == "primary" && s.running)
+        })?;
+        nodes.0[primary] = Some(spawn_node(victim)?);
+        let restarted = Instant::now();
+        wait_for(stop, "re-protection", || {
+            protected(layout, survivor, victim)
+        })?;
+        let reprotect = restarted.elapsed();
+        println!(
+            "kill {}/{}: {victim} killed, {survivor} took over, {victim} re-protected in {:.0} ms",
+            k + 1,
+            args.kills,
+            reprotect.as_secs_f64() * 1000.0
+        );
+        kills.push(KillFigures {
+            at_unix_ns,
+            reprotect,
+        });
+        primary = 1 - primary;
+    }
+    // The load stops sending, drains what is outstanding, and writes.
+    let mut load = load.0[0].take().context("the load runs")?;
+    let _ = sh(&["kill", "-TERM", &load.id().to_string()]);
+    let loaded = load.wait()?;
+    let survivor = names[primary];
+    let mut survivor_child = nodes.0[primary].take().context("the primary runs")?;
+    sh(&["kill", "-TERM", &survivor_child.id().to_string()])?;
+    survivor_child.wait()?;
+    for child in nodes.0.iter_mut().flatten() {
+        let _ = sh(&["kill", "-TERM", &child.id().to_string()]);
+        let _ = child.wait();
+    }
+    drop(procs);
+    judge(args, layout, survivor, &kills, loaded.success())
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn judge(
+    args: &LocalArgs,
+    layout: &Layout,
+    survivor: &str,
+    kills: &[KillFigures],
+    load_ok: bool,
+) -> anyhow::Result<ExitCode> {
+    let history_path = layout.out.join("history.jsonl");
+    let file = std::fs::File::open(&history_path)?;
+    let history = History::read(std::io::BufReader::new(file))?;
+    let start = history
+        .start_unix_ns
+        .context("the history has no start line")?;
+    let mut failover_ms: Vec<f64> = kills
+        .iter()
+        .filter_map(|k| {
+            let at = k.at_unix_ns.checked_sub(start)?;
+            let first = history.first_reply_after(at)?;
+            Some((first - at) as f64 / 1e6)
+        })
+        .collect();
+    failover_ms.sort_by(f64::total_cmp);
+    let mut reprotect_ms: Vec<f64> = kills
+        .iter()
+        .map(|k| k.reprotect.as_secs_f64() * 1000.0)
+        .collect();
+    reprotect_ms.sort_by(f64::total_cmp);
+    println!(
+        "{} kills: failover (SIGKILL to the next reply) p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms; re-protection p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms",
+        kills.len(),
+        percentile(&failover_ms, 0.5),
+        percentile(&failover_ms, 0.99),
+        failover_ms.last().copied().unwrap_or(f64::NAN),
+        percentile(&reprotect_ms, 0.5),
+        percentile(&reprotect_ms, 0.99),
+        reprotect_ms.last().copied().unwrap_or(f64::NAN),
+    );
+    let checkpoint = layout.state(survivor).join("final.ckpt");
+    let check = super::load::check_files(&history_path, &checkpoint, 16)?;
+    let passed = check && load_ok && kills.len() == args.kills as usize;
+    if !load_ok {
+        println!("the load left requests unanswered (see load.log)");
+    }
+    println!(
+        "cluster local: {} (out: {})",
+        if passed { "PASSED" } else { "FAILED" },
+        layout.out.display()
+    );
+    Ok(if passed {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
