@@ -313,3 +313,65 @@ fn forged_truncated_and_garbage_frames_are_dropped_and_counted() {
     assert_eq!(a.generation(), Generation(1));
     assert_eq!(a.epoch(), epoch);
 }
+
+/// Restarts `B`, which goes silent as soon as it takes its first copy
+/// chunk: a joiner mid-copy that `A` hears nothing from.
+fn restart_into_a_silent_copy(c: &mut Cluster) {
+    c.silence_after_copy = Some(B);
+    c.restart(B, Generation(1));
+    c.run_for_ms(50);
+    assert!(
+        c.cut.contains(&(B, A)),
+        "B took a copy chunk and went silent"
+    );
+    assert_eq!(c.node(B).role(), RoleKind::Joining);
+    assert_eq!(c.node(A).protection(), Some(Protection::Resyncing));
+}
+
+#[test]
+fn a_joiner_busy_for_longer_than_suspicion_keeps_its_copy_session() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    c.crash(B);
+    c.run_for_ms(1000);
+    restart_into_a_silent_copy(&mut c);
+    let suspect_ms = c.node(A).config().suspect_after_ns / MS;
+    // Silent twice as long as a backup may be: a joiner applying a big round.
+    c.run_for_ms(2 * suspect_ms);
+    assert_eq!(
+        c.node(A).protection(),
+        Some(Protection::Resyncing),
+        "the session waits for a busy joiner"
+    );
+    c.cut.clear();
+    c.run_for_ms(3000);
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+}
+
+#[test]
+fn a_joiner_whose_session_was_given_up_is_copied_again() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    c.crash(B);
+    c.run_for_ms(1000);
+    restart_into_a_silent_copy(&mut c);
+    let copies = c.count(A, |a| matches!(a, Action::CaptureCopy { round: 0, .. }));
+    // Silent past the joiner's patience: A gives the session up, while B,
+    // mid-copy, only heartbeats. Its heartbeat must be taken as its Join.
+    let patience_ms = c.node(A).config().suspect_after_ns * 8 / MS;
+    c.run_for_ms(patience_ms + 500);
+    assert_eq!(c.node(A).protection(), Some(Protection::Unprotected));
+    assert_eq!(c.node(B).role(), RoleKind::Joining);
+    c.cut.clear();
+    c.run_for_ms(3000);
+    assert_eq!(
+        c.node(A).protection(),
+        Some(Protection::Protected),
+        "the joiner is copied again and certified"
+    );
+    assert_eq!(c.node(B).role(), RoleKind::Backup);
+    assert!(
+        c.count(A, |a| matches!(a, Action::CaptureCopy { round: 0, .. })) > copies,
+        "a new session began"
+    );
+}

@@ -34,6 +34,9 @@ pub struct Cluster {
     pub level: Level,
     /// Drop the delta chunk with this index (to make deltas incomplete).
     pub drop_delta_chunk: Option<u32>,
+    /// Once this host takes its first copy chunk, it goes silent (its
+    /// links out are cut): a joiner busy applying a copy.
+    pub silence_after_copy: Option<NodeId>,
     pub captures: u8,
 }
 
@@ -78,6 +81,7 @@ impl Cluster {
             codec,
             level,
             drop_delta_chunk: None,
+            silence_after_copy: None,
             captures: 0,
         };
         cluster.drain(0);
@@ -176,6 +180,17 @@ impl Cluster {
             } else if let Some(node) = self.nodes[to.0 as usize].as_mut() {
                 node.handle_bytes(now, &bytes);
                 self.drain(to.0 as usize);
+                if self.silence_after_copy == Some(to) {
+                    let copy = self
+                        .codec
+                        .decode(&bytes)
+                        .map(|e| matches!(e.msg, Message::Copy { .. }));
+                    if copy == Ok(true) {
+                        self.cut.insert((to, from));
+                        self.cut.insert((to, W));
+                        self.silence_after_copy = None;
+                    }
+                }
             }
         }
         panic!("the network never quiesces");

@@ -9,8 +9,16 @@ use protocol::Generation;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// How often a primary announces the address again.
+/// How often a primary announces the address again, once it is settled.
 pub const ANNOUNCE_INTERVAL: Duration = Duration::from_millis(1000);
+/// The first announcements after taking the address over come sooner (as
+/// keepalived repeats its gratuitous ARP): one that a neighbour missed or
+/// ignored costs this long, not a whole interval.
+pub const ANNOUNCE_FIRST: [Duration; 3] = [
+    Duration::from_millis(50),
+    Duration::from_millis(150),
+    Duration::from_millis(400),
+];
 /// Announcements still running at most; beyond it none is started.
 pub const ANNOUNCERS_MAX: usize = 4;
 
@@ -23,6 +31,8 @@ pub struct ServiceAddress {
     pub interface: String,
     held: Option<Generation>,
     next_announce: Option<Instant>,
+    /// Announcements since the address was taken over.
+    announced: usize,
     announcers: Vec<u32>,
 }
 
@@ -34,6 +44,7 @@ impl ServiceAddress {
             interface,
             held: None,
             next_announce: None,
+            announced: 0,
             announcers: Vec::new(),
         }
     }
@@ -54,10 +65,16 @@ impl ServiceAddress {
             }
             tracing::info!(cidr = %self.cidr, ?generation, "service address held");
             self.next_announce = None;
+            self.announced = 0;
         }
         self.held = Some(generation);
         if self.next_announce.is_none_or(|at| now >= at) {
-            self.next_announce = Some(now + ANNOUNCE_INTERVAL);
+            let wait = ANNOUNCE_FIRST
+                .get(self.announced)
+                .copied()
+                .unwrap_or(ANNOUNCE_INTERVAL);
+            self.announced += 1;
+            self.next_announce = Some(now + wait);
             self.announce();
         }
     }
@@ -79,7 +96,7 @@ impl ServiceAddress {
             return;
         }
         let child = Command::new("arping")
-            .args(["-U", "-c", "2", "-w", "1", "-I", &self.interface, self.ip()])
+            .args(["-U", "-c", "1", "-I", &self.interface, self.ip()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())

@@ -364,12 +364,15 @@ impl<E: Engine> RealSeam<E> {
                         .machine()
                         .checkpoint(Kind::Full)
                         .map_err(HostError::from)?;
-                    std::fs::write(&self.paths.final_checkpoint, checkpoint.encode()).map_err(
-                        |source| NodeError::StateDir {
-                            path: self.paths.final_checkpoint.clone(),
+                    // Whole or not at all: written aside, then renamed.
+                    let path = &self.paths.final_checkpoint;
+                    let tmp = path.with_extension("tmp");
+                    std::fs::write(&tmp, checkpoint.encode())
+                        .and_then(|()| std::fs::rename(&tmp, path))
+                        .map_err(|source| NodeError::StateDir {
+                            path: path.clone(),
                             source,
-                        },
-                    )?;
+                        })?;
                 }
             }
             self.write_status(true);

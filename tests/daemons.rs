@@ -1,0 +1,230 @@
+//! The daemons as a user runs them: configuration errors that name file,
+//! line and field; key files others can read refused; and a whole cluster
+//! on loopback (witness, two nodes, a client fleet) whose primary is
+//! SIGKILLed under load, judged by `lockstep check`.
+
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use support::lockstep;
+
+fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("lockstep-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn write_key(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A node's configuration on loopback, ports from `base`.
+fn node_config(dir: &Path, me: u8, base: u16, extra: &str) -> String {
+    let peer = 1 - me;
+    let bootstrap = if me == 0 { "primary" } else { "backup" };
+    format!(
+        "[node]\nid = {me}\npeer_id = {peer}\nwitness_id = 2\nbootstrap = \"{bootstrap}\"\n\
+         state_dir = \"{state}\"\nkey_file = \"{key}\"\nengine = \"emu\"\n\n\
+         [net]\nlisten = \"127.0.0.1:{listen}\"\npeer = \"127.0.0.1:{peer_port}\"\n\
+         witness = \"127.0.0.1:{witness}\"\nservice = \"127.0.0.1:{service}\"\n{extra}",
+        state = dir.join(format!("state{me}")).display(),
+        key = dir.join("key").display(),
+        listen = base + u16::from(me),
+        peer_port = base + u16::from(peer),
+        witness = base + 2,
+        service = base + 10 + u16::from(me),
+    )
+}
+
+#[test]
+fn a_malformed_node_config_names_file_line_and_field() {
+    let dir = temp_dir("badconfig");
+    write_key(&dir.join("key"), 0o600);
+    let text = node_config(&dir, 0, 40_000, "").replace("127.0.0.1:40000", "here");
+    let file = dir.join("node.toml");
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("node.toml:11:"), "{stderr}");
+    assert!(stderr.contains("net.listen"), "{stderr}");
+    assert!(stderr.contains("not an address"), "{stderr}");
+
+    let text = node_config(&dir, 0, 40_000, "") + "[guest]\nvcpuz = 2\n";
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("vcpuz"),
+        "an unknown field is named: {stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_key_file_others_can_read_is_refused_and_a_missing_one_named() {
+    let dir = temp_dir("badkey");
+    write_key(&dir.join("key"), 0o644);
+    let file = dir.join("node.toml");
+    std::fs::write(&file, node_config(&dir, 0, 40_100, "")).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("readable by others"), "{stderr}");
+    assert!(stderr.contains("node.key_file"), "{stderr}");
+    assert!(
+        !dir.join("state0").exists(),
+        "nothing is created before the config is accepted"
+    );
+    std::fs::remove_file(dir.join("key")).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("key") && stderr.contains("cannot read"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A daemon process, killed when dropped.
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start(args: &[&str], log: &Path) -> Daemon {
+    let log = std::fs::File::create(log).unwrap();
+    Daemon(
+        Command::new(env!("CARGO_BIN_EXE_lockstep"))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+fn status(dir: &Path, me: u8) -> serde_json::Value {
+    std::fs::read(dir.join(format!("state{me}/status.json")))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+fn wait_until(what: &str, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn protected(dir: &Path, primary: u8) -> bool {
+    let (p, b) = (status(dir, primary), status(dir, 1 - primary));
+    p["role"] == "primary"
+        && p["protection"] == "protected"
+        && b["role"] == "backup"
+        && p["generation"] == b["generation"]
+}
+
+#[test]
+fn a_sigkilled_primary_loses_nothing_acknowledged() {
+    let dir = temp_dir("loopback");
+    write_key(&dir.join("key"), 0o600);
+    let base = 41_000 + (std::process::id() % 500) as u16 * 20;
+    for me in 0..2u8 {
+        std::fs::write(
+            dir.join(format!("node{me}.toml")),
+            node_config(&dir, me, base, ""),
+        )
+        .unwrap();
+    }
+    let witness = format!(
+        "[witness]\nid = 2\nlisten = \"127.0.0.1:{w}\"\nstate_dir = \"{s}\"\nkey_file = \"{k}\"\n\
+         bootstrap_primary = 0\n[[members]]\nid = 0\naddress = \"127.0.0.1:{a}\"\n\
+         [[members]]\nid = 1\naddress = \"127.0.0.1:{b}\"\n",
+        w = base + 2,
+        s = dir.join("wstate").display(),
+        k = dir.join("key").display(),
+        a = base,
+        b = base + 1,
+    );
+    std::fs::write(dir.join("witness.toml"), witness).unwrap();
+    let arg = |name: &str| dir.join(name).display().to_string();
+    let _witness = start(
+        &["witness", "--config", &arg("witness.toml")],
+        &dir.join("w.log"),
+    );
+    let mut a = start(
+        &["node", "--config", &arg("node0.toml")],
+        &dir.join("a.log"),
+    );
+    let _b = start(
+        &["node", "--config", &arg("node1.toml")],
+        &dir.join("b.log"),
+    );
+    wait_until("the first protection", || protected(&dir, 0));
+    // The clients talk to b: dropped while b is the backup, answered once
+    // it has taken over.
+    let target = format!("127.0.0.1:{}", base + 11);
+    let history = arg("history.jsonl");
+    let load = start(
+        &[
+            "load",
+            "--target",
+            &target,
+            "--clients",
+            "2",
+            "--duration-s",
+            "3",
+            "--history",
+            &history,
+        ],
+        &dir.join("load.log"),
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    let _ = a.0.kill();
+    let _ = a.0.wait();
+    wait_until("b's takeover", || status(&dir, 1)["role"] == "primary");
+    a = start(
+        &["node", "--config", &arg("node0.toml")],
+        &dir.join("a2.log"),
+    );
+    wait_until("re-protection", || protected(&dir, 1));
+    let mut load = load;
+    assert!(load.0.wait().unwrap().success(), "every request answered");
+    let pid = status(&dir, 1)["pid"].as_u64().unwrap().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
+    wait_until("b's final checkpoint", || {
+        dir.join("state1/final.ckpt").exists() && status(&dir, 1)["pid"].is_u64()
+    });
+    std::thread::sleep(Duration::from_millis(200));
+    let (code, stdout, stderr) = lockstep(&[
+        "check",
+        "--history",
+        &history,
+        "--checkpoint",
+        &arg("state1/final.ckpt"),
+    ]);
+    assert_eq!(code, 0, "{stdout}{stderr}");
+    assert!(stdout.contains("check passed"), "{stdout}");
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
