@@ -24,6 +24,9 @@ enum BenchCommand {
     Emu(EmuArgs),
     /// KVM against the emulated engine; the checkpoint pause on KVM.
     Kvm(super::kvm::KvmBenchArgs),
+    /// The real-host cluster: ft, ha and unprotected side by side,
+    /// failover and re-protection (root: network namespaces).
+    Cluster(super::bench_cluster::ClusterBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -52,6 +55,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
     let args = match args.command {
         BenchCommand::Emu(args) => args,
         BenchCommand::Kvm(args) => return super::kvm::bench(args),
+        BenchCommand::Cluster(args) => return super::bench_cluster::run(args),
     };
     anyhow::ensure!(
         args.quantum_min >= 1 && args.quantum_min <= args.quantum_max,

@@ -83,7 +83,7 @@ pub fn run(args: ClusterArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Whether this process runs as root (read from /proc, no unsafe).
-fn is_root() -> bool {
+pub(super) fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
         s.lines()
             .find(|l| l.starts_with("Uid:"))
@@ -92,7 +92,7 @@ fn is_root() -> bool {
     })
 }
 
-fn sh(args: &[&str]) -> anyhow::Result<()> {
+pub(super) fn sh(args: &[&str]) -> anyhow::Result<()> {
     let out = Command::new(args[0])
         .args(&args[1..])
         .stdin(Stdio::null())
@@ -109,19 +109,19 @@ fn sh(args: &[&str]) -> anyhow::Result<()> {
 }
 
 /// The namespaces of one run; dropped, they are gone.
-struct Netns {
+pub(super) struct Netns {
     prefix: String,
     made: Vec<String>,
 }
 
 impl Netns {
-    fn name(&self, role: &str) -> String {
+    pub(super) fn name(&self, role: &str) -> String {
         format!("{}-{role}", self.prefix)
     }
 
     /// The bridge namespace and one namespace per member, each with an
     /// `eth0` on the bridge at `SUBNET.<n>`.
-    fn build(prefix: String, members: &[(&str, u8)]) -> anyhow::Result<Netns> {
+    pub(super) fn build(prefix: String, members: &[(&str, u8)]) -> anyhow::Result<Netns> {
         let mut netns = Netns {
             prefix,
             made: Vec::new(),
@@ -175,8 +175,8 @@ impl Drop for Netns {
 
 /// The daemons and the load; dropped, they are killed.
 #[derive(Default)]
-struct Procs {
-    children: Vec<Child>,
+pub(super) struct Procs {
+    pub(super) children: Vec<Child>,
 }
 
 impl Drop for Procs {
@@ -190,7 +190,7 @@ impl Drop for Procs {
 
 /// Children that come and go (the nodes, the load); dropped, they are
 /// killed.
-struct Nodes([Option<Child>; 2]);
+pub(super) struct Nodes(pub(super) [Option<Child>; 2]);
 
 impl Drop for Nodes {
     fn drop(&mut self) {
@@ -201,17 +201,23 @@ impl Drop for Nodes {
     }
 }
 
-struct Layout {
-    out: PathBuf,
-    exe: PathBuf,
+pub(super) struct Layout {
+    pub(super) out: PathBuf,
+    pub(super) exe: PathBuf,
 }
 
 impl Layout {
-    fn state(&self, host: &str) -> PathBuf {
+    pub(super) fn state(&self, host: &str) -> PathBuf {
         self.out.join(format!("state-{host}"))
     }
 
-    fn spawn(&self, netns: &Netns, role: &str, args: &[&str], log: &str) -> anyhow::Result<Child> {
+    pub(super) fn spawn(
+        &self,
+        netns: &Netns,
+        role: &str,
+        args: &[&str],
+        log: &str,
+    ) -> anyhow::Result<Child> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -228,19 +234,27 @@ impl Layout {
         Ok(child)
     }
 
-    fn status(&self, host: &str) -> Option<Status> {
+    pub(super) fn status(&self, host: &str) -> Option<Status> {
         let text = std::fs::read(self.state(host).join("status.json")).ok()?;
         serde_json::from_slice(&text).ok()
     }
 }
 
-fn unix_ns() -> u64 {
+pub(super) fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
 }
 
-fn write_configs(args: &LocalArgs, layout: &Layout) -> anyhow::Result<()> {
+/// What the generated configurations say.
+pub(super) struct Shape<'a> {
+    pub(super) engine: &'a str,
+    pub(super) level: &'a str,
+    pub(super) suspect_after_ms: u64,
+    pub(super) memory_mib: u64,
+}
+
+pub(super) fn write_configs(args: &Shape<'_>, layout: &Layout) -> anyhow::Result<()> {
     let key = layout.out.join("cluster.key");
     // A fresh secret each run, from the OS (this is a real cluster).
     let mut secret = [0u8; 32];
@@ -274,6 +288,9 @@ service = "{SUBNET}.100:{SERVICE_PORT}"
 service_address = "{SUBNET}.100/24"
 service_interface = "eth0"
 
+[guest]
+memory_mib = {memory}
+
 [protocol]
 level = "{level}"
 epoch_ms = 20
@@ -287,6 +304,7 @@ suspect_after_ms = {suspect}
             other = peer + 1,
             level = args.level,
             suspect = args.suspect_after_ms,
+            memory = args.memory_mib,
         );
         std::fs::write(layout.out.join(format!("node-{host}.toml")), config)?;
     }
@@ -314,7 +332,7 @@ address = "{SUBNET}.2:{FRAME_PORT}"
 }
 
 /// Waits until `ok` holds, polling; `Err` on timeout or interruption.
-fn wait_for(
+pub(super) fn wait_for(
     stop: &AtomicBool,
     what: &str,
     mut ok: impl FnMut() -> bool,
@@ -332,7 +350,7 @@ fn wait_for(
     Ok(started.elapsed())
 }
 
-fn protected(layout: &Layout, primary: &str, backup: &str) -> bool {
+pub(super) fn protected(layout: &Layout, primary: &str, backup: &str) -> bool {
     let p = layout.status(primary);
     let b = layout.status(backup);
     matches!((p, b), (Some(p), Some(b))
@@ -359,7 +377,13 @@ fn local(args: &LocalArgs) -> anyhow::Result<ExitCode> {
         out: std::fs::canonicalize(&args.out)?,
         exe: std::env::current_exe()?,
     };
-    write_configs(args, &layout)?;
+    let shape = Shape {
+        engine: &args.engine,
+        level: &args.level,
+        suspect_after_ms: args.suspect_after_ms,
+        memory_mib: 4,
+    };
+    write_configs(&shape, &layout)?;
     let prefix = format!("ls{}", std::process::id());
     let netns = match Netns::build(prefix, &[("a", 1), ("b", 2), ("w", 3), ("c", 4)]) {
         Ok(n) => n,
@@ -373,7 +397,7 @@ fn local(args: &LocalArgs) -> anyhow::Result<ExitCode> {
     outcome
 }
 
-fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
+pub(super) fn spawn_signal_watch(stop: Arc<AtomicBool>) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -514,7 +538,7 @@ fn drive(
     judge(args, layout, survivor, &kills, loaded.success())
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(super) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }

@@ -1,6 +1,7 @@
 //! Subcommands of the `lockstep` binary.
 
 mod bench;
+mod bench_cluster;
 mod cluster;
 mod daemon;
 mod kvm;

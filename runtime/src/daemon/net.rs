@@ -20,10 +20,76 @@ use tokio::sync::mpsc;
 pub const FRAME_BYTES_MAX: usize = protocol::wire::CHUNK_BYTES_MAX + 4096;
 /// Largest datagram (witness frames, client requests).
 pub const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
-/// Frames waiting to go to the peer; beyond it a frame is dropped (and
-/// counted): the protocol retransmits, and its own limit on deltas in
-/// flight keeps the queue short while the link is up.
-pub const SEND_QUEUE_FRAMES_MAX: usize = 1024;
+/// Bytes waiting to go to the peer; beyond it a frame is dropped (and
+/// counted): the protocol retransmits (backing off), and its own limit on
+/// deltas in flight keeps the queue short while the link is up. It holds a
+/// whole copy round of a large guest: a queue that cannot would drop a
+/// chunk of every round, and the round would never arrive whole.
+pub const SEND_QUEUE_BYTES_MAX: u64 = 1 << 30;
+
+/// The queue of frames to the peer, bounded by bytes.
+#[derive(Debug, Clone)]
+pub struct PeerQueue {
+    tx: mpsc::UnboundedSender<Vec<u8>>,
+    queued_bytes: Arc<AtomicU64>,
+    limit_bytes: u64,
+}
+
+impl PeerQueue {
+    /// A queue and the receiving end for [`send_frames`].
+    pub fn new() -> (PeerQueue, PeerQueueRx) {
+        PeerQueue::with_limit(SEND_QUEUE_BYTES_MAX)
+    }
+
+    /// A queue that holds at most `limit_bytes`.
+    pub fn with_limit(limit_bytes: u64) -> (PeerQueue, PeerQueueRx) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let rx = PeerQueueRx {
+            rx,
+            queued_bytes: Arc::clone(&queued_bytes),
+        };
+        let queue = PeerQueue {
+            tx,
+            queued_bytes,
+            limit_bytes,
+        };
+        (queue, rx)
+    }
+
+    /// Queues `frame`; `false` if the queue is full (or the sender gone).
+    pub fn push(&self, frame: Vec<u8>) -> bool {
+        let len = frame.len() as u64;
+        if self.queued_bytes.load(Ordering::Relaxed) + len > self.limit_bytes {
+            return false;
+        }
+        self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        self.tx.send(frame).is_ok()
+    }
+}
+
+/// The receiving end of a [`PeerQueue`].
+#[derive(Debug)]
+pub struct PeerQueueRx {
+    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    queued_bytes: Arc<AtomicU64>,
+}
+
+impl PeerQueueRx {
+    async fn recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.recv().await?;
+        self.queued_bytes
+            .fetch_sub(frame.len() as u64, Ordering::Relaxed);
+        Some(frame)
+    }
+
+    fn try_recv(&mut self) -> Option<Vec<u8>> {
+        let frame = self.rx.try_recv().ok()?;
+        self.queued_bytes
+            .fetch_sub(frame.len() as u64, Ordering::Relaxed);
+        Some(frame)
+    }
+}
 /// Inputs waiting for the body; socket tasks wait when it is full.
 pub const INPUTS_MAX: usize = 4096;
 /// Client addresses remembered, by request id, for the replies.
@@ -162,11 +228,7 @@ async fn read_frames(
 
 /// Sends queued frames to the peer, connecting and reconnecting with
 /// backoff. A frame whose connection breaks is lost (counted).
-pub async fn send_frames(
-    peer: SocketAddr,
-    mut queue: mpsc::Receiver<Vec<u8>>,
-    counters: Arc<LinkCounters>,
-) {
+pub async fn send_frames(peer: SocketAddr, mut queue: PeerQueueRx, counters: Arc<LinkCounters>) {
     let mut backoff = RECONNECT_MIN;
     let mut stream: Option<TcpStream> = None;
     while let Some(frame) = queue.recv().await {
@@ -185,7 +247,7 @@ pub async fn send_frames(
                     backoff = (backoff * 2).min(RECONNECT_MAX);
                     // What queued meanwhile is stale: the protocol sends
                     // it again.
-                    while queue.try_recv().is_ok() {
+                    while queue.try_recv().is_some() {
                         counters.send_failed.fetch_add(1, Ordering::Relaxed);
                     }
                     continue;
@@ -276,6 +338,16 @@ mod tests {
     }
 
     #[test]
+    fn the_peer_queue_is_bounded_by_bytes_and_frees_what_is_taken() {
+        let (queue, mut rx) = PeerQueue::with_limit(10);
+        assert!(queue.push(vec![0; 6]));
+        assert!(!queue.push(vec![0; 6]), "12 bytes do not fit in 10");
+        assert!(queue.push(vec![0; 4]));
+        assert_eq!(rx.try_recv().map(|f| f.len()), Some(6));
+        assert!(queue.push(vec![0; 6]), "taking a frame makes room");
+    }
+
+    #[test]
     fn request_ids_are_read_only_from_whole_prefixes() {
         assert_eq!(request_id(&[1, 0, 0, 0, 0, 0, 0, 0, 9]), Some(1));
         assert_eq!(request_id(&[1, 0, 0]), None);
@@ -288,9 +360,9 @@ mod tests {
         let (tx, mut rx) = mpsc::channel(8);
         let counters = Arc::new(LinkCounters::default());
         tokio::spawn(accept_frames(listener, tx, Arc::clone(&counters)));
-        let (qtx, qrx) = mpsc::channel(8);
+        let (qtx, qrx) = PeerQueue::new();
         tokio::spawn(send_frames(addr, qrx, Arc::clone(&counters)));
-        qtx.send(b"hello".to_vec()).await.expect("queued");
+        assert!(qtx.push(b"hello".to_vec()), "queued");
         let got = rx.recv().await.expect("a frame");
         assert_eq!(got, Input::Frame(b"hello".to_vec()));
         let mut raw = TcpStream::connect(addr).await.expect("connect");

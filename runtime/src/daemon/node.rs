@@ -151,6 +151,10 @@ pub struct Status {
     pub frames_dropped: u64,
     /// What the links dropped, by reason.
     pub links: std::collections::BTreeMap<String, u64>,
+    /// The longest single step of the driver while this host ran the guest
+    /// (a capture, a copy round, an apply), µs: the guest's longest pause
+    /// is at most this.
+    pub longest_step_us: u64,
 }
 
 /// A disk label from a checkpoint id, and back.
@@ -264,7 +268,7 @@ struct RealSeam<E: Engine> {
     failed: Option<HostError>,
     clock: Instant,
     inputs: mpsc::Receiver<Input>,
-    to_peer: mpsc::Sender<Vec<u8>>,
+    to_peer: net::PeerQueue,
     witness_socket: Arc<UdpSocket>,
     witness: SocketAddr,
     peer_id: NodeId,
@@ -277,6 +281,7 @@ struct RealSeam<E: Engine> {
     stop: Arc<AtomicBool>,
     next_status: Instant,
     last_status: Option<Status>,
+    longest_step: Duration,
 }
 
 impl<E: Engine> RealSeam<E> {
@@ -298,7 +303,7 @@ impl<E: Engine> RealSeam<E> {
             net::bind_service(settings.service).map_err(socket("service", settings.service))?;
         let (witness_socket, service_socket) = (Arc::new(witness_socket), Arc::new(service_socket));
         let (input_tx, inputs) = mpsc::channel(net::INPUTS_MAX);
-        let (to_peer, queue) = mpsc::channel(net::SEND_QUEUE_FRAMES_MAX);
+        let (to_peer, queue) = net::PeerQueue::new();
         let counters = Arc::new(LinkCounters::default());
         let book = Arc::new(Mutex::new(ClientBook::default()));
         tokio::spawn(net::accept_frames(
@@ -345,6 +350,7 @@ impl<E: Engine> RealSeam<E> {
             stop,
             next_status: Instant::now(),
             last_status: None,
+            longest_step: Duration::ZERO,
         })
     }
 
@@ -411,6 +417,7 @@ impl<E: Engine> RealSeam<E> {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
+            longest_step_us: u64::try_from(self.longest_step.as_micros()).unwrap_or(u64::MAX),
         })
     }
 
@@ -460,7 +467,12 @@ impl<E: Engine> Seam for RealSeam<E> {
         step: impl FnOnce(&mut VmHost<E>) -> Result<R, HostError>,
     ) -> Option<R> {
         let host = self.host.as_mut()?;
-        match step(host) {
+        let started = Instant::now();
+        let stepped = step(host);
+        if host.is_running() {
+            self.longest_step = self.longest_step.max(started.elapsed());
+        }
+        match stepped {
             Ok(r) => Some(r),
             Err(e) => {
                 tracing::error!(error = %e, "host failed: stopping (fail-stop)");
@@ -493,7 +505,7 @@ impl<E: Engine> Seam for RealSeam<E> {
 
     async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>) {
         if to == self.peer_id {
-            if self.to_peer.try_send(bytes).is_err() {
+            if !self.to_peer.push(bytes) {
                 self.counters
                     .send_queue_full
                     .fetch_add(1, Ordering::Relaxed);

@@ -18,6 +18,9 @@ use std::collections::BTreeMap;
 /// copy session is given up (see `Primary::peer_patience_ns`).
 pub const JOINER_PATIENCE: u64 = 8;
 
+/// Doublings of the retransmit wait at most (32 times `retransmit_after_ns`).
+pub const RETRANSMIT_BACKOFF_MAX: u32 = 5;
+
 /// Where the primary's guest is in its epoch cycle.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(super) enum Phase {
@@ -61,6 +64,9 @@ pub(crate) struct Primary {
     unacked: BTreeMap<Epoch, Vec<u8>>,
     acked: Epoch,
     last_shipped: Time,
+    /// Retransmissions since the peer last acknowledged anything: each
+    /// doubles the wait before the next (see `retransmit_wait_ns`).
+    retransmits_unanswered: u32,
     pub(super) released: Epoch,
     lineage: Lineage,
     history: DiskHistory,
@@ -100,6 +106,7 @@ impl Primary {
             unacked: BTreeMap::new(),
             acked: from.epoch,
             last_shipped: now,
+            retransmits_unanswered: 0,
             released: from.epoch,
             lineage,
             history: DiskHistory::new(from.epoch.next(), config.disk_history_blocks_max),
@@ -136,6 +143,17 @@ impl Primary {
             // Certifying: the grant request is answered first, whatever the joiner does.
             Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => None,
         }
+    }
+
+    /// How long to wait for an ack before sending again: `retransmit_after_ns`,
+    /// doubled for each retransmission the peer has not answered. A copy
+    /// round of hundreds of MiB takes longer to arrive and apply than one
+    /// retransmit interval; without the backoff it would be sent again and
+    /// again while the first copy is still on its way.
+    fn retransmit_wait_ns(&self, config: &Config) -> u64 {
+        config
+            .retransmit_after_ns
+            .saturating_mul(1 << self.retransmits_unanswered.min(RETRANSMIT_BACKOFF_MAX))
     }
 
     /// How long the watched peer may be silent before it is lost. A backup
@@ -199,7 +217,7 @@ impl Primary {
         let copy_in_flight = matches!(&self.pairing,
             Pairing::Copying(c) | Pairing::Catching(c) if c.in_flight.is_some());
         if !self.unacked.is_empty() || copy_in_flight {
-            deadlines.push(self.last_shipped.add_ns(config.retransmit_after_ns));
+            deadlines.push(self.last_shipped.add_ns(self.retransmit_wait_ns(config)));
         }
         if self.needs_lease() && self.lease_valid(config, now) {
             deadlines.push(self.witness_heard.add_ns(config.suspect_after_ns));
@@ -305,7 +323,9 @@ impl Node {
             self.peer_lost();
         }
         let p = self.primary();
-        if now >= p.last_shipped.add_ns(config.retransmit_after_ns) {
+        if now >= p.last_shipped.add_ns(p.retransmit_wait_ns(&config)) {
+            let p = self.primary_mut();
+            p.retransmits_unanswered = (p.retransmits_unanswered + 1).min(RETRANSMIT_BACKOFF_MAX);
             self.retransmit();
         }
         let p = self.primary();
@@ -543,6 +563,7 @@ impl Node {
             return;
         }
         if epoch > p.acked {
+            p.retransmits_unanswered = 0;
             p.acked = epoch;
             p.unacked = p.unacked.split_off(&epoch.next());
         }

@@ -99,6 +99,7 @@ impl Node {
             return;
         }
         copy.in_flight = None;
+        p.retransmits_unanswered = 0;
         if let Some(base) = copy.base {
             // The joiner holds the final round: it is a backup from `base` on.
             let joiner = copy.joiner;
@@ -195,6 +196,7 @@ impl Node {
         tracing::info!(node = %self.config.me, %joiner, ?disk, "re-protection: copy begins");
         let p = self.primary_mut();
         p.pairing_generation = generation;
+        p.retransmits_unanswered = 0;
         p.pairing = Pairing::Copying(Copy {
             joiner,
             session: p.epoch,

@@ -1,0 +1,374 @@
+//! `lockstep bench cluster`: the real-host cluster of `cluster local`
+//! measured side by side in one run: the same load against an unprotected
+//! primary (no backup), a pair at `ha` and a pair at `ft` (throughput and
+//! reply latency, as ratios against unprotected); failover times of a
+//! series of SIGKILLs at `ft`; and the re-protection of a guest of
+//! `--memory-mib`, with the primary's longest step meanwhile.
+
+use super::cluster::{
+    is_root, percentile, protected, sh, spawn_signal_watch, unix_ns, wait_for, write_configs,
+    Layout, Netns, Nodes, Shape, SKIPPED,
+};
+use anyhow::{bail, Context};
+use sim::history::History;
+use std::path::{Path, PathBuf};
+use std::process::{Child, ExitCode};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const SUBNET: &str = "10.77.0";
+
+#[derive(Debug, clap::Args)]
+pub struct ClusterBenchArgs {
+    /// "emu" or "kvm".
+    #[arg(long, default_value = "emu")]
+    engine: String,
+    /// Seconds of load per configuration.
+    #[arg(long, default_value_t = 10.0)]
+    seconds: f64,
+    /// Clients of the load (each keeps `--window` requests outstanding).
+    #[arg(long, default_value_t = 8)]
+    clients: u16,
+    #[arg(long, default_value_t = 4)]
+    window: u64,
+    /// SIGKILLs of the primary for the failover figures.
+    #[arg(long, default_value_t = 20)]
+    kills: u32,
+    /// Guest memory for the re-protection figure, MiB.
+    #[arg(long, default_value_t = 256)]
+    memory_mib: u64,
+    /// A peer silent this long is suspected, ms.
+    #[arg(long, default_value_t = 150)]
+    suspect_after_ms: u64,
+    /// Measure only these: throughput, failover, reprotect (comma-separated).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "throughput,failover,reprotect"
+    )]
+    only: Vec<String>,
+    /// Where each configuration's files go.
+    #[arg(long, default_value = "lockstep-bench-cluster")]
+    out: PathBuf,
+}
+
+/// One configuration's daemons.
+struct Running {
+    layout: Layout,
+    _witness: Nodes,
+    nodes: Nodes,
+}
+
+fn node_args(layout: &Layout, host: &str) -> Vec<String> {
+    let config = layout.out.join(format!("node-{host}.toml"));
+    vec![
+        "node".into(),
+        "--config".into(),
+        config.display().to_string(),
+    ]
+}
+
+fn spawn_node(layout: &Layout, netns: &Netns, host: &str) -> anyhow::Result<Child> {
+    let args = node_args(layout, host);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    layout.spawn(netns, host, &args, &format!("node-{host}.log"))
+}
+
+/// Starts the witness, `a` and (with a backup) `b` for `level`, and waits
+/// until they are protected (or `a` runs alone).
+fn start(
+    args: &ClusterBenchArgs,
+    netns: &Netns,
+    stop: &AtomicBool,
+    name: &str,
+    level: &str,
+    backup: bool,
+    memory_mib: u64,
+) -> anyhow::Result<Running> {
+    let dir = args.out.join(name);
+    std::fs::create_dir_all(&dir)?;
+    let layout = Layout {
+        out: std::fs::canonicalize(&dir)?,
+        exe: std::env::current_exe()?,
+    };
+    let shape = Shape {
+        engine: &args.engine,
+        level,
+        suspect_after_ms: args.suspect_after_ms,
+        memory_mib,
+    };
+    write_configs(&shape, &layout)?;
+    let config = layout.out.join("witness.toml").display().to_string();
+    let witness = layout.spawn(netns, "w", &["witness", "--config", &config], "witness.log")?;
+    let a = spawn_node(&layout, netns, "a")?;
+    let b = if backup {
+        Some(spawn_node(&layout, netns, "b")?)
+    } else {
+        None
+    };
+    let running = Running {
+        _witness: Nodes([Some(witness), None]),
+        nodes: Nodes([Some(a), b]),
+        layout,
+    };
+    if backup {
+        wait_for(stop, "protection", || protected(&running.layout, "a", "b"))?;
+    } else {
+        wait_for(stop, "a primary alone", || {
+            running.layout.status("a").is_some_and(|s| {
+                s.role == "primary" && s.running && s.protection.as_deref() == Some("unprotected")
+            })
+        })?;
+    }
+    Ok(running)
+}
+
+/// Runs the load for `seconds` against the service address; its history.
+fn load(
+    layout: &Layout,
+    netns: &Netns,
+    clients: u16,
+    window: u64,
+    think_ms: u64,
+    seconds: f64,
+) -> anyhow::Result<(Child, PathBuf)> {
+    let history = layout.out.join("history.jsonl");
+    let args = [
+        "load".to_string(),
+        "--target".into(),
+        format!("{SUBNET}.100:8000"),
+        "--clients".into(),
+        clients.to_string(),
+        "--window".into(),
+        window.to_string(),
+        "--think-ms".into(),
+        think_ms.to_string(),
+        "--requests".into(),
+        "4000".into(),
+        "--duration-s".into(),
+        seconds.to_string(),
+        "--drain-s".into(),
+        "5".into(),
+        "--history".into(),
+        history.display().to_string(),
+    ];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Ok((layout.spawn(netns, "c", &args, "load.log")?, history))
+}
+
+fn read_history(path: &Path) -> anyhow::Result<History> {
+    let file = std::fs::File::open(path).with_context(|| format!("{}", path.display()))?;
+    Ok(History::read(std::io::BufReader::new(file))?)
+}
+
+/// Throughput (replies per second) and latency p50/p99 (ms) of one
+/// configuration.
+struct Figures {
+    per_s: f64,
+    p50_ms: f64,
+    p99_ms: f64,
+}
+
+fn throughput(
+    args: &ClusterBenchArgs,
+    netns: &Netns,
+    running: &Running,
+) -> anyhow::Result<Figures> {
+    let (mut child, path) = load(
+        &running.layout,
+        netns,
+        args.clients,
+        args.window,
+        0,
+        args.seconds,
+    )?;
+    child.wait()?;
+    let history = read_history(&path)?;
+    let answered_in_time = history
+        .reply_times_ns
+        .iter()
+        .filter(|t| **t as f64 <= args.seconds * 1e9)
+        .count();
+    let mut latencies: Vec<f64> = history
+        .latencies_ns()
+        .iter()
+        .map(|ns| *ns as f64 / 1e6)
+        .collect();
+    latencies.sort_by(f64::total_cmp);
+    Ok(Figures {
+        per_s: answered_in_time as f64 / args.seconds,
+        p50_ms: percentile(&latencies, 0.5),
+        p99_ms: percentile(&latencies, 0.99),
+    })
+}
+
+/// Failover times (SIGKILL to the next reply), ms, over `kills` kills.
+fn failovers(
+    args: &ClusterBenchArgs,
+    netns: &Netns,
+    stop: &AtomicBool,
+    running: &mut Running,
+) -> anyhow::Result<Vec<f64>> {
+    let seconds = f64::from(args.kills) * 2.5 + 10.0;
+    let (mut child, path) = load(&running.layout, netns, args.clients, 1, 20, seconds)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let names = ["a", "b"];
+    let mut primary = 0;
+    let mut kills = Vec::new();
+    for _ in 0..args.kills {
+        std::thread::sleep(Duration::from_millis(700));
+        let (victim, survivor) = (names[primary], names[1 - primary]);
+        let mut node = running.nodes.0[primary]
+            .take()
+            .context("the primary runs")?;
+        kills.push(unix_ns());
+        node.kill()?;
+        node.wait()?;
+        let _ = sh(&[
+            "ip",
+            "-n",
+            &netns.name(victim),
+            "addr",
+            "del",
+            &format!("{SUBNET}.100/24"),
+            "dev",
+            "eth0",
+        ]);
+        wait_for(stop, "the failover", || {
+            running
+                .layout
+                .status(survivor)
+                .is_some_and(|s| s.role == "primary" && s.running)
+        })?;
+        running.nodes.0[primary] = Some(spawn_node(&running.layout, netns, victim)?);
+        wait_for(stop, "re-protection", || {
+            protected(&running.layout, survivor, victim)
+        })?;
+        primary = 1 - primary;
+    }
+    sh(&["kill", "-TERM", &child.id().to_string()])?;
+    child.wait()?;
+    let history = read_history(&path)?;
+    let start = history
+        .start_unix_ns
+        .context("the history has no start line")?;
+    let mut ms: Vec<f64> = kills
+        .iter()
+        .filter_map(|at| {
+            let at = at.checked_sub(start)?;
+            Some((history.first_reply_after(at)? - at) as f64 / 1e6)
+        })
+        .collect();
+    if ms.len() != kills.len() {
+        bail!("{} kills were followed by no reply", kills.len() - ms.len());
+    }
+    ms.sort_by(f64::total_cmp);
+    Ok(ms)
+}
+
+/// Kills the backup of a protected pair and times its re-protection; the
+/// primary's longest step meanwhile (µs).
+fn reprotection(
+    netns: &Netns,
+    stop: &AtomicBool,
+    running: &mut Running,
+) -> anyhow::Result<(Duration, u64)> {
+    let mut backup = running.nodes.0[1].take().context("b runs")?;
+    backup.kill()?;
+    backup.wait()?;
+    wait_for(stop, "a alone", || {
+        running
+            .layout
+            .status("a")
+            .is_some_and(|s| s.protection.as_deref() == Some("unprotected"))
+    })?;
+    let before = running.layout.status("a").map_or(0, |s| s.longest_step_us);
+    running.nodes.0[1] = Some(spawn_node(&running.layout, netns, "b")?);
+    let started = Instant::now();
+    wait_for(stop, "re-protection", || {
+        protected(&running.layout, "a", "b")
+    })?;
+    let took = started.elapsed();
+    let after = running.layout.status("a").map_or(0, |s| s.longest_step_us);
+    Ok((took, after.max(before)))
+}
+
+pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
+    if !is_root() {
+        println!("bench cluster: SKIPPED: needs root (network namespaces)");
+        return Ok(ExitCode::from(SKIPPED));
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    spawn_signal_watch(Arc::clone(&stop))?;
+    let _ = std::fs::remove_dir_all(&args.out);
+    std::fs::create_dir_all(&args.out)?;
+    let netns = Netns::build(
+        format!("lb{}", std::process::id()),
+        &[("a", 1), ("b", 2), ("w", 3), ("c", 4)],
+    )?;
+    let wants = |what: &str| args.only.iter().any(|o| o == what);
+    if wants("throughput") {
+        throughputs(&args, &netns, &stop)?;
+    }
+    if wants("failover") {
+        let mut running = start(&args, &netns, &stop, "failover", "ft", true, 4)?;
+        let ms = failovers(&args, &netns, &stop, &mut running)?;
+        println!(
+            "    failover: {} SIGKILLs at ft, SIGKILL to the next reply p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (suspect_after {} ms)",
+            ms.len(),
+            percentile(&ms, 0.5),
+            percentile(&ms, 0.99),
+            ms.last().copied().unwrap_or(f64::NAN),
+            args.suspect_after_ms
+        );
+    }
+    if wants("reprotect") {
+        let mut running = start(
+            &args,
+            &netns,
+            &stop,
+            "reprotect",
+            "ft",
+            true,
+            args.memory_mib,
+        )?;
+        let (took, longest_us) = reprotection(&netns, &stop, &mut running)?;
+        println!(
+            "   reprotect: a {} MiB guest in {:.0} ms; the primary's longest step meanwhile {:.1} ms (epoch 20 ms)",
+            args.memory_mib,
+            took.as_secs_f64() * 1000.0,
+            longest_us as f64 / 1000.0
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Throughput and latency of unprotected, ha and ft, side by side.
+fn throughputs(args: &ClusterBenchArgs, netns: &Netns, stop: &AtomicBool) -> anyhow::Result<()> {
+    let mut rows = Vec::new();
+    for (name, level, backup) in [
+        ("unprotected", "ft", false),
+        ("ha", "ha", true),
+        ("ft", "ft", true),
+    ] {
+        let running = start(args, netns, stop, name, level, backup, 4)?;
+        let figures = throughput(args, netns, &running)?;
+        println!(
+            "{name:>12}: {:.0} replies/s, latency p50 {:.2} ms, p99 {:.2} ms",
+            figures.per_s, figures.p50_ms, figures.p99_ms
+        );
+        rows.push((name, figures));
+        drop(running);
+    }
+    let base = &rows[0].1;
+    for (name, f) in &rows[1..] {
+        println!(
+            "{name:>12} / unprotected: throughput {:.2}, added latency p50 {:+.2} ms, p99 {:+.2} ms",
+            f.per_s / base.per_s,
+            f.p50_ms - base.p50_ms,
+            f.p99_ms - base.p99_ms
+        );
+    }
+    Ok(())
+}
