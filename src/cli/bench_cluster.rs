@@ -6,8 +6,8 @@
 //! `--memory-mib`, with the primary's longest step meanwhile.
 
 use super::cluster::{
-    is_root, percentile, protected, sh, spawn_signal_watch, unix_ns, wait_for, write_configs,
-    Layout, Netns, Nodes, Shape, SKIPPED,
+    is_root, kill_and_recover, percentile, protected, sh, spawn_signal_watch, wait_for,
+    write_configs, Layout, Netns, Nodes, Shape, SKIPPED,
 };
 use anyhow::{bail, Context};
 use sim::history::History;
@@ -213,7 +213,6 @@ fn failovers(
     let seconds = f64::from(args.kills) * 2.5 + 10.0;
     let (mut child, path) = load(&running.layout, netns, args.clients, 1, 20, seconds)?;
     std::thread::sleep(Duration::from_millis(500));
-    let names = ["a", "b"];
     let mut primary = 0;
     let mut kills = Vec::new();
     // When the survivor was seen primary: replies before it were still in
@@ -221,34 +220,12 @@ fn failovers(
     let mut took_over = Vec::new();
     for _ in 0..args.kills {
         std::thread::sleep(Duration::from_millis(700));
-        let (victim, survivor) = (names[primary], names[1 - primary]);
-        let mut node = running.nodes.0[primary]
-            .take()
-            .context("the primary runs")?;
-        kills.push(unix_ns());
-        node.kill()?;
-        node.wait()?;
-        let _ = sh(&[
-            "ip",
-            "-n",
-            &netns.name(victim),
-            "addr",
-            "del",
-            &format!("{SUBNET}.100/24"),
-            "dev",
-            "eth0",
-        ]);
-        wait_for(stop, "the failover", || {
-            running
-                .layout
-                .status(survivor)
-                .is_some_and(|s| s.role == "primary" && s.running)
+        let layout = &running.layout;
+        let figures = kill_and_recover(layout, netns, stop, &mut running.nodes, primary, |host| {
+            spawn_node(layout, netns, host)
         })?;
-        took_over.push(unix_ns());
-        running.nodes.0[primary] = Some(spawn_node(&running.layout, netns, victim)?);
-        wait_for(stop, "re-protection", || {
-            protected(&running.layout, survivor, victim)
-        })?;
+        kills.push(figures.at_unix_ns);
+        took_over.push(figures.took_over_unix_ns);
         primary = 1 - primary;
     }
     sh(&["kill", "-TERM", &child.id().to_string()])?;

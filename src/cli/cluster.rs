@@ -453,13 +453,61 @@ fn cut(netns: &Netns, on: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// SIGKILLs the primary (`nodes.0[primary]`), waits until the survivor
+/// runs as primary, restarts the victim with `respawn` and waits until the
+/// pair is protected again.
+pub(super) fn kill_and_recover(
+    layout: &Layout,
+    netns: &Netns,
+    stop: &AtomicBool,
+    nodes: &mut Nodes,
+    primary: usize,
+    respawn: impl FnOnce(&str) -> anyhow::Result<Child>,
+) -> anyhow::Result<KillFigures> {
+    let names = ["a", "b"];
+    let (victim, survivor) = (names[primary], names[1 - primary]);
+    let mut child = nodes.0[primary].take().context("the primary runs")?;
+    let at_unix_ns = unix_ns();
+    child.kill().context("SIGKILL the primary")?;
+    let _ = child.wait();
+    // A dead machine answers no ARP: the killed daemon's namespace keeps
+    // the address its kernel had, so take it off.
+    let address = format!("{SUBNET}.100/24");
+    let _ = sh(&[
+        "ip",
+        "-n",
+        &netns.name(victim),
+        "addr",
+        "del",
+        &address,
+        "dev",
+        "eth0",
+    ]);
+    wait_for(stop, "the failover", || {
+        layout
+            .status(survivor)
+            .is_some_and(|s| s.role == "primary" && s.running)
+    })?;
+    let took_over_unix_ns = unix_ns();
+    nodes.0[primary] = Some(respawn(victim)?);
+    let restarted = Instant::now();
+    wait_for(stop, "re-protection", || {
+        protected(layout, survivor, victim)
+    })?;
+    Ok(KillFigures {
+        at_unix_ns,
+        took_over_unix_ns,
+        reprotect: restarted.elapsed(),
+    })
+}
+
 /// Figures of one kill.
-struct KillFigures {
-    at_unix_ns: u64,
+pub(super) struct KillFigures {
+    pub(super) at_unix_ns: u64,
     /// When the survivor was first seen running as primary: replies before
     /// it were still in flight from the killed one.
-    took_over_unix_ns: u64,
-    reprotect: Duration,
+    pub(super) took_over_unix_ns: u64,
+    pub(super) reprotect: Duration,
 }
 
 fn drive(
@@ -533,45 +581,15 @@ fn drive(
         let wait = rng.range(args.kill_after_min_ms, args.kill_after_max_ms);
         std::thread::sleep(Duration::from_millis(wait));
         let (victim, survivor) = (names[primary], names[1 - primary]);
-        let mut child = nodes.0[primary].take().context("the primary runs")?;
-        let at_unix_ns = unix_ns();
-        child.kill().context("SIGKILL the primary")?;
-        let _ = child.wait();
-        // A dead machine answers no ARP: the killed daemon's namespace
-        // keeps the address its kernel had, so take it off.
-        let _ = sh(&[
-            "ip",
-            "-n",
-            &netns.name(victim),
-            "addr",
-            "del",
-            &format!("{SUBNET}.100/24"),
-            "dev",
-            "eth0",
-        ]);
-        wait_for(stop, "the failover", || {
-            layout
-                .status(survivor)
-                .is_some_and(|s| s.role == "primary" && s.running)
-        })?;
-        let took_over_unix_ns = unix_ns();
-        nodes.0[primary] = Some(spawn_node(victim)?);
-        let restarted = Instant::now();
-        wait_for(stop, "re-protection", || {
-            protected(layout, survivor, victim)
-        })?;
-        let reprotect = restarted.elapsed();
+        let figures = kill_and_recover(layout, netns, stop, &mut nodes, primary, spawn_node)?;
+        let reprotect = figures.reprotect;
         println!(
             "kill {}/{}: {victim} killed, {survivor} took over, {victim} re-protected in {:.0} ms",
             k + 1,
             args.kills,
             reprotect.as_secs_f64() * 1000.0
         );
-        kills.push(KillFigures {
-            at_unix_ns,
-            took_over_unix_ns,
-            reprotect,
-        });
+        kills.push(figures);
         primary = 1 - primary;
     }
     for c in 0..args.cuts {
