@@ -221,21 +221,10 @@ pub fn judge<E: Engine>(
     let report = match checked {
         Ok(report) => Some(report),
         Err(problems) => {
-            for problem in problems {
-                let oracle = if problem.contains("does not match")
-                    || problem.contains("answered")
-                    || problem.contains("unsent")
-                    || problem.contains("sent as")
-                {
-                    1
-                } else {
-                    3
-                };
-                violations.push(Violation {
-                    oracle,
-                    message: problem,
-                });
-            }
+            violations.extend(problems.into_iter().map(|problem| Violation {
+                oracle: crate::oracle::ledger_oracle(&problem),
+                message: problem,
+            }));
             None
         }
     };

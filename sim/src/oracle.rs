@@ -61,6 +61,20 @@ pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
         .collect()
 }
 
+/// Which oracle a problem of the ledger check breaks: a reply that the
+/// journal contradicts, answered twice, for an id never sent, or a request
+/// sent twice with different contents is oracle 1; the rest (the ledger
+/// does not replay) oracle 3. The real-world judge (`history::judge`)
+/// sorts its problems the same way.
+pub(crate) fn ledger_oracle(problem: &str) -> u8 {
+    let replies = ["does not match", "answered", "unsent", "sent as"];
+    if replies.iter().any(|r| problem.contains(r)) {
+        1
+    } else {
+        3
+    }
+}
+
 /// Judges the world at the end of a run.
 pub fn judge(world: &mut World) -> Vec<Violation> {
     let mut violations = Vec::new();
@@ -128,15 +142,7 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         Ok(Ok(_)) => {}
         Ok(Err(problems)) => {
             for problem in problems {
-                let oracle = if problem.contains("does not match")
-                    || problem.contains("answered")
-                    || problem.contains("unsent")
-                {
-                    1
-                } else {
-                    3
-                };
-                violations.push(violation(oracle, problem));
+                violations.push(violation(ledger_oracle(&problem), problem));
             }
         }
         Err(e) => violations.push(violation(3, format!("survivor unreadable: {e}"))),

@@ -181,22 +181,8 @@ impl Drop for Netns {
     }
 }
 
-/// The daemons and the load; dropped, they are killed.
-#[derive(Default)]
-pub(super) struct Procs {
-    pub(super) children: Vec<Child>,
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for child in &mut self.children {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-/// Children that come and go (the nodes, the load); dropped, they are
+/// Children of a run (the daemons, the load), each slot emptied when the
+/// run takes its child out (to kill or stop it); dropped, the rest are
 /// killed.
 pub(super) struct Nodes(pub(super) [Option<Child>; 2]);
 
@@ -516,7 +502,6 @@ fn drive(
     netns: &Netns,
     stop: &AtomicBool,
 ) -> anyhow::Result<ExitCode> {
-    let mut procs = Procs::default();
     let node_args = |host: &str| {
         let config = layout.out.join(format!("node-{host}.toml"));
         vec![
@@ -531,12 +516,13 @@ fn drive(
         layout.spawn(netns, host, &a, &format!("node-{host}.log"))
     };
     let witness_config = layout.out.join("witness.toml").display().to_string();
-    procs.children.push(layout.spawn(
+    let witness = layout.spawn(
         netns,
         "w",
         &["witness", "--config", &witness_config],
         "witness.log",
-    )?);
+    )?;
+    let witness = Nodes([Some(witness), None]);
     let mut nodes = Nodes([Some(spawn_node("a")?), Some(spawn_node("b")?)]);
     wait_for(stop, "the first protection", || protected(layout, "a", "b"))?;
     println!("cluster local: a primary, b backup, protected; load starts");
@@ -625,7 +611,7 @@ fn drive(
         let _ = sh(&["kill", "-TERM", &child.id().to_string()]);
         let _ = child.wait();
     }
-    drop(procs);
+    drop(witness);
     judge(args, layout, survivor, &kills, loaded.success())
 }
 
@@ -689,7 +675,7 @@ fn judge(
         reprotect_ms.last().copied().unwrap_or(f64::NAN),
     );
     let checkpoint = layout.state(survivor).join("final.ckpt");
-    let check = super::load::check_files(&history_path, &checkpoint, 16)?;
+    let check = super::load::check_files(&history_path, &checkpoint)?;
     let passed = check && load_ok && kills.len() == args.kills as usize && unanswered_kills == 0;
     if !load_ok {
         println!("the load left requests unanswered (see load.log)");

@@ -287,15 +287,15 @@ pub struct CheckArgs {
 pub fn check_files(
     history: &std::path::Path,
     checkpoint: &std::path::Path,
-    accounts: u64,
 ) -> anyhow::Result<bool> {
+    let guest = super::daemon::GuestSection::default();
     let args = CheckArgs {
         history: history.to_path_buf(),
         checkpoint: checkpoint.to_path_buf(),
-        accounts,
-        vcpus: 2,
-        memory_mib: 4,
-        disk_blocks: 8192,
+        accounts: guest.accounts,
+        vcpus: guest.vcpus,
+        memory_mib: guest.memory_mib,
+        disk_blocks: guest.disk_blocks,
     };
     Ok(check(args)? == ExitCode::SUCCESS)
 }

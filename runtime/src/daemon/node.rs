@@ -97,6 +97,9 @@ pub enum NodeError {
         /// Why.
         source: std::io::Error,
     },
+    /// The async runtime could not start.
+    #[error("async runtime: {0}")]
+    Runtime(std::io::Error),
     /// The machine could not be built.
     #[error("machine: {0}")]
     Machine(String),
@@ -239,10 +242,7 @@ pub fn run<E: Engine>(
         .worker_threads(1)
         .enable_all()
         .build()
-        .map_err(|source| NodeError::StateDir {
-            path: settings.state_dir.clone(),
-            source,
-        })?;
+        .map_err(NodeError::Runtime)?;
     let clock = Instant::now();
     let now = Time(0);
     let mut host = VmHost::new(
@@ -384,6 +384,15 @@ impl<E: Engine> RealSeam<E> {
             self.write_status(true);
         }
         Ok(())
+    }
+
+    /// Durable state could not be written: the host stops (fail-stop) and
+    /// the peer takes over. Always `false`, for the seam's answer.
+    fn fail_stop(&mut self, what: &str, error: String) -> bool {
+        tracing::error!(%error, "{what}: stopping");
+        self.failed = Some(HostError::DiskFailed(format!("{what}: {error}")));
+        self.host = None;
+        false
     }
 
     fn status(&self) -> Option<Status> {
@@ -544,24 +553,15 @@ impl<E: Engine> Seam for RealSeam<E> {
     async fn persist_generation(&mut self, generation: Generation) -> bool {
         match durable::write_generation(&self.paths.generation, generation) {
             Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist the generation: stopping");
-                self.failed = Some(HostError::DiskFailed(e.to_string()));
-                self.host = None;
-                false
-            }
+            Err(e) => self.fail_stop("cannot persist the generation", e.to_string()),
         }
     }
 
     async fn record_disk(&mut self, checkpoint: Option<CheckpointId>) -> bool {
-        match self.disk.borrow_mut().set_label(label(checkpoint)) {
+        let labelled = self.disk.borrow_mut().set_label(label(checkpoint));
+        match labelled {
             Ok(()) => true,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot label the disk: stopping");
-                self.failed = Some(HostError::DiskFailed(e.to_string()));
-                self.host = None;
-                false
-            }
+            Err(e) => self.fail_stop("cannot label the disk", e.to_string()),
         }
     }
 

@@ -54,6 +54,9 @@ pub enum WitnessError {
     /// The configuration cannot work.
     #[error("{0}")]
     Config(String),
+    /// The async runtime could not start.
+    #[error("async runtime: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// Runs the witness until SIGTERM or SIGINT.
@@ -90,10 +93,7 @@ pub fn run(settings: WitnessSettings) -> Result<(), WitnessError> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|source| WitnessError::Socket {
-            addr: settings.listen,
-            source,
-        })?;
+        .map_err(WitnessError::Runtime)?;
     runtime.block_on(async move {
         let socket =
             UdpSocket::bind(settings.listen)
