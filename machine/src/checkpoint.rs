@@ -60,48 +60,95 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Encodes with magic, version, length and checksum.
     pub fn encode(&self) -> Vec<u8> {
-        let mut p = Writer::new();
-        p.u64(self.sequence);
-        p.u64(self.base_sequence);
-        p.u16(self.vcpus);
-        p.u64(self.memory_bytes);
-        p.u32(u32::try_from(self.pages.len()).expect("pages fit u32"));
+        let pages = u32::try_from(self.pages.len()).expect("pages fit u32");
+        let mut w = CheckpointWriter::begin(
+            self.kind,
+            self.sequence,
+            self.base_sequence,
+            (self.vcpus, self.memory_bytes),
+            pages,
+            encoded_bytes(self),
+        );
         for (index, bytes) in &self.pages {
-            assert_eq!(bytes.len() as u64, PAGE_SIZE);
-            p.u32(index.0);
-            p.raw(bytes);
+            w.page(*index).copy_from_slice(bytes);
         }
-        p.u32(u32::try_from(self.vcpu_states.len()).expect("few vCPUs"));
-        for state in &self.vcpu_states {
-            state.encode(&mut p);
-        }
-        p.blob(&self.devices);
-        p.blob(&self.engine);
-        p.u32(u32::try_from(self.blocks.len()).expect("blocks fit u32"));
+        w.state(&self.vcpu_states, &self.devices, &self.engine);
+        w.block_count(u32::try_from(self.blocks.len()).expect("blocks fit u32"));
         for (block, bytes) in &self.blocks {
-            assert_eq!(bytes.len(), BLOCK_BYTES);
-            p.u64(*block);
-            p.raw(bytes);
+            w.block(*block).copy_from_slice(bytes);
         }
-        let payload = p.into_bytes();
-        let mut w = Writer::new();
-        w.raw(&MAGIC);
-        w.u16(VERSION);
-        w.u8(match self.kind {
-            Kind::Full => 0,
-            Kind::Delta => 1,
-        });
-        w.u8(0);
-        w.u32(u32::try_from(payload.len()).expect("checkpoints are below 4 GiB"));
-        w.raw(&payload);
-        let mut bytes = w.into_bytes();
-        let crc = crc32c::crc32c(&bytes);
-        bytes.extend_from_slice(&crc.to_le_bytes());
-        bytes
+        w.finish()
     }
 
     /// Decodes a checkpoint of at most `limit` bytes.
     pub fn decode(bytes: &[u8], limit: usize) -> Result<Checkpoint, DecodeError> {
+        Ok(CheckpointRef::decode(bytes, limit)?.to_owned())
+    }
+
+    /// This checkpoint, borrowed.
+    pub fn as_ref(&self) -> CheckpointRef<'_> {
+        CheckpointRef {
+            kind: self.kind,
+            sequence: self.sequence,
+            base_sequence: self.base_sequence,
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+            pages: self.pages.iter().map(|(i, b)| (*i, b.as_slice())).collect(),
+            vcpu_states: self.vcpu_states.clone(),
+            devices: &self.devices,
+            engine: &self.engine,
+            blocks: self
+                .blocks
+                .iter()
+                .map(|(n, b)| (*n, b.as_slice()))
+                .collect(),
+        }
+    }
+}
+
+/// The size of `checkpoint` encoded, near enough to size the buffer once.
+fn encoded_bytes(checkpoint: &Checkpoint) -> usize {
+    HEADER_BYTES
+        + 64
+        + checkpoint.pages.len() * (4 + PAGE_SIZE as usize)
+        + checkpoint.vcpu_states.len() * 512
+        + checkpoint.devices.len()
+        + checkpoint.engine.len()
+        + checkpoint.blocks.len() * (8 + BLOCK_BYTES)
+        + CRC_BYTES
+}
+
+const CRC_BYTES: usize = 4;
+
+/// A checkpoint decoded in place: pages and blocks borrow the encoded
+/// bytes, so applying a large one copies each page once, into the guest.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointRef<'a> {
+    /// Full or delta.
+    pub kind: Kind,
+    /// This checkpoint's number on its machine (boot is 0).
+    pub sequence: u64,
+    /// For a delta, the checkpoint it applies on top of.
+    pub base_sequence: u64,
+    /// vCPU count.
+    pub vcpus: u16,
+    /// Memory size.
+    pub memory_bytes: u64,
+    /// Pages with their contents, sorted.
+    pub pages: Vec<(PageIndex, &'a [u8])>,
+    /// Every vCPU's state.
+    pub vcpu_states: Vec<VcpuState>,
+    /// The device bus's saved state.
+    pub devices: &'a [u8],
+    /// The engine's state.
+    pub engine: &'a [u8],
+    /// Disk blocks with their contents, sorted.
+    pub blocks: Vec<(u64, &'a [u8])>,
+}
+
+impl<'a> CheckpointRef<'a> {
+    /// Decodes a checkpoint of at most `limit` bytes, borrowing its pages.
+    pub fn decode(bytes: &'a [u8], limit: usize) -> Result<CheckpointRef<'a>, DecodeError> {
         if bytes.len() > limit {
             return Err(DecodeError::TooLarge {
                 len: bytes.len(),
@@ -130,13 +177,124 @@ impl Checkpoint {
         if stored != computed {
             return Err(DecodeError::Checksum { stored, computed });
         }
-        let mut checkpoint = decode_payload(&mut Reader::new(payload), kind)?;
-        checkpoint.kind = kind;
-        Ok(checkpoint)
+        decode_payload(&mut Reader::new(payload), kind)
+    }
+
+    /// An owned copy.
+    pub fn to_owned(&self) -> Checkpoint {
+        Checkpoint {
+            kind: self.kind,
+            sequence: self.sequence,
+            base_sequence: self.base_sequence,
+            vcpus: self.vcpus,
+            memory_bytes: self.memory_bytes,
+            pages: self.pages.iter().map(|(i, b)| (*i, b.to_vec())).collect(),
+            vcpu_states: self.vcpu_states.clone(),
+            devices: self.devices.to_vec(),
+            engine: self.engine.to_vec(),
+            blocks: self.blocks.iter().map(|(n, b)| (*n, b.to_vec())).collect(),
+        }
     }
 }
 
-fn decode_payload(r: &mut Reader<'_>, kind: Kind) -> Result<Checkpoint, DecodeError> {
+/// Writes a checkpoint's encoding in order, a part at a time, into one
+/// buffer: the fixed fields, the pages, the vCPU, device and engine state,
+/// the disk blocks; then the length and checksum. A checkpoint taken while
+/// the guest runs (a pre-copy round) is written this way as it is read.
+#[derive(Debug)]
+pub struct CheckpointWriter {
+    bytes: Vec<u8>,
+    pages_left: u32,
+    blocks_left: Option<u32>,
+}
+
+impl CheckpointWriter {
+    /// Starts a checkpoint of `pages` pages; `capacity` sizes the buffer.
+    pub fn begin(
+        kind: Kind,
+        sequence: u64,
+        base_sequence: u64,
+        (vcpus, memory_bytes): (u16, u64),
+        pages: u32,
+        capacity: usize,
+    ) -> CheckpointWriter {
+        let mut w = Writer::with_capacity(capacity);
+        w.raw(&MAGIC);
+        w.u16(VERSION);
+        w.u8(match kind {
+            Kind::Full => 0,
+            Kind::Delta => 1,
+        });
+        w.u8(0);
+        w.u32(0); // the payload's length, once known
+        w.u64(sequence);
+        w.u64(base_sequence);
+        w.u16(vcpus);
+        w.u64(memory_bytes);
+        w.u32(pages);
+        CheckpointWriter {
+            bytes: w.into_bytes(),
+            pages_left: pages,
+            blocks_left: None,
+        }
+    }
+
+    /// The next page, `index`: its bytes to fill (pages go in ascending order).
+    pub fn page(&mut self, index: PageIndex) -> &mut [u8] {
+        self.pages_left = self
+            .pages_left
+            .checked_sub(1)
+            .expect("as many pages as begun");
+        self.slot(&index.0.to_le_bytes(), PAGE_SIZE as usize)
+    }
+
+    /// After the pages: the vCPUs', devices' and engine's state.
+    pub fn state(&mut self, vcpu_states: &[VcpuState], devices: &[u8], engine: &[u8]) {
+        assert_eq!(self.pages_left, 0, "every page is written before the state");
+        let mut w = Writer::new();
+        w.u32(u32::try_from(vcpu_states.len()).expect("few vCPUs"));
+        for state in vcpu_states {
+            state.encode(&mut w);
+        }
+        w.blob(devices);
+        w.blob(engine);
+        self.bytes.extend_from_slice(&w.into_bytes());
+    }
+
+    /// After the state: how many disk blocks follow.
+    pub fn block_count(&mut self, blocks: u32) {
+        assert!(self.blocks_left.is_none(), "one block count");
+        self.blocks_left = Some(blocks);
+        self.bytes.extend_from_slice(&blocks.to_le_bytes());
+    }
+
+    /// The next disk block, `number`: its bytes to fill (ascending order).
+    pub fn block(&mut self, number: u64) -> &mut [u8] {
+        let left = self.blocks_left.as_mut().expect("the block count first");
+        *left = left.checked_sub(1).expect("as many blocks as counted");
+        self.slot(&number.to_le_bytes(), BLOCK_BYTES)
+    }
+
+    fn slot(&mut self, key: &[u8], len: usize) -> &mut [u8] {
+        self.bytes.extend_from_slice(key);
+        let at = self.bytes.len();
+        self.bytes.resize(at + len, 0);
+        &mut self.bytes[at..]
+    }
+
+    /// The encoded checkpoint.
+    pub fn finish(mut self) -> Vec<u8> {
+        assert_eq!(self.blocks_left, Some(0), "every block counted is written");
+        let payload =
+            u32::try_from(self.bytes.len() - HEADER_BYTES).expect("checkpoints are below 4 GiB");
+        self.bytes[HEADER_BYTES - 4..HEADER_BYTES].copy_from_slice(&payload.to_le_bytes());
+        let crc = crc32c::crc32c(&self.bytes);
+        self.bytes.extend_from_slice(&crc.to_le_bytes());
+        self.bytes
+    }
+}
+
+fn decode_payload<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<CheckpointRef<'a>, DecodeError> {
     let sequence = r.u64()?;
     let base_sequence = r.u64()?;
     let vcpus = r.u16()?;
@@ -150,7 +308,7 @@ fn decode_payload(r: &mut Reader<'_>, kind: Kind) -> Result<Checkpoint, DecodeEr
             return Err(DecodeError::Invalid(format!("page {}", index.0)));
         }
         previous = Some(index);
-        pages.push((index, r.raw(PAGE_SIZE as usize)?.to_vec()));
+        pages.push((index, r.raw(PAGE_SIZE as usize)?));
     }
     if r.count(usize::from(vcpus))? != usize::from(vcpus) {
         return Err(DecodeError::Invalid("vCPU count".into()));
@@ -159,18 +317,18 @@ fn decode_payload(r: &mut Reader<'_>, kind: Kind) -> Result<Checkpoint, DecodeEr
     for _ in 0..vcpus {
         vcpu_states.push(VcpuState::decode(r)?);
     }
-    let devices = r.blob()?.to_vec();
-    let engine = r.blob()?.to_vec();
-    let mut blocks: Vec<(u64, Vec<u8>)> = Vec::new();
+    let devices = r.blob()?;
+    let engine = r.blob()?;
+    let mut blocks: Vec<(u64, &[u8])> = Vec::new();
     for _ in 0..r.count(1 << 24)? {
         let block = r.u64()?;
         if blocks.last().is_some_and(|(last, _)| *last >= block) {
             return Err(DecodeError::Invalid(format!("block {block}")));
         }
-        blocks.push((block, r.raw(BLOCK_BYTES)?.to_vec()));
+        blocks.push((block, r.raw(BLOCK_BYTES)?));
     }
     r.finish()?;
-    Ok(Checkpoint {
+    Ok(CheckpointRef {
         kind,
         sequence,
         base_sequence,

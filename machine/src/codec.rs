@@ -51,6 +51,13 @@ impl Writer {
         Writer::default()
     }
 
+    /// An empty writer with room for `capacity` bytes.
+    pub fn with_capacity(capacity: usize) -> Writer {
+        Writer {
+            bytes: Vec::with_capacity(capacity),
+        }
+    }
+
     /// Appends a byte.
     pub fn u8(&mut self, value: u8) {
         self.bytes.push(value);

@@ -19,10 +19,10 @@ pub mod rng;
 pub mod units;
 pub mod vcpu;
 
-pub use checkpoint::{Checkpoint, Kind, CHECKPOINT_BYTES_MAX};
+pub use checkpoint::{Checkpoint, CheckpointRef, Kind, CHECKPOINT_BYTES_MAX};
 pub use devices::DeviceBus;
 pub use engine::{Engine, EngineEnvelope, EngineError, EngineStats, FaultKind, RunExit};
 pub use layout::Shape;
-pub use machine::{Machine, MachineError};
+pub use machine::{FullCapture, FullStream, Machine, MachineError};
 pub use units::{Gpa, GuestNs, Instructions, PageIndex, Port, VcpuId, PAGE_SIZE};
 pub use vcpu::{RunState, VcpuState};

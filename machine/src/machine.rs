@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 
-use crate::checkpoint::{Checkpoint, Kind};
+use crate::checkpoint::{Checkpoint, CheckpointRef, CheckpointWriter, Kind};
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::{DeviceBus, StoreError, BLOCK_BYTES};
 use crate::engine::{Engine, EngineEnvelope, EngineError, RunExit};
@@ -151,9 +151,119 @@ impl<E: Engine> Machine<E> {
         })
     }
 
+    /// Begins a full checkpoint that is read a part at a time while the
+    /// guest runs on (a pre-copy round): [`Machine::stream_full`] until it
+    /// says done, then [`Machine::finish_full`]. Pages and blocks are read
+    /// as they are then, so the checkpoint alone is not a state the guest
+    /// was ever in; but tracking restarts now, so the next delta holds
+    /// every page and block written since this call, read or not yet:
+    /// this checkpoint and the deltas that follow it give the state at
+    /// their end. It carries of the disk `only_blocks` (and the blocks
+    /// written since the last checkpoint), or all of it.
+    pub fn begin_full(
+        &mut self,
+        only_blocks: Option<&BTreeSet<u64>>,
+    ) -> Result<FullStream, MachineError> {
+        self.engine.take_dirty_pages()?;
+        let written = self.bus.disk.take_written();
+        let blocks: Vec<u64> = match only_blocks {
+            None => (0..self.bus.store().block_count()).collect(),
+            Some(blocks) => blocks.union(&written).copied().collect(),
+        };
+        let pages = self.shape.pages();
+        let capacity = 4096
+            + pages as usize * (4 + PAGE_SIZE as usize)
+            + blocks.len() * (8 + BLOCK_BYTES)
+            + usize::from(self.shape.vcpus()) * 512;
+        let base_sequence = self.sequence;
+        self.sequence += 1;
+        let writer = CheckpointWriter::begin(
+            Kind::Full,
+            self.sequence,
+            base_sequence,
+            (self.shape.vcpus(), self.shape.memory_bytes()),
+            pages,
+            capacity,
+        );
+        Ok(FullStream {
+            writer,
+            next_page: 0,
+            blocks,
+            next_block: None,
+        })
+    }
+
+    /// Reads up to `pages` more pages (or, once every page is read, as many
+    /// disk blocks) into `stream`. True once everything is read.
+    pub fn stream_full(
+        &mut self,
+        stream: &mut FullStream,
+        pages: u32,
+    ) -> Result<bool, MachineError> {
+        let total = self.shape.pages();
+        if stream.next_page < total {
+            let end = stream.next_page.saturating_add(pages).min(total);
+            for index in (stream.next_page..end).map(PageIndex) {
+                self.engine
+                    .read_memory(index.gpa(), stream.writer.page(index))?;
+            }
+            stream.next_page = end;
+            return Ok(false);
+        }
+        let next = match stream.next_block {
+            Some(next) => next,
+            None => {
+                // The state between pages and blocks: as it is now (the
+                // delta that follows carries it as it is then).
+                let states = self.vcpu_states()?;
+                let devices = self.save_devices();
+                let engine = EngineEnvelope::of(&self.engine).encode();
+                stream.writer.state(&states, &devices, &engine);
+                stream
+                    .writer
+                    .block_count(u32::try_from(stream.blocks.len()).expect("blocks fit u32"));
+                0
+            }
+        };
+        let blocks_per_part = pages as usize * (PAGE_SIZE as usize / BLOCK_BYTES);
+        let end = next
+            .saturating_add(blocks_per_part)
+            .min(stream.blocks.len());
+        for &block in &stream.blocks[next..end] {
+            let slot: &mut [u8; BLOCK_BYTES] = stream
+                .writer
+                .block(block)
+                .try_into()
+                .expect("a block's slot");
+            self.bus.store().read_block(block, slot)?;
+        }
+        stream.next_block = Some(end);
+        Ok(end == stream.blocks.len())
+    }
+
+    /// The encoded checkpoint of a stream that [`Machine::stream_full`]
+    /// has read to its end.
+    pub fn finish_full(&mut self, stream: FullStream) -> FullCapture {
+        assert_eq!(
+            stream.next_block,
+            Some(stream.blocks.len()),
+            "a stream is finished once read"
+        );
+        FullCapture {
+            pages: u64::from(self.shape.pages()),
+            blocks: stream.blocks,
+            bytes: stream.writer.finish(),
+        }
+    }
+
     /// Restores a checkpoint: a full one onto any machine of the same shape,
     /// a delta onto the machine at its base checkpoint.
     pub fn restore(&mut self, checkpoint: &Checkpoint) -> Result<(), MachineError> {
+        self.restore_ref(&checkpoint.as_ref())
+    }
+
+    /// [`Machine::restore`] from a checkpoint decoded in place.
+    pub fn restore_ref(&mut self, checkpoint: &CheckpointRef<'_>) -> Result<(), MachineError> {
         if checkpoint.vcpus != self.shape.vcpus()
             || checkpoint.memory_bytes != self.shape.memory_bytes()
         {
@@ -168,8 +278,8 @@ impl<E: Engine> Machine<E> {
                 current: self.sequence,
             });
         }
-        self.bus.restore(&mut Reader::new(&checkpoint.devices))?;
-        EngineEnvelope::decode(&checkpoint.engine)?.restore_into(&mut self.engine)?;
+        self.bus.restore(&mut Reader::new(checkpoint.devices))?;
+        EngineEnvelope::decode(checkpoint.engine)?.restore_into(&mut self.engine)?;
         for (index, bytes) in &checkpoint.pages {
             self.engine.write_memory(index.gpa(), bytes)?;
         }
@@ -178,7 +288,7 @@ impl<E: Engine> Machine<E> {
             self.engine.set_vcpu_state(vcpu, state)?;
         }
         for (block, bytes) in &checkpoint.blocks {
-            let bytes: &[u8; BLOCK_BYTES] = bytes.as_slice().try_into().expect("decoder checks");
+            let bytes: &[u8; BLOCK_BYTES] = (*bytes).try_into().expect("decoder checks");
             self.bus.store().write_block(*block, bytes)?;
         }
         self.engine.take_dirty_pages()?;
@@ -226,6 +336,28 @@ impl<E: Engine> Machine<E> {
 }
 
 use crate::vcpu::VcpuState;
+
+/// A full checkpoint being read while the guest runs: see
+/// [`Machine::begin_full`].
+#[derive(Debug)]
+pub struct FullStream {
+    writer: CheckpointWriter,
+    next_page: u32,
+    blocks: Vec<u64>,
+    /// Once the pages are read: the next of `blocks` to read.
+    next_block: Option<usize>,
+}
+
+/// A streamed full checkpoint, read to its end.
+#[derive(Debug)]
+pub struct FullCapture {
+    /// The encoded checkpoint.
+    pub bytes: Vec<u8>,
+    /// Its page count.
+    pub pages: u64,
+    /// The disk blocks it carries.
+    pub blocks: Vec<u64>,
+}
 
 #[cfg(test)]
 mod tests {
@@ -276,6 +408,72 @@ mod tests {
             primary.state_hash().expect("hash")
         );
         assert_eq!(backup.sequence(), 2);
+    }
+
+    fn streamed(
+        machine: &mut Machine<FakeEngine>,
+        mut between: impl FnMut(&mut Machine<FakeEngine>, u32),
+    ) -> FullCapture {
+        let mut stream = machine.begin_full(None).expect("begins");
+        let mut part = 0;
+        while !machine.stream_full(&mut stream, 300).expect("reads") {
+            part += 1;
+            between(machine, part);
+        }
+        machine.finish_full(stream)
+    }
+
+    #[test]
+    fn a_streamed_full_checkpoint_of_a_still_guest_is_the_full_checkpoint() {
+        let (mut a, mut b) = (machine(), machine());
+        for m in [&mut a, &mut b] {
+            m.engine_mut()
+                .write_memory(Gpa(0x20_0000), &[1; 10])
+                .expect("in range");
+            m.bus()
+                .store()
+                .write_block(3, &[9; BLOCK_BYTES])
+                .expect("in range");
+        }
+        let whole = a.checkpoint(Kind::Full).expect("checkpoint").encode();
+        let capture = streamed(&mut b, |_, _| {});
+        assert_eq!(capture.pages, 1024);
+        assert_eq!(capture.blocks, vec![0, 1, 2, 3]);
+        assert!(capture.bytes == whole, "the same bytes, read in parts");
+    }
+
+    #[test]
+    fn a_streamed_full_checkpoint_and_the_next_delta_give_the_state_at_the_delta() {
+        let mut primary = machine();
+        let mut backup = machine();
+        let capture = streamed(&mut primary, |m, part| {
+            // Pages already read (100) and not yet read (900) change
+            // while the checkpoint is read.
+            for page in [100u64, 900] {
+                m.engine_mut()
+                    .write_memory(Gpa(page * 4096 + 8), &[part as u8 + 1; 8])
+                    .expect("in range");
+            }
+        });
+        primary.run(Instructions(5)).expect("runs");
+        let full = Checkpoint::decode(&capture.bytes, CHECKPOINT_BYTES_MAX).expect("decodes");
+        assert_eq!(full.kind, Kind::Full);
+        backup.restore(&full).expect("restores");
+        assert_ne!(
+            backup.state_hash().expect("hash"),
+            primary.state_hash().expect("hash"),
+            "alone, a checkpoint read while the guest ran is no state it was in"
+        );
+        let delta = primary.checkpoint(Kind::Delta).expect("checkpoint");
+        let pages: Vec<u32> = delta.pages.iter().map(|p| p.0 .0).collect();
+        assert!(pages.contains(&100) && pages.contains(&900), "{pages:?}");
+        backup
+            .restore(&delta)
+            .expect("the delta follows the stream");
+        assert_eq!(
+            backup.state_hash().expect("hash"),
+            primary.state_hash().expect("hash")
+        );
     }
 
     #[test]

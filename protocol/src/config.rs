@@ -27,6 +27,10 @@ pub struct Config {
     pub suspect_after_ns: u64,
     /// Unacknowledged deltas and copy rounds are sent again after this long.
     pub retransmit_after_ns: u64,
+    /// The slowest the link to the peer is expected to carry a transfer
+    /// and the peer to apply it, in bytes per second: a large copy round
+    /// is not sent again before it could have arrived at this rate.
+    pub transfer_bytes_per_sec_min: u64,
     /// Largest data payload of one chunk on the wire.
     pub chunk_bytes_max: u32,
     /// Largest delta or copy round accepted, in bytes.
@@ -96,6 +100,7 @@ impl Config {
             heartbeat_interval_ns: 50_000_000,
             suspect_after_ns: 500_000_000,
             retransmit_after_ns: 200_000_000,
+            transfer_bytes_per_sec_min: 50 << 20,
             chunk_bytes_max: 256 * 1024,
             transfer_bytes_max: 16 << 30,
             precopy_rounds_max: 8,
@@ -115,7 +120,7 @@ impl Config {
                 witness: self.witness,
             });
         }
-        let checks: [(bool, &'static str, &'static str); 8] = [
+        let checks: [(bool, &'static str, &'static str); 9] = [
             (
                 self.epoch_duration_ns > 0,
                 "epoch_duration_ns",
@@ -144,6 +149,11 @@ impl Config {
             (
                 self.retransmit_after_ns > 0,
                 "retransmit_after_ns",
+                "must be positive",
+            ),
+            (
+                self.transfer_bytes_per_sec_min > 0,
+                "transfer_bytes_per_sec_min",
                 "must be positive",
             ),
             (

@@ -5,7 +5,9 @@
 mod common;
 
 use common::*;
-use protocol::{Action, Codec, DiskCopy, Epoch, Generation, Level, Protection, RoleKind, Start};
+use protocol::{
+    Action, Codec, DiskCopy, Epoch, Generation, Level, Message, Protection, RoleKind, Start,
+};
 
 #[test]
 fn ft_releases_only_acknowledged_epochs() {
@@ -373,5 +375,76 @@ fn a_joiner_whose_session_was_given_up_is_copied_again() {
     assert!(
         c.count(A, |a| matches!(a, Action::CaptureCopy { round: 0, .. })) > copies,
         "a new session began"
+    );
+}
+
+#[test]
+fn a_joiner_that_asks_again_while_round_0_is_read_keeps_its_session() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    c.crash(B);
+    c.run_for_ms(1000);
+    // Round 0 of a large guest is read over many epochs; the joiner has
+    // been sent nothing meanwhile and asks again every heartbeat.
+    c.hold_first_round = true;
+    c.restart(B, Generation(1));
+    let patience_ms = c.node(A).config().suspect_after_ns * 8 / MS;
+    c.run_for_ms(2 * patience_ms);
+    assert!(c.first_round_held.is_some(), "round 0 is being read");
+    let round_0 = |c: &Cluster| c.count(A, |a| matches!(a, Action::CaptureCopy { round: 0, .. }));
+    assert_eq!(
+        round_0(&c),
+        1,
+        "the joiner's repeated Joins began no new session"
+    );
+    assert_eq!(
+        c.node(A).protection(),
+        Some(Protection::Resyncing),
+        "a joiner that keeps asking is alive"
+    );
+    c.release_first_round();
+    c.run_for_ms(3000);
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+    assert_eq!(c.node(B).role(), RoleKind::Backup);
+    assert_eq!(round_0(&c), 1, "one session copied it");
+}
+
+#[test]
+fn a_large_round_is_not_sent_again_before_it_could_arrive() {
+    let mut c = Cluster::tuned(Level::Ft, Codec::plain(), |config| {
+        config.chunk_bytes_max = 64 * 1024;
+        config.transfer_bytes_per_sec_min = 50 << 20;
+    });
+    c.first_round_bytes = 5 << 20; // 100 ms at 50 MiB/s
+    c.run_for_ms(100);
+    c.crash(B);
+    c.run_for_ms(1000);
+    restart_into_a_silent_copy(&mut c); // 50 ms since round 0 left
+    let sent = |c: &Cluster| {
+        c.count(A, |a| {
+            matches!(
+                a,
+                Action::Send {
+                    msg: Message::Copy { round: 0, .. },
+                    ..
+                }
+            )
+        })
+    };
+    let chunks = sent(&c);
+    assert_eq!(chunks, 80);
+    let retransmit_ms = c.node(A).config().retransmit_after_ns / MS;
+    // Past the plain retransmit wait, but not past the round's transfer time.
+    c.run_for_ms(retransmit_ms);
+    assert_eq!(
+        sent(&c),
+        chunks,
+        "not sent again while it may still be arriving"
+    );
+    c.run_for_ms(100);
+    assert_eq!(
+        sent(&c),
+        2 * chunks,
+        "sent again once it could have arrived"
     );
 }

@@ -38,6 +38,15 @@ pub struct Cluster {
     /// links out are cut): a joiner busy applying a copy.
     pub silence_after_copy: Option<NodeId>,
     pub captures: u8,
+    /// Round 0 captures wait for `release_first_round` (a large guest's
+    /// round 0 is read over many epochs).
+    pub hold_first_round: bool,
+    /// A round-0 capture held back: (host, round).
+    pub first_round_held: Option<usize>,
+    /// Bytes of each round-0 capture.
+    pub first_round_bytes: usize,
+    /// Applied to every host's configuration.
+    pub tune: fn(&mut Config),
 }
 
 impl Cluster {
@@ -46,16 +55,26 @@ impl Cluster {
     }
 
     pub fn with_codec(level: Level, codec: Codec) -> Cluster {
+        Cluster::tuned(level, codec, |_| {})
+    }
+
+    /// A cluster whose hosts' configurations `tune` changes.
+    pub fn tuned(level: Level, codec: Codec, tune: fn(&mut Config)) -> Cluster {
+        let config = |me| {
+            let mut c = config(me, level);
+            tune(&mut c);
+            c
+        };
         let g1 = Generation(1);
         let a = Node::new(
-            config(A, level),
+            config(A),
             codec.clone(),
             Start::Primary { generation: g1 },
             Time(0),
         )
         .unwrap();
         let b = Node::new(
-            config(B, level),
+            config(B),
             codec.clone(),
             Start::Backup { generation: g1 },
             Time(0),
@@ -83,6 +102,10 @@ impl Cluster {
             drop_delta_chunk: None,
             silence_after_copy: None,
             captures: 0,
+            hold_first_round: false,
+            first_round_held: None,
+            first_round_bytes: 9,
+            tune,
         };
         cluster.drain(0);
         cluster.drain(1);
@@ -106,7 +129,9 @@ impl Cluster {
             generation,
             disk: None,
         };
-        let node = Node::new(config(id, self.level), self.codec.clone(), start, self.now).unwrap();
+        let mut config = config(id, self.level);
+        (self.tune)(&mut config);
+        let node = Node::new(config, self.codec.clone(), start, self.now).unwrap();
         self.nodes[id.0 as usize] = Some(node);
         self.drain(id.0 as usize);
     }
@@ -139,9 +164,17 @@ impl Cluster {
                     };
                     node.handle_delta_captured(now, epoch, capture);
                 }
+                Action::CaptureCopy { round: 0, .. } if self.hold_first_round => {
+                    self.first_round_held = Some(i);
+                }
                 Action::CaptureCopy { round, .. } => {
+                    let len = if round == 0 {
+                        self.first_round_bytes
+                    } else {
+                        9
+                    };
                     let capture = Capture {
-                        bytes: vec![0xC0 + round as u8; 9],
+                        bytes: vec![0xC0 + round as u8; len],
                         disk_blocks: vec![],
                         pages: 0,
                     };
@@ -150,6 +183,23 @@ impl Cluster {
                 _ => {}
             }
         }
+    }
+
+    /// Reports the round-0 capture held back, as read whole now.
+    pub fn release_first_round(&mut self) {
+        self.hold_first_round = false;
+        let i = self.first_round_held.take().expect("a round 0 was held");
+        let capture = Capture {
+            bytes: vec![0xC0; self.first_round_bytes],
+            disk_blocks: vec![],
+            pages: 0,
+        };
+        let now = self.now;
+        self.nodes[i]
+            .as_mut()
+            .expect("host is up")
+            .handle_copy_captured(now, 0, capture);
+        self.drain(i);
     }
 
     /// Delivers every message in flight (and those they cause).

@@ -262,6 +262,13 @@ pub fn run<E: Engine>(
     })
 }
 
+/// Inputs taken at most while the wake time is past, before the timers
+/// and the guest get their turn.
+const INPUTS_PER_WAKE: u32 = 16;
+
+/// A step this long is logged.
+const LONG_STEP: Duration = Duration::from_millis(100);
+
 /// The seam on a real host.
 struct RealSeam<E: Engine> {
     host: Option<VmHost<E>>,
@@ -282,6 +289,8 @@ struct RealSeam<E: Engine> {
     next_status: Instant,
     last_status: Option<Status>,
     longest_step: Duration,
+    /// Inputs taken since the last wake.
+    inputs_since_wake: u32,
 }
 
 impl<E: Engine> RealSeam<E> {
@@ -351,6 +360,7 @@ impl<E: Engine> RealSeam<E> {
             next_status: Instant::now(),
             last_status: None,
             longest_step: Duration::ZERO,
+            inputs_since_wake: 0,
         })
     }
 
@@ -478,8 +488,13 @@ impl<E: Engine> Seam for RealSeam<E> {
         let host = self.host.as_mut()?;
         let started = Instant::now();
         let stepped = step(host);
+        let took = started.elapsed();
         if host.is_running() {
-            self.longest_step = self.longest_step.max(started.elapsed());
+            self.longest_step = self.longest_step.max(took);
+        }
+        if took >= LONG_STEP {
+            // Longer than a peer's patience allows for long: worth a line.
+            tracing::info!(ms = took.as_millis() as u64, role = ?host.role(), "a long step");
         }
         match stepped {
             Ok(r) => Some(r),
@@ -497,16 +512,29 @@ impl<E: Engine> Seam for RealSeam<E> {
         if self.stop.load(Ordering::SeqCst) {
             return None;
         }
+        let wait = wake.0.saturating_sub(self.now().0);
+        // Inputs that queued during a long step come before the timers
+        // (see `Pace::Slices`), but not for ever: under a stream of frames
+        // (a copy round's thousand chunks, a flood of requests) the timers
+        // and the guest still get every `INPUTS_PER_WAKE`-th turn.
+        if wait == 0 && self.inputs_since_wake >= INPUTS_PER_WAKE {
+            self.inputs_since_wake = 0;
+            return Some(Input::Wake);
+        }
         if let Ok(input) = self.inputs.try_recv() {
+            self.inputs_since_wake += 1;
             return Some(input);
         }
-        let wait = wake.0.saturating_sub(self.now().0);
         if wait == 0 {
+            self.inputs_since_wake = 0;
             return Some(Input::Wake);
         }
         let wait = Duration::from_nanos(wait).min(STATUS_INTERVAL);
         match tokio::time::timeout(wait, self.inputs.recv()).await {
-            Ok(Some(input)) => Some(input),
+            Ok(Some(input)) => {
+                self.inputs_since_wake += 1;
+                Some(input)
+            }
             Ok(None) => None,
             Err(_) => Some(Input::Wake),
         }

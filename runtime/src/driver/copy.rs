@@ -3,7 +3,8 @@
 //! deltas) between rounds. The deltas taken between two rounds are merged
 //! into the next round.
 
-use machine::{Checkpoint, Kind};
+use machine::{Checkpoint, FullStream, Kind};
+use protocol::{BlockIndex, Time};
 use std::collections::BTreeMap;
 
 /// `newer` applied on top of `older`, as one checkpoint: `newer` must be a
@@ -30,14 +31,36 @@ pub(crate) fn merge(older: Checkpoint, newer: Checkpoint) -> Checkpoint {
     }
 }
 
+/// Round 0 of a copy session, read a part at a time while the guest runs.
+#[derive(Debug)]
+pub(crate) struct FirstRound {
+    /// What is read so far.
+    pub(crate) stream: FullStream,
+    /// The next part is read no earlier than this.
+    pub(crate) next_part: Time,
+    /// The blocks written before the round began (since the last capture).
+    pub(crate) written: Vec<BlockIndex>,
+}
+
 /// What a copy session has taken and not yet sent.
 #[derive(Debug, Default)]
 pub(crate) struct CopyStream {
-    /// Everything captured since the last round went out.
+    /// Round 0, while it is being read.
+    pub(crate) first: Option<FirstRound>,
+    /// Every delta captured since the last round went out (or since round
+    /// 0 began to be read).
     pending: Option<Checkpoint>,
 }
 
 impl CopyStream {
+    /// A session whose round 0 is read as `first`.
+    pub(crate) fn reading(first: FirstRound) -> CopyStream {
+        CopyStream {
+            first: Some(first),
+            pending: None,
+        }
+    }
+
     /// A capture was taken (an epoch's delta or a round's).
     pub(crate) fn absorb(&mut self, checkpoint: Checkpoint) {
         self.pending = Some(match self.pending.take() {

@@ -14,10 +14,11 @@ mod witness;
 pub use outputs::HELD_PACKETS_MAX;
 pub use witness::WitnessHost;
 
-use copy::CopyStream;
+use copy::{CopyStream, FirstRound};
 use machine::devices::Packet;
 use machine::{
-    Checkpoint, Engine, Instructions, Kind, Machine, MachineError, CHECKPOINT_BYTES_MAX,
+    Checkpoint, CheckpointRef, Engine, Instructions, Kind, Machine, MachineError,
+    CHECKPOINT_BYTES_MAX,
 };
 use outputs::Outputs;
 use protocol::{
@@ -138,6 +139,12 @@ pub struct HostStats {
 
 /// Per-delta page counts kept in [`HostStats::delta_pages`].
 pub const DELTA_PAGES_KEPT: usize = 4096;
+
+/// Pages of a copy session's round 0 read at a time (1 MiB): round 0 of a
+/// large guest is read while the guest runs, this much at a time.
+pub const COPY_PART_PAGES: u32 = 256;
+/// Guest time between two parts of round 0 (1 ms).
+pub const COPY_PART_NS: u64 = 1_000_000;
 
 /// What the host's guest is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -310,7 +317,12 @@ impl<E: Engine> VmHost<E> {
     /// When to call [`VmHost::advance`] next, at the latest (and so to
     /// poll what became due).
     pub fn next_deadline(&self) -> Time {
-        let timeout = self.node.poll_timeout();
+        let part = self
+            .copy
+            .as_ref()
+            .and_then(|c| c.first.as_ref())
+            .map_or(Time(u64::MAX), |first| first.next_part);
+        let timeout = self.node.poll_timeout().min(part);
         self.effects
             .iter()
             .map(|(at, _)| *at)
@@ -378,10 +390,59 @@ impl<E: Engine> VmHost<E> {
             self.node.handle_dirty_pages(now, dirty);
         }
         self.last_run = now;
+        self.read_first_round(now)?;
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
         }
         self.carry_out(now)
+    }
+
+    /// Reads the next part of a copy session's round 0 if it is due; once
+    /// it is read whole, the protocol has it.
+    fn read_first_round(&mut self, now: Time) -> Result<(), HostError> {
+        let Some(first) = self.copy.as_mut().and_then(|c| c.first.as_mut()) else {
+            return Ok(());
+        };
+        if first.next_part > now {
+            return Ok(());
+        }
+        let done = self
+            .machine
+            .stream_full(&mut first.stream, COPY_PART_PAGES)?;
+        first.next_part = now.add_ns(COPY_PART_NS);
+        self.hold_for_disk();
+        if !done {
+            return Ok(());
+        }
+        let first = self
+            .copy
+            .as_mut()
+            .and_then(|c| c.first.take())
+            .expect("read just now");
+        let read = self.machine.finish_full(first.stream);
+        self.stats.captures += 1;
+        self.stats.captured_pages += read.pages;
+        self.stats.copied_blocks += read.blocks.len() as u64;
+        self.stats.shipped_bytes += read.bytes.len() as u64;
+        let capture = Capture {
+            bytes: read.bytes,
+            disk_blocks: first.written,
+            pages: read.pages,
+        };
+        self.node.handle_copy_captured(now, 0, capture);
+        Ok(())
+    }
+
+    /// The guest waits while the disk reads a capture needed take their
+    /// (simulated) time.
+    fn hold_for_disk(&mut self) -> u64 {
+        let busy = self.machine.bus().store().take_busy_ns();
+        if busy > 0 {
+            self.stats.disk_wait_ns += busy;
+            let from = self.last_run.max(self.guest_held_until);
+            self.guest_held_until = from.add_ns(busy);
+        }
+        busy
     }
 
     fn collect_outputs(&mut self, now: Time) {
@@ -449,18 +510,34 @@ impl<E: Engine> VmHost<E> {
                 }
                 self.node.handle_delta_captured(now, epoch, capture);
             }
+            Action::CaptureCopy {
+                round: 0,
+                disk,
+                last: false,
+            } => {
+                // Round 0 copies all memory and the disk the joiner lacks
+                // (all of it, or the blocks written since the checkpoint
+                // its disk holds), read a part at a time while the guest
+                // runs on; the deltas taken meanwhile go in round 1.
+                let written = self.written_blocks();
+                let only: Option<BTreeSet<u64>> = match disk {
+                    DiskCopy::Full => None,
+                    DiskCopy::Blocks(blocks) => {
+                        self.stats.block_resyncs += 1;
+                        Some(blocks.iter().map(|b| b.0).collect())
+                    }
+                };
+                let stream = self.machine.begin_full(only.as_ref())?;
+                self.dirty_mark = self.machine.engine().stats().dirty_faults;
+                self.copy = Some(CopyStream::reading(FirstRound {
+                    stream,
+                    next_part: now,
+                    written,
+                }));
+                self.read_first_round(now)?;
+            }
             Action::CaptureCopy { round, disk, last } => {
-                // Round 0 copies all memory and the disk the joiner lacks:
-                // all of it, or the blocks written since the checkpoint its
-                // disk holds.
-                let written: Vec<BlockIndex> = self
-                    .machine
-                    .bus()
-                    .disk
-                    .written()
-                    .iter()
-                    .map(|b| BlockIndex(*b))
-                    .collect();
+                let written = self.written_blocks();
                 let (checkpoint, _) = match (round, disk) {
                     (0, DiskCopy::Full) => self.capture(Kind::Full)?,
                     (0, DiskCopy::Blocks(blocks)) => {
@@ -539,12 +616,7 @@ impl<E: Engine> VmHost<E> {
         self.dirty_mark = self.machine.engine().stats().dirty_faults;
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
-        let busy = self.machine.bus().store().take_busy_ns();
-        if busy > 0 {
-            self.stats.disk_wait_ns += busy;
-            let from = self.last_run.max(self.guest_held_until);
-            self.guest_held_until = from.add_ns(busy);
-        }
+        let busy = self.hold_for_disk();
         (checkpoint, busy)
     }
 
@@ -570,13 +642,13 @@ impl<E: Engine> VmHost<E> {
     /// A complete delta or copy round from the primary, onto the standby.
     /// A failure leaves the standby unusable: promotion then refuses.
     fn apply(&mut self, bytes: &[u8]) -> Result<(), HostError> {
-        let applied = Checkpoint::decode(bytes, CHECKPOINT_BYTES_MAX)
+        let applied = CheckpointRef::decode(bytes, CHECKPOINT_BYTES_MAX)
             .map_err(|e| e.to_string())
             .and_then(|checkpoint| {
                 if checkpoint.kind == Kind::Full {
                     self.broken = None;
                 }
-                match self.machine.restore(&checkpoint) {
+                match self.machine.restore_ref(&checkpoint) {
                     Err(MachineError::Store(e)) => Ok(Err(e)),
                     other => other.map(Ok).map_err(|e| e.to_string()),
                 }
@@ -595,6 +667,17 @@ impl<E: Engine> VmHost<E> {
                 Ok(())
             }
         }
+    }
+
+    /// The blocks written since the last capture.
+    fn written_blocks(&mut self) -> Vec<BlockIndex> {
+        self.machine
+            .bus()
+            .disk
+            .written()
+            .iter()
+            .map(|b| BlockIndex(*b))
+            .collect()
     }
 
     fn end_term(&mut self) {

@@ -146,14 +146,24 @@ impl Primary {
     }
 
     /// How long to wait for an ack before sending again: `retransmit_after_ns`,
-    /// doubled for each retransmission the peer has not answered. A copy
-    /// round of hundreds of MiB takes longer to arrive and apply than one
-    /// retransmit interval; without the backoff it would be sent again and
-    /// again while the first copy is still on its way.
+    /// doubled for each retransmission the peer has not answered (a peer
+    /// that is slow to apply is not flooded).
+    /// Beyond that, what is in flight is given the time it takes at
+    /// `transfer_bytes_per_sec_min`: a round of hundreds of MiB is not sent
+    /// again before it could have arrived.
     fn retransmit_wait_ns(&self, config: &Config) -> u64 {
+        let copy = match &self.pairing {
+            Pairing::Copying(c) | Pairing::Catching(c) => c.in_flight.as_ref().map_or(0, Vec::len),
+            _ => 0,
+        };
+        let bytes = self.unacked.values().map(Vec::len).sum::<usize>() + copy;
+        let transfer_ns = (bytes as u128 * 1_000_000_000
+            / u128::from(config.transfer_bytes_per_sec_min))
+        .min(u128::from(u64::MAX)) as u64;
         config
             .retransmit_after_ns
             .saturating_mul(1 << self.retransmits_unanswered.min(RETRANSMIT_BACKOFF_MAX))
+            .saturating_add(transfer_ns)
     }
 
     /// How long the watched peer may be silent before it is lost. A backup
@@ -351,6 +361,7 @@ impl Node {
             Pairing::Copying(_) | Pairing::Catching(_) => {
                 // The joiner was never certified: we still hold our
                 // generation alone.
+                tracing::info!(node = %me, "joiner silent: copy abandoned");
                 p.pairing = Pairing::Solo;
                 p.unacked.clear();
             }

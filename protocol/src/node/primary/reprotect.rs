@@ -167,16 +167,24 @@ impl Node {
                 self.peer_heard = self.now;
                 self.start_copy(disk);
             }
-            Pairing::Copying(copy) | Pairing::Catching(copy) if copy.session == p.epoch => {
+            Pairing::Copying(copy) | Pairing::Catching(copy)
+                if copy.session == p.epoch || copy.round == 0 =>
+            {
                 // A session is named by the epoch it began in, so a second
                 // one in that epoch would share its name and the joiner
                 // would mix their rounds. A Join now is a duplicate of the
-                // one that began it; a joiner that really restarted sends
-                // its Join again later and is answered then.
+                // one that began it. So is a Join before round 0 is
+                // acknowledged: a large guest's round 0 takes many epochs
+                // to read and send, and the joiner asks again until its
+                // first chunk arrives. A joiner that really restarted
+                // meanwhile loses nothing: round 0 (sent again if need be)
+                // starts it afresh. Either way the joiner is alive.
+                self.peer_heard = self.now;
                 self.stats.dropped_duplicate += 1;
             }
             Pairing::Copying(_) | Pairing::Catching(_) => {
                 // The joiner restarted mid-copy: begin again.
+                tracing::info!(node = %self.config.me, "joiner restarted mid-copy");
                 self.peer_heard = self.now;
                 let p = self.primary_mut();
                 p.pairing = Pairing::Solo;
