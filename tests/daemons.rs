@@ -228,3 +228,58 @@ fn a_sigkilled_primary_loses_nothing_acknowledged() {
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A small tmpfs mounted at `path` (root only), unmounted when dropped.
+struct SmallFs(PathBuf);
+
+impl SmallFs {
+    fn mount(path: &Path, size: &str) -> Option<SmallFs> {
+        std::fs::create_dir_all(path).unwrap();
+        let mounted = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(path)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        mounted.then(|| SmallFs(path.to_owned()))
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_node_whose_state_disk_is_full_says_so_and_does_not_panic() {
+    let dir = temp_dir("fulldisk");
+    write_key(&dir.join("key"), 0o600);
+    let Some(_fs) = SmallFs::mount(&dir.join("state0"), "256k") else {
+        use std::io::Write;
+        let _ = std::io::stderr().write_all(
+            b"SKIPPED: a_node_whose_state_disk_is_full_says_so_and_does_not_panic needs root to mount a small tmpfs\n",
+        );
+        return;
+    };
+    // The guest disk (8192 blocks, 4.6 MiB) cannot fit in 256 KiB.
+    let config = dir.join("node0.toml");
+    std::fs::write(&config, node_config(&dir, 0, 40_900, "")).unwrap();
+    let (code, stdout, stderr) = lockstep(&["node", "--config", &config.display().to_string()]);
+    assert_ne!(code, 0, "{stdout}{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        stderr.contains("No space left on device") && stderr.contains("disk.img"),
+        "the error names the cause and the file: {stderr}"
+    );
+    let left: Vec<_> = std::fs::read_dir(dir.join("state0"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(
+        !left.iter().any(|n| n.to_string_lossy().contains(".creating")),
+        "no half-made disk is left behind: {left:?}"
+    );
+    drop(_fs);
+    let _ = std::fs::remove_dir_all(&dir);
+}
