@@ -277,7 +277,9 @@ fn a_node_whose_state_disk_is_full_says_so_and_does_not_panic() {
         .map(|e| e.unwrap().file_name())
         .collect();
     assert!(
-        !left.iter().any(|n| n.to_string_lossy().contains(".creating")),
+        !left
+            .iter()
+            .any(|n| n.to_string_lossy().contains(".creating")),
         "no half-made disk is left behind: {left:?}"
     );
     drop(_fs);

@@ -202,7 +202,7 @@ async fn one_client(
         }
         let now = now_since(started);
         for packet in client.sends(now) {
-            if let Some(request) = decode_request(&packet) {
+            if let Ok(request) = Request::decode(&packet) {
                 let retry = !seen.insert(request.id);
                 record(
                     &out,
@@ -239,25 +239,6 @@ async fn one_client(
             () = tokio::time::sleep(wake) => {}
         }
     }
-}
-
-fn decode_request(packet: &[u8]) -> Option<Request> {
-    let word = |at: usize| {
-        packet
-            .get(at..at + 8)
-            .map(|b| u64::from_le_bytes(b.try_into().expect("8")))
-    };
-    let half = |at: usize| {
-        packet
-            .get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().expect("4")))
-    };
-    Some(Request {
-        id: word(0)?,
-        from: half(8)?,
-        to: half(12)?,
-        amount: word(16)?,
-    })
 }
 
 #[derive(Debug, clap::Args)]

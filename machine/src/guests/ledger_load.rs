@@ -82,6 +82,21 @@ impl Request {
         bytes.extend_from_slice(&0u64.to_le_bytes());
         bytes
     }
+
+    /// Parses a request as [`Request::encode`] writes it.
+    pub fn decode(packet: &[u8]) -> Result<Request, String> {
+        if packet.len() != REQUEST_BYTES {
+            return Err(format!("request of {} bytes", packet.len()));
+        }
+        let u32_at =
+            |at: usize| u32::from_le_bytes(packet[at..at + 4].try_into().expect("4 bytes"));
+        Ok(Request {
+            id: u64_at(packet, 0),
+            from: u32_at(8),
+            to: u32_at(12),
+            amount: u64_at(packet, 16),
+        })
+    }
 }
 
 impl Reply {
@@ -393,6 +408,20 @@ mod tests {
     use crate::devices::MemStore;
     use crate::fake::FakeEngine;
     use crate::layout::{Shape, MEMORY_BYTES_MIN};
+
+    #[test]
+    fn a_request_decodes_as_encoded_and_a_wrong_length_is_an_error() {
+        let request = Request {
+            id: u64::MAX - 3,
+            from: 7,
+            to: u32::MAX,
+            amount: 1 << 40,
+        };
+        let bytes = request.encode();
+        assert_eq!(Request::decode(&bytes), Ok(request));
+        assert!(Request::decode(&bytes[..bytes.len() - 1]).is_err());
+        assert!(Request::decode(&[bytes.clone(), vec![0]].concat()).is_err());
+    }
 
     fn put_u64<E: Engine>(machine: &mut Machine<E>, address: u64, value: u64) {
         let gpa = Gpa(address);
