@@ -64,6 +64,15 @@ fn a_malformed_node_config_names_file_line_and_field() {
         stderr.contains("vcpuz"),
         "an unknown field is named: {stderr}"
     );
+
+    let text = node_config(&dir, 0, 40_000, "") + "[protocol]\ntransfer_mib_per_s = 0\n";
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("protocol.transfer_mib_per_s") && stderr.contains("must be positive"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -124,6 +124,10 @@ pub struct ProtocolSection {
     pub suspect_after_ms: u64,
     /// Longest run of the guest between looks at the network.
     pub slice_us: u64,
+    /// The slowest the replication link and the peer are expected to take
+    /// in a transfer, MiB/s: a copy round is not sent again sooner than it
+    /// could arrive at this rate.
+    pub transfer_mib_per_s: u64,
 }
 
 impl Default for ProtocolSection {
@@ -134,6 +138,7 @@ impl Default for ProtocolSection {
             heartbeat_ms: 20,
             suspect_after_ms: 150,
             slice_us: 1000,
+            transfer_mib_per_s: 50,
         }
     }
 }
@@ -282,6 +287,10 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
     protocol.heartbeat_interval_ns = p.heartbeat_ms.saturating_mul(1_000_000);
     protocol.suspect_after_ns = p.suspect_after_ms.saturating_mul(1_000_000);
     protocol.retransmit_after_ns = p.heartbeat_ms.saturating_mul(3_000_000);
+    protocol.transfer_bytes_per_sec_min = p.transfer_mib_per_s.saturating_mul(1 << 20);
+    if p.transfer_mib_per_s == 0 {
+        return Err(file.error(&["protocol", "transfer_mib_per_s"], "must be positive"));
+    }
     if let Err(e) = protocol.validate() {
         return Err(file.error(&["protocol"], e.to_string()));
     }
