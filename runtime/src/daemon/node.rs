@@ -152,6 +152,9 @@ pub struct Status {
     pub outputs_released: u64,
     /// Frames the protocol dropped (malformed, unauthenticated, stale).
     pub frames_dropped: u64,
+    /// Client requests dropped before the guest (not primary, guest
+    /// stopped, its NIC's receive queue full): the client retries them.
+    pub inputs_dropped: u64,
     /// What the links dropped, by reason.
     pub links: std::collections::BTreeMap<String, u64>,
     /// The longest single step of the driver while this host ran the guest
@@ -421,6 +424,7 @@ impl<E: Engine> RealSeam<E> {
             epoch: node.epoch().map(|e| e.0),
             running: host.is_running(),
             outputs_released: host.stats().outputs_released,
+            inputs_dropped: host.stats().inputs_dropped,
             frames_dropped: {
                 let s = node.stats();
                 s.dropped_malformed
