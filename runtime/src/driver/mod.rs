@@ -26,6 +26,17 @@ use protocol::{
 };
 use std::collections::{BTreeSet, VecDeque};
 
+/// Who waits for the disk reads of a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskWait {
+    /// The guest stays paused until they are done (an epoch's delta, the
+    /// last copy round).
+    Guest,
+    /// The guest runs on; the capture is reported when they are done (a
+    /// pre-copy round, read in the background as live migration reads).
+    Background,
+}
+
 /// Something the host sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -176,6 +187,9 @@ pub struct VmHost<E: Engine> {
     guest_held_until: Time,
     /// The disk is busy with the standby's writes until then.
     disk_free_at: Time,
+    /// A pre-copy round whose disk reads are still under way (the guest
+    /// runs on meanwhile): the node hears of it when they are done.
+    copy_reading: Option<(Time, u32, Capture)>,
     broken: Option<String>,
     stats: HostStats,
 }
@@ -205,6 +219,7 @@ impl<E: Engine> VmHost<E> {
             disk_checkpoint: None,
             guest_held_until: now,
             disk_free_at: now,
+            copy_reading: None,
             node,
             machine,
             guest,
@@ -310,7 +325,12 @@ impl<E: Engine> VmHost<E> {
     /// When to call [`VmHost::advance`] next, at the latest (and so to
     /// poll what became due).
     pub fn next_deadline(&self) -> Time {
-        let timeout = self.node.poll_timeout();
+        let timeout = self
+            .copy_reading
+            .as_ref()
+            .map_or(self.node.poll_timeout(), |(at, _, _)| {
+                self.node.poll_timeout().min(*at)
+            });
         self.effects
             .iter()
             .map(|(at, _)| *at)
@@ -378,6 +398,14 @@ impl<E: Engine> VmHost<E> {
             self.node.handle_dirty_pages(now, dirty);
         }
         self.last_run = now;
+        if self
+            .copy_reading
+            .as_ref()
+            .is_some_and(|(at, _, _)| *at <= now)
+        {
+            let (_, round, capture) = self.copy_reading.take().expect("just seen");
+            self.node.handle_copy_captured(now, round, capture);
+        }
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
         }
@@ -461,16 +489,24 @@ impl<E: Engine> VmHost<E> {
                     .iter()
                     .map(|b| BlockIndex(*b))
                     .collect();
-                let (checkpoint, _) = match (round, disk) {
-                    (0, DiskCopy::Full) => self.capture(Kind::Full)?,
+                // Pre-copy rounds are read while the guest runs (a whole
+                // disk on a slow one takes long); only the last, paused
+                // round keeps the guest waiting for its reads.
+                let wait = if last {
+                    DiskWait::Guest
+                } else {
+                    DiskWait::Background
+                };
+                let checkpoint = match (round, disk) {
+                    (0, DiskCopy::Full) => self.machine.checkpoint(Kind::Full)?,
                     (0, DiskCopy::Blocks(blocks)) => {
                         self.stats.block_resyncs += 1;
                         let blocks: BTreeSet<u64> = blocks.iter().map(|b| b.0).collect();
-                        let checkpoint = self.machine.checkpoint_with_blocks(&blocks)?;
-                        self.captured(checkpoint)
+                        self.machine.checkpoint_with_blocks(&blocks)?
                     }
-                    _ => self.capture(Kind::Delta)?,
+                    _ => self.machine.checkpoint(Kind::Delta)?,
                 };
+                let (checkpoint, busy) = self.captured(checkpoint, wait);
                 let copy = self.copy.get_or_insert_with(CopyStream::default);
                 copy.absorb(checkpoint);
                 let round_checkpoint = copy.take_round().expect("absorbed just now");
@@ -481,7 +517,14 @@ impl<E: Engine> VmHost<E> {
                 if last {
                     self.copy = None;
                 }
-                self.node.handle_copy_captured(now, round, capture);
+                // A newer round replaces one still being read (its session
+                // was given up).
+                self.copy_reading = None;
+                if wait == DiskWait::Background && busy > 0 {
+                    self.copy_reading = Some((now.add_ns(busy), round, capture));
+                } else {
+                    self.node.handle_copy_captured(now, round, capture);
+                }
             }
             Action::ApplyDelta { delta: bytes, .. } => self.apply(&bytes)?,
             Action::ApplyCopy { copy: bytes, .. } => {
@@ -529,21 +572,26 @@ impl<E: Engine> VmHost<E> {
     /// A checkpoint of `kind`, and the disk time (simulated ns) it took.
     fn capture(&mut self, kind: Kind) -> Result<(Checkpoint, u64), HostError> {
         let checkpoint = self.machine.checkpoint(kind)?;
-        Ok(self.captured(checkpoint))
+        Ok(self.captured(checkpoint, DiskWait::Guest))
     }
 
-    /// Bookkeeping after a capture. The guest is paused for it, and stays
-    /// paused while the disk reads it needed take their (simulated) time,
-    /// which is returned beside the checkpoint.
-    fn captured(&mut self, checkpoint: Checkpoint) -> (Checkpoint, u64) {
+    /// Bookkeeping after a capture. The guest is paused for it; the disk
+    /// reads it needed take their (simulated) time, which is returned
+    /// beside the checkpoint, and `wait` says who waits for them.
+    fn captured(&mut self, checkpoint: Checkpoint, wait: DiskWait) -> (Checkpoint, u64) {
         self.dirty_mark = self.machine.engine().stats().dirty_faults;
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
         let busy = self.machine.bus().store().take_busy_ns();
         if busy > 0 {
             self.stats.disk_wait_ns += busy;
-            let from = self.last_run.max(self.guest_held_until);
-            self.guest_held_until = from.add_ns(busy);
+            match wait {
+                DiskWait::Guest => {
+                    let from = self.last_run.max(self.guest_held_until);
+                    self.guest_held_until = from.add_ns(busy);
+                }
+                DiskWait::Background => {}
+            }
         }
         (checkpoint, busy)
     }
@@ -600,6 +648,7 @@ impl<E: Engine> VmHost<E> {
     fn end_term(&mut self) {
         self.stats.outputs_discarded += self.outputs.discard() as u64;
         self.copy = None;
+        self.copy_reading = None;
         let _ = self.machine.bus().nic.take_tx();
     }
 
