@@ -186,3 +186,30 @@ impl Client {
         self.outstanding.remove(&reply.id);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_dense_distinct_and_find_their_client_for_every_count() {
+        for clients in [1u16, 2, 15, 16, 17, 40, 64] {
+            let requests = faults::scenario::REQUESTS_TOTAL_MAX / u64::from(clients);
+            let mut seen = std::collections::BTreeSet::new();
+            for k in 0..clients {
+                for n in [1, 2, requests / 2 + 1, requests] {
+                    let id = request_id(k, clients, n);
+                    assert!(
+                        (1..TABLE_ENTRIES).contains(&id),
+                        "{clients} clients: id {id}"
+                    );
+                    assert_eq!(Client::owner(id, clients), k);
+                    assert!(
+                        seen.insert(id % TABLE_ENTRIES),
+                        "{clients}: slot of {id} shared"
+                    );
+                }
+            }
+        }
+    }
+}

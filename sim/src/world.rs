@@ -352,12 +352,17 @@ impl World {
 
     /// Which host an event's reference means now.
     pub fn resolve(&self, host: HostRef) -> usize {
-        let primary = (0..2).find(|i| {
-            self.hosts[*i]
-                .host
-                .as_ref()
-                .is_some_and(|h| h.role() == RoleKind::Primary && h.is_running())
-        });
+        // The primary is the running one of the newest generation: a
+        // frozen old primary still thinks it is one until it hears better.
+        let primary = (0..2)
+            .filter_map(|i| {
+                let h = self.hosts[i].host.as_ref()?;
+                let running = h.role() == RoleKind::Primary && h.is_running();
+                let awake = !self.hosts[i].paused;
+                running.then(|| (awake, h.node().generation(), i))
+            })
+            .max_by_key(|(awake, generation, i)| (*awake, *generation, std::cmp::Reverse(*i)))
+            .map(|(_, _, i)| i);
         match host {
             HostRef::A => 0,
             HostRef::B => 1,
@@ -384,16 +389,18 @@ impl World {
     /// running primary, or a backup with a checkpoint), the faults went
     /// beyond the single host failure the system survives.
     pub fn note_if_vm_lost(&mut self) {
-        // A backup holds the VM only if no later generation has superseded
+        // A host holds the VM only if no later generation has superseded
         // it: the witness's grant names the pair that may go on, and a
-        // backup the grant left out (fenced) holds a stale copy.
+        // primary or backup the grant left out (fenced, or frozen while
+        // the other went on) holds a stale copy.
         let grant = self.witness.grant;
         let holds = self.hosts.iter().enumerate().any(|(i, slot)| {
             slot.host.as_ref().is_some_and(|h| {
                 let me = NodeId(i as u8);
-                let current = grant.holder == me || grant.backup == Some(me);
-                (h.role() == RoleKind::Primary && h.is_running())
-                    || (h.role() == RoleKind::Backup && current)
+                let named = grant.holder == me || grant.backup == Some(me);
+                let has_state = (h.role() == RoleKind::Primary && h.is_running())
+                    || h.role() == RoleKind::Backup;
+                named && has_state
             })
         });
         if !holds {

@@ -583,6 +583,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .filter(|e| {
             e.host == "faults"
                 || e.what.starts_with("role")
+                || e.what.starts_with("fail-stop")
+                || e.what.starts_with("crash")
                 || e.what.contains("WitnessState")
                 || e.what.starts_with("boot")
         })
