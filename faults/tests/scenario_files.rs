@@ -154,6 +154,8 @@ fn broken_files_name_file_line_and_field() {
         ("vcpus = 2", "vcpuz = 2", "x.toml:8:9: guest.vcpuz: unknown field `vcpuz`, expected one of `kind`, `vcpus`, `accounts`"),
         ("vcpus = 2", "vcpus = \"two\"", "x.toml:8:9: guest.vcpus: invalid type: string \"two\""),
         ("accounts = 16\n", "", "guest.accounts: missing field `accounts`"),
+        ("[guest]\nkind = \"ledger\"\nvcpus = 2\naccounts = 16\n", "", "x.toml:1:1: guest: missing field `guest`"),
+        ("liveness_ms = 1000\n", "", "x.toml:1:1: liveness_ms: missing field `liveness_ms`"),
         ("at_ms = 500", "at_ms = 5000", "x.toml:24:9: faults[0].at_ms: 5000 is not within the safety phase"),
         ("target = \"primary\"", "target = \"c\"", "x.toml:26:10: faults[0].target: unknown host \"c\""),
         ("target = \"primary\"", "target = \"client:7\"", "x.toml:26:10: faults[0].target: client:7 does not exist"),

@@ -282,6 +282,14 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         w.trace.record(at_ns, "faults", || {
             format!("{event:?} on {}", HOST_NAMES[i])
         });
+    } else if let Some((from, to)) = event.ends() {
+        let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
+        w.trace
+            .record(at_ns, "faults", || format!("{event:?} between {a} and {b}"));
+    } else if let Event::Isolate { endpoint, .. } = event {
+        let me = w.endpoint_name(endpoint);
+        w.trace
+            .record(at_ns, "faults", || format!("{event:?} of {me}"));
     } else {
         w.trace.record(at_ns, "faults", || format!("{event:?}"));
     }

@@ -220,6 +220,14 @@ impl Event {
             _ => None,
         }
     }
+
+    /// The two ends the event names, if it is a link's.
+    pub fn ends(&self) -> Option<(Endpoint, Endpoint)> {
+        match *self {
+            Event::Partition { from, to, .. } | Event::Link { from, to, .. } => Some((from, to)),
+            _ => None,
+        }
+    }
 }
 
 /// One run, fully resolved.
