@@ -116,7 +116,7 @@ fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
         "suite recorded {hash}: {stdout}"
     );
     let events = std::fs::read_to_string(&trace).expect("trace written");
-    assert!(events.lines().count() > 100 && events.contains("Crash(Primary)"));
+    assert!(events.lines().count() > 100 && events.contains("Crash { host: Primary"));
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -207,4 +207,91 @@ fn failing_seeds_are_recorded_and_then_run_first() {
     assert_eq!(code, 0, "{stdout}");
     assert!(stdout.contains("6 runs (2 regressions first)"), "{stdout}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The results of a suite's directory, wall times set aside (they are the
+/// only figures a rerun changes).
+fn results_without_wall(dir: &std::path::Path) -> Vec<String> {
+    let text = std::fs::read_to_string(dir.join("results.jsonl")).expect("results.jsonl");
+    text.lines()
+        .map(|line| {
+            let mut value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+            value["wall_ms"] = serde_json::Value::from(0);
+            value.to_string()
+        })
+        .collect()
+}
+
+fn junit_without_times(dir: &std::path::Path) -> String {
+    let text = std::fs::read_to_string(dir.join("junit.xml")).expect("junit.xml");
+    text.split(" time=\"")
+        .enumerate()
+        .map(|(i, part)| {
+            if i == 0 {
+                part
+            } else {
+                part.split_once('"').map_or(part, |(_, rest)| rest)
+            }
+        })
+        .collect()
+}
+
+#[test]
+fn four_shards_merged_equal_the_unsharded_suite() {
+    let root = std::env::temp_dir().join(format!("lockstep-shards-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&root);
+    let dir = scenarios_dir();
+    let run = |out: &std::path::Path, shard: Option<&str>| {
+        let out_arg = out.display().to_string();
+        let mut args = vec![
+            "run",
+            "--suite",
+            "smoke",
+            "--seeds",
+            "2",
+            "--scenarios",
+            &dir,
+            "--out",
+            &out_arg,
+        ];
+        if let Some(shard) = shard {
+            args.extend(["--shard", shard]);
+        }
+        let (code, stdout, stderr) = lockstep(&args);
+        assert_eq!(code, 0, "{stdout}\n{stderr}");
+        stdout
+    };
+    let whole = root.join("whole");
+    run(&whole, None);
+    let mut shard_dirs = Vec::new();
+    let mut runs = 0;
+    for k in 0..4 {
+        let out = root.join(format!("shard-{k}"));
+        let stdout = run(&out, Some(&format!("{k}/4")));
+        assert!(stdout.contains(&format!("(shard {k}/4)")), "{stdout}");
+        runs += std::fs::read_to_string(out.join("results.jsonl"))
+            .unwrap()
+            .lines()
+            .count();
+        shard_dirs.push(out.display().to_string());
+    }
+    let merged = root.join("merged");
+    let merged_arg = merged.display().to_string();
+    // Any order of the directories.
+    let mut args = vec!["report", "merge", "--out", &merged_arg];
+    args.extend(shard_dirs.iter().rev().map(String::as_str));
+    let (code, stdout, stderr) = lockstep(&args);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let expected = results_without_wall(&whole);
+    assert_eq!(runs, expected.len(), "the shards split the runs");
+    assert_eq!(results_without_wall(&merged), expected);
+    assert_eq!(junit_without_times(&merged), junit_without_times(&whole));
+    // A missing shard is refused, not merged into a smaller suite.
+    let (code, _, stderr) = lockstep(&["report", "merge", "--out", &merged_arg, &shard_dirs[0]]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("give every shard of one suite once"),
+        "{stderr}"
+    );
+    let _ = std::fs::remove_dir_all(&root);
 }

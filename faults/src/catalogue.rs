@@ -376,19 +376,76 @@ impl FaultKind {
 }
 
 /// A fault at a moment of simulated time. In files, `at_ms` and
-/// `duration_ms` sit beside the fault's own fields in one `[[faults]]` table.
+/// `duration_ms` sit beside the fault's own fields in one `[[faults]]` table;
+/// `at_ms = [earliest, latest]` lets the seed pick the moment.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(from = "ScheduledFaultFile", into = "ScheduledFaultFile")]
 pub struct ScheduledFault {
-    /// Simulated milliseconds from the start of the run.
+    /// Simulated milliseconds from the start of the run (the earliest, if
+    /// `at_latest_ms` gives a window).
     pub at_ms: u64,
+    /// The latest moment, if the seed picks one in `at_ms ..= at_latest_ms`
+    /// ([`crate::FaultPlan::resolve`] does, so a resolved fault has none).
+    pub at_latest_ms: Option<u64>,
     /// How long the fault lasts; `None`: until the liveness phase heals it.
     /// A crash lasts until `restart_after_ms`, a vCPU stall its `ms`
     /// ([`crate::timeline::end_ms`]), so they take no `duration_ms`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub duration_ms: Option<u64>,
     /// What happens.
-    #[serde(flatten)]
     pub fault: FaultKind,
+}
+
+impl ScheduledFault {
+    /// The latest moment the fault may begin.
+    pub fn latest_ms(&self) -> u64 {
+        self.at_latest_ms.unwrap_or(self.at_ms)
+    }
+}
+
+/// When a fault begins, as files spell it: a moment, or a window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+enum At {
+    Moment(u64),
+    Window([u64; 2]),
+}
+
+/// [`ScheduledFault`] as files spell it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct ScheduledFaultFile {
+    at_ms: At,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    duration_ms: Option<u64>,
+    #[serde(flatten)]
+    fault: FaultKind,
+}
+
+impl From<ScheduledFaultFile> for ScheduledFault {
+    fn from(file: ScheduledFaultFile) -> ScheduledFault {
+        let (at_ms, at_latest_ms) = match file.at_ms {
+            At::Moment(ms) => (ms, None),
+            At::Window([earliest, latest]) => (earliest, Some(latest)),
+        };
+        ScheduledFault {
+            at_ms,
+            at_latest_ms,
+            duration_ms: file.duration_ms,
+            fault: file.fault,
+        }
+    }
+}
+
+impl From<ScheduledFault> for ScheduledFaultFile {
+    fn from(fault: ScheduledFault) -> ScheduledFaultFile {
+        ScheduledFaultFile {
+            at_ms: match fault.at_latest_ms {
+                None => At::Moment(fault.at_ms),
+                Some(latest) => At::Window([fault.at_ms, latest]),
+            },
+            duration_ms: fault.duration_ms,
+            fault: fault.fault,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -53,12 +53,33 @@ impl FaultPlan {
     /// order). The same seed gives the same list on every machine.
     pub fn resolve(&self, seed: u64, bounds: PlanBounds) -> Vec<ScheduledFault> {
         let mut faults = match self {
-            FaultPlan::Scripted(faults) => faults.clone(),
+            FaultPlan::Scripted(faults) => place(faults, seed),
             FaultPlan::Swarm(swarm) => swarm.draw(seed, bounds),
         };
         faults.sort_by_key(|f| f.at_ms);
         faults
     }
+}
+
+/// Mixed into the seed for the moments of scripted faults with a window.
+const WINDOW_STREAM: u64 = 0x7769_6e64_6f77_2d31; // "window-1"
+
+/// Scripted faults at their moments: the seed picks one within each
+/// fault's window (every seed a different timeline), the others stay.
+fn place(faults: &[ScheduledFault], seed: u64) -> Vec<ScheduledFault> {
+    let mut rng = SplitMix64::new(seed ^ WINDOW_STREAM);
+    faults
+        .iter()
+        .map(|fault| {
+            let mut placed = fault.clone();
+            if let Some(latest) = fault.at_latest_ms {
+                assert!(fault.at_ms <= latest, "validated on load");
+                placed.at_ms = rng.range(fault.at_ms, latest);
+                placed.at_latest_ms = None;
+            }
+            placed
+        })
+        .collect()
 }
 
 /// Per-run choices of a swarm: which kinds, at which rates.
@@ -85,6 +106,7 @@ impl Swarm {
                 let fault = draw_fault(kind, &mix, &mut rng, bounds);
                 ScheduledFault {
                     at_ms,
+                    at_latest_ms: None,
                     duration_ms,
                     fault,
                 }
@@ -288,6 +310,7 @@ mod tests {
     fn scripted_plans_are_sorted_stably() {
         let crash = |at_ms, target| ScheduledFault {
             at_ms,
+            at_latest_ms: None,
             duration_ms: None,
             fault: FaultKind::Crash {
                 target,

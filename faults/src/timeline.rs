@@ -74,6 +74,7 @@ mod tests {
     fn at(at_ms: u64, duration_ms: Option<u64>, fault: FaultKind) -> ScheduledFault {
         ScheduledFault {
             at_ms,
+            at_latest_ms: None,
             duration_ms,
             fault,
         }

@@ -154,6 +154,8 @@ fn broken_files_name_file_line_and_field() {
         ("vcpus = 2", "vcpuz = 2", "x.toml:8:9: guest.vcpuz: unknown field `vcpuz`, expected one of `kind`, `vcpus`, `accounts`"),
         ("vcpus = 2", "vcpus = \"two\"", "x.toml:8:9: guest.vcpus: invalid type: string \"two\""),
         ("accounts = 16\n", "", "guest.accounts: missing field `accounts`"),
+        ("[guest]\nkind = \"ledger\"\nvcpus = 2\naccounts = 16\n", "", "x.toml:1:1: guest: missing field `guest`"),
+        ("liveness_ms = 1000\n", "", "x.toml:1:1: liveness_ms: missing field `liveness_ms`"),
         ("at_ms = 500", "at_ms = 5000", "x.toml:24:9: faults[0].at_ms: 5000 is not within the safety phase"),
         ("target = \"primary\"", "target = \"c\"", "x.toml:26:10: faults[0].target: unknown host \"c\""),
         ("target = \"primary\"", "target = \"client:7\"", "x.toml:26:10: faults[0].target: client:7 does not exist"),
@@ -398,4 +400,84 @@ fn a_missing_file_is_named() {
             .starts_with("/nonexistent/x.toml: cannot read:"),
         "{error}"
     );
+}
+
+/// What the simulator cannot run, the validator refuses, naming the file,
+/// line and field (the limits are the constants the simulator uses).
+#[test]
+fn what_the_simulator_cannot_run_is_refused() {
+    let cases: &[(&str, &str, &str)] = &[
+        (
+            "requests = 10",
+            "requests = 9000",
+            "x.toml:13:12: workload.requests: clients × requests must be at most 16384",
+        ),
+        (
+            "accounts = 16",
+            "accounts = 513",
+            "x.toml:9:12: guest.accounts: must be 2..=512, got 513",
+        ),
+        (
+            "at_ms = 500",
+            "at_ms = [600, 400]",
+            "x.toml:24:9: faults[0].at_ms: the window [600, 400] ends before it begins",
+        ),
+        (
+            "at_ms = 500",
+            "at_ms = [500, 1000]",
+            "x.toml:24:9: faults[0].at_ms: 1000 is not within the safety phase",
+        ),
+        (
+            "kind = \"crash\"\ntarget = \"primary\"",
+            "kind = \"vcpu_stall\"\ntarget = \"primary\"\nvcpu = 0\nms = 501",
+            "x.toml:28:6: faults[0].ms: a stall from 500 ms for 501 ms outlives the safety phase",
+        ),
+    ];
+    for (from, to, expected) in cases {
+        assert!(GOOD.contains(from), "{from}");
+        let error = error_of(&GOOD.replacen(from, to, 1));
+        assert!(
+            error.contains(expected),
+            "{from} -> {to}:\n  got      {error}\n  expected {expected}"
+        );
+    }
+    // At the limits, files are accepted.
+    for (from, to) in [
+        ("requests = 10", "requests = 8192"),
+        ("accounts = 16", "accounts = 512"),
+        ("at_ms = 500", "at_ms = [400, 999]"),
+        (
+            "kind = \"crash\"\ntarget = \"primary\"",
+            "kind = \"vcpu_stall\"\ntarget = \"primary\"\nvcpu = 0\nms = 500",
+        ),
+    ] {
+        let text = GOOD.replacen(from, to, 1);
+        parse_scenario(Path::new("x.toml"), &text, Some("x"))
+            .unwrap_or_else(|e| panic!("{from} -> {to}: {e}"));
+    }
+}
+
+/// A window lets each seed place the fault anywhere in it, and only there.
+#[test]
+fn seeds_move_a_windowed_fault_within_its_window() {
+    let text = GOOD.replacen("at_ms = 500", "at_ms = [200, 260]", 1);
+    let scenario = parse_scenario(Path::new("x.toml"), &text, Some("x")).unwrap();
+    let moments: std::collections::BTreeSet<u64> = (0..65)
+        .map(|seed| {
+            let faults = scenario.fault_schedule(seed);
+            assert_eq!(faults.len(), 1);
+            assert_eq!(faults[0].at_latest_ms, None, "resolved");
+            assert_eq!(
+                scenario.fault_schedule(seed),
+                faults,
+                "same seed, same moment"
+            );
+            faults[0].at_ms
+        })
+        .collect();
+    assert!(
+        moments.iter().all(|ms| (200..=260).contains(ms)),
+        "{moments:?}"
+    );
+    assert!(moments.len() > 30, "65 seeds, many moments: {moments:?}");
 }

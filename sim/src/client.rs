@@ -1,19 +1,33 @@
 //! A client of the ledger service: sends transfers with request ids,
 //! retries what is unanswered, and records what it sent and what it saw.
 
+use machine::guests::ledger::TABLE_ENTRIES;
 use machine::guests::ledger_load::{Reply, Request};
 use machine::rng::SplitMix64;
 use protocol::Time;
 use std::collections::BTreeMap;
 
-/// Request ids of client `k` are `k * ID_SPAN + 1 ..`; replies find their
-/// client by id.
-pub const ID_SPAN: u64 = 4096;
+/// Most requests of all clients together: request ids run from 1 to the
+/// total, and each must have its own slot in the guest's reply table (an
+/// id sharing a slot with another would find that one's reply and a
+/// resend of it would be applied again).
+pub const REQUESTS_TOTAL_MAX: u64 = TABLE_ENTRIES - 1;
+const _: () = assert!(faults::scenario::REQUESTS_TOTAL_MAX <= REQUESTS_TOTAL_MAX);
+
+/// The id of client `index`'s `n`-th request (from 1) among `clients`: ids
+/// interleave, so that they are dense (1 ..= clients × requests) for any
+/// number of clients.
+pub fn request_id(index: u16, clients: u16, n: u64) -> u64 {
+    assert!(index < clients, "a client of the workload");
+    assert!(n >= 1, "requests count from 1");
+    (n - 1) * u64::from(clients) + u64::from(index) + 1
+}
 
 /// One client's state and history.
 #[derive(Debug)]
 pub struct Client {
     index: u16,
+    clients: u16,
     requests: u64,
     window: u64,
     retry_after_ns: u64,
@@ -35,9 +49,11 @@ pub struct Client {
 }
 
 impl Client {
-    /// Client `index` sending `requests` requests.
+    /// Client `index` of `clients` sending `requests` requests.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         index: u16,
+        clients: u16,
         requests: u64,
         window: u64,
         retry_after_ns: u64,
@@ -45,9 +61,13 @@ impl Client {
         accounts: u64,
         seed: u64,
     ) -> Client {
-        assert!(requests < ID_SPAN, "ids of one client fit their span");
+        assert!(
+            requests * u64::from(clients) <= REQUESTS_TOTAL_MAX,
+            "every id has its own slot in the reply table"
+        );
         Client {
             index,
+            clients,
             requests,
             window,
             retry_after_ns,
@@ -75,9 +95,15 @@ impl Client {
         self.outstanding.len()
     }
 
-    /// Which client an id belongs to.
-    pub fn owner(id: u64) -> u16 {
-        u16::try_from(id.saturating_sub(1) / ID_SPAN).unwrap_or(u16::MAX)
+    /// Which of `clients` clients an id belongs to.
+    pub fn owner(id: u64, clients: u16) -> u16 {
+        let k = id.saturating_sub(1) % u64::from(clients.max(1));
+        u16::try_from(k).expect("below a u16 count")
+    }
+
+    /// The ordinal (from 1) of id among its client's requests.
+    fn ordinal(&self, id: u64) -> u64 {
+        id.saturating_sub(1) / u64::from(self.clients) + 1
     }
 
     /// Whether every request has its reply.
@@ -93,7 +119,7 @@ impl Client {
             && self.last_new.is_none_or(|t| now.0 >= t.0 + self.think_ns)
         {
             self.last_new = Some(now);
-            let id = u64::from(self.index) * ID_SPAN + self.next;
+            let id = request_id(self.index, self.clients, self.next);
             let request = Request {
                 id,
                 from: u32::try_from(self.rng.range(0, self.accounts - 1)).expect("few accounts"),
@@ -138,8 +164,9 @@ impl Client {
             Ok(reply) => reply,
             Err(problem) => return self.bad.push(format!("client {}: {problem}", self.index)),
         };
-        let ours = Client::owner(reply.id) == self.index
-            && (reply.id - u64::from(self.index) * ID_SPAN) < self.next;
+        let ours = reply.id >= 1
+            && Client::owner(reply.id, self.clients) == self.index
+            && self.ordinal(reply.id) < self.next;
         if !ours {
             return self.bad.push(format!(
                 "client {}: reply to unsent id {}",
@@ -157,5 +184,32 @@ impl Client {
             }
         }
         self.outstanding.remove(&reply.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_are_dense_distinct_and_find_their_client_for_every_count() {
+        for clients in [1u16, 2, 15, 16, 17, 40, 64] {
+            let requests = faults::scenario::REQUESTS_TOTAL_MAX / u64::from(clients);
+            let mut seen = std::collections::BTreeSet::new();
+            for k in 0..clients {
+                for n in [1, 2, requests / 2 + 1, requests] {
+                    let id = request_id(k, clients, n);
+                    assert!(
+                        (1..TABLE_ENTRIES).contains(&id),
+                        "{clients} clients: id {id}"
+                    );
+                    assert_eq!(Client::owner(id, clients), k);
+                    assert!(
+                        seen.insert(id % TABLE_ENTRIES),
+                        "{clients}: slot of {id} shared"
+                    );
+                }
+            }
+        }
     }
 }

@@ -121,7 +121,10 @@ impl runtime::daemon::Seam for SimSeam {
                 biased;
                 received = self.frames.recv_from(&mut self.buf) => {
                     let (n, _) = received.ok()?;
-                    return Some(Input::Frame(self.buf[..n].to_vec()));
+                    // A NIC that is down takes nothing in, frames neither.
+                    if !self.world.borrow().hosts[self.index].nic_down {
+                        return Some(Input::Frame(self.buf[..n].to_vec()));
+                    }
                 }
                 received = self.service.recv_from(&mut self.buf2) => {
                     let (n, _) = received.ok()?;
@@ -198,34 +201,24 @@ pub async fn witness(world: Rc<RefCell<World>>) -> turmoil::Result {
     }
 }
 
-/// The switch: client requests go to the host that last claimed the
-/// service address (as a gratuitous ARP moves a virtual IP).
+/// The switch: the host that last claimed the service address gets the
+/// clients' requests (as a gratuitous ARP moves a virtual IP). Clients
+/// then send to that host directly, so a link fault between a client and
+/// a host strikes requests and replies alike.
 pub async fn switch(world: Rc<RefCell<World>>) -> turmoil::Result {
-    let service = bind(SERVICE_PORT).await?;
     let claims = bind(CLAIM_PORT).await?;
-    let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     let mut claim = [0u8; 64];
     loop {
-        tokio::select! {
-            biased;
-            received = claims.recv_from(&mut claim) => {
-                let (_, from) = received?;
-                let name = turmoil::reverse_lookup(from.ip());
-                let owner = HOST_NAMES.iter().position(|h| name.as_deref() == Some(*h));
-                let mut w = world.borrow_mut();
-                if owner.is_some() && w.switch_owner != owner {
-                    let t = now();
-                    w.trace.record(t.0, "switch", || format!("service address now at {owner:?}"));
-                    w.switch_owner = owner;
-                }
-            }
-            received = service.recv_from(&mut buf) => {
-                let (n, _) = received?;
-                let owner = world.borrow().switch_owner;
-                if let Some(owner) = owner {
-                    let _ = service.send_to(&buf[..n], (HOST_NAMES[owner], SERVICE_PORT)).await;
-                }
-            }
+        let (_, from) = claims.recv_from(&mut claim).await?;
+        let name = turmoil::reverse_lookup(from.ip());
+        let owner = HOST_NAMES.iter().position(|h| name.as_deref() == Some(*h));
+        let mut w = world.borrow_mut();
+        if owner.is_some() && w.switch_owner != owner {
+            let t = now();
+            w.trace.record(t.0, "switch", || {
+                format!("service address now at {owner:?}")
+            });
+            w.switch_owner = owner;
         }
     }
 }
@@ -239,12 +232,11 @@ pub async fn client(world: Rc<RefCell<World>>, index: u16) -> turmoil::Result {
         let (sends, next) = {
             let mut w = world.borrow_mut();
             let client = &mut w.clients[usize::from(index)];
-            let sends = client.sends(t);
-            (sends, client.next_retry())
+            let packets = client.sends(t);
+            let next = client.next_retry();
+            (w.client_sends(index, packets), next)
         };
-        for packet in sends {
-            let _ = socket.send_to(&packet, ("switch", SERVICE_PORT)).await;
-        }
+        send_all(&socket, sends).await;
         let wake = next.unwrap_or(t.add_ns(50_000_000));
         tokio::select! {
             biased;

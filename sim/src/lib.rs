@@ -17,5 +17,5 @@ pub mod trace;
 pub mod world;
 
 pub use oracle::Violation;
-pub use run::{run, DiskCounts, RunOutcome};
-pub use spec::{DiskFault, Endpoint, Event, HostRef, RunSpec};
+pub use run::{run, run_catching, DiskCounts, RunOutcome};
+pub use spec::{DiskFault, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};

@@ -34,12 +34,17 @@ fn violation(oracle: u8, message: impl Into<String>) -> Violation {
 /// there, for the report of a failed run.
 pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
     let Some(host) = world.hosts[index].host.as_mut() else {
-        return vec![format!("{} is down", HOST_NAMES[index])];
+        return vec![format!("{} is down\n", HOST_NAMES[index])];
     };
     let machine = host.machine();
     let states = match machine.vcpu_states() {
         Ok(states) => states,
-        Err(e) => return vec![format!("vCPU state unreadable: {e}")],
+        Err(e) => {
+            return vec![format!(
+                "{} vCPU state unreadable: {e}\n",
+                HOST_NAMES[index]
+            )]
+        }
     };
     states
         .iter()

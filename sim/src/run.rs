@@ -2,7 +2,7 @@
 
 use crate::hosts;
 use crate::oracle::{judge, Violation};
-use crate::spec::{Endpoint, Event, HostRef, RunSpec};
+use crate::spec::{Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
 use crate::trace::TraceEvent;
 use crate::world::{client_name, World, HOST_NAMES};
 use protocol::Generation;
@@ -86,6 +86,51 @@ impl RunOutcome {
     /// Whether the oracle found nothing.
     pub fn passed(&self) -> bool {
         self.violations.is_empty()
+    }
+}
+
+/// Runs `spec` as [`run`] does; a panic in the run (a bug of the
+/// simulator or of the code it runs) is caught and becomes the run's
+/// violation, so that a suite goes on and reports it with its seed.
+pub fn run_catching(spec: &RunSpec, keep_trace: bool) -> RunOutcome {
+    let ran = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(spec, keep_trace)));
+    ran.unwrap_or_else(|payload| {
+        let why = payload
+            .downcast_ref::<&str>()
+            .map(|s| (*s).to_string())
+            .or_else(|| payload.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".to_string());
+        RunOutcome::panicked(spec, &why)
+    })
+}
+
+impl RunOutcome {
+    /// The outcome of a run of `spec` that panicked with `why`: a
+    /// violation of oracle 3 (nothing of the run's state can be judged).
+    pub fn panicked(spec: &RunSpec, why: &str) -> RunOutcome {
+        RunOutcome {
+            scenario: spec.scenario.clone(),
+            seed: spec.seed,
+            level: spec.level,
+            trace_hash: 0,
+            trace_events: 0,
+            trace: Vec::new(),
+            violations: vec![Violation {
+                oracle: 3,
+                message: format!("the run panicked: {why}"),
+            }],
+            sim_ms: 0,
+            failover_ms: Vec::new(),
+            epochs: 0,
+            shipped_bytes: 0,
+            requests_sent: 0,
+            replies_received: 0,
+            vm_lost: None,
+            capture_pages: Vec::new(),
+            capture_disk_ns: Vec::new(),
+            listings: Vec::new(),
+            disk: DiskCounts::default(),
+        }
     }
 }
 
@@ -216,26 +261,45 @@ fn outcome(spec: &RunSpec, world: World, violations: Vec<Violation>, sim_ms: u64
 
 fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, now_ms: u64) {
     let mut w = world.borrow_mut();
-    w.trace
-        .record(now_ms * 1_000_000, "faults", || format!("{event:?}"));
+    let at_ns = now_ms * 1_000_000;
     let primary_before = w.resolve(HostRef::Primary);
     let generation = w.hosts[primary_before]
         .host
         .as_ref()
         .map_or(Generation(0), |h| h.node().generation());
-    let strike = |w: &mut World, index: usize| {
-        w.last_struck = index;
+    // A host fault resolves its target once, when it begins, and keeps the
+    // host for its end.
+    let strike = |w: &mut World, index: usize, id: Option<u32>| {
+        if let Some(id) = id {
+            w.struck.insert(id, index);
+        }
         if index == primary_before && w.primary_lost.is_none() {
-            w.primary_lost = Some((now_ms * 1_000_000, generation));
+            w.primary_lost = Some((at_ns, generation));
         }
     };
+    if let Some(host) = event.host() {
+        let i = w.resolve(host);
+        w.trace.record(at_ns, "faults", || {
+            format!("{event:?} on {}", HOST_NAMES[i])
+        });
+    } else if let Some((from, to)) = event.ends() {
+        let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
+        w.trace
+            .record(at_ns, "faults", || format!("{event:?} between {a} and {b}"));
+    } else if let Event::Isolate { endpoint, .. } = event {
+        let me = w.endpoint_name(endpoint);
+        w.trace
+            .record(at_ns, "faults", || format!("{event:?} of {me}"));
+    } else {
+        w.trace.record(at_ns, "faults", || format!("{event:?}"));
+    }
     let names =
         |w: &World, from: Endpoint, to: Endpoint| (w.endpoint_name(from), w.endpoint_name(to));
     match event {
-        Event::Crash(h) => {
-            let i = w.resolve(h);
-            strike(&mut w, i);
-            w.crash_host(i, now_ms * 1_000_000);
+        Event::Crash { host, id } => {
+            let i = w.resolve(host);
+            strike(&mut w, i, Some(id));
+            w.crash_host(i, at_ns);
             drop(w);
             sim.crash(HOST_NAMES[i]);
         }
@@ -246,39 +310,32 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 sim.bounce(HOST_NAMES[i]);
             }
         }
-        Event::Pause(h) => {
-            let i = w.resolve(h);
-            strike(&mut w, i);
+        Event::Pause { host, id } => {
+            let i = w.resolve(host);
+            strike(&mut w, i, Some(id));
             w.hosts[i].paused = true;
         }
         Event::Resume(h) => {
             let i = w.resolve(h);
             w.hosts[i].paused = false;
         }
-        Event::NicDown(h) => {
-            let i = w.resolve(h);
-            strike(&mut w, i);
+        Event::NicDown { host, id } => {
+            let i = w.resolve(host);
+            strike(&mut w, i, Some(id));
             w.hosts[i].nic_down = true;
         }
-        Event::Disk { host, fault } => {
+        Event::NicUp(h) => {
+            let i = w.resolve(h);
+            w.hosts[i].nic_down = false;
+        }
+        Event::Disk { host, fault, id } => {
             let i = w.resolve(host);
-            w.last_struck = i;
+            w.struck.insert(id, i);
             if let Some(disk) = &w.hosts[i].disk {
                 disk.borrow_mut()
                     .inner_mut()
                     .apply(&fault.kind())
                     .expect("every DiskFault is a disk fault");
-            }
-        }
-        Event::VcpuStall { host, vcpu, ms } => {
-            let i = w.resolve(host);
-            w.last_struck = i;
-            if let Some(h) = w.hosts[i].host.as_mut() {
-                // The vCPU index was validated against the guest's shape.
-                let _ = h
-                    .machine()
-                    .engine_mut()
-                    .stall_vcpu(machine::VcpuId(vcpu), ms * 1_000_000);
             }
         }
         Event::DiskHeal(h) => {
@@ -287,9 +344,16 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 disk.borrow_mut().inner_mut().heal();
             }
         }
-        Event::NicUp(h) => {
-            let i = w.resolve(h);
-            w.hosts[i].nic_down = false;
+        Event::VcpuStall { host, id, vcpu, ms } => {
+            let i = w.resolve(host);
+            w.struck.insert(id, i);
+            if let Some(h) = w.hosts[i].host.as_mut() {
+                // The vCPU index was validated against the guest's shape.
+                let _ = h
+                    .machine()
+                    .engine_mut()
+                    .stall_vcpu(machine::VcpuId(vcpu), ms * 1_000_000);
+            }
         }
         Event::WitnessCrash => {
             w.witness.host = None;
@@ -310,7 +374,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
         } => {
             let (a, b) = names(&w, from, to);
             if [a.as_str(), b.as_str()].contains(&HOST_NAMES[primary_before]) {
-                strike(&mut w, primary_before);
+                strike(&mut w, primary_before, None);
             }
             w.partitions.insert(id, vec![(a.clone(), b.clone())]);
             drop(w);
@@ -324,7 +388,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
             let me = w.endpoint_name(endpoint);
             if let Endpoint::Host(h) = endpoint {
                 let i = w.resolve(h);
-                strike(&mut w, i);
+                strike(&mut w, i, None);
             }
             let pairs: Vec<(String, String)> = w
                 .everyone_but(&me)
@@ -344,34 +408,66 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
                 sim.repair(a.as_str(), b.as_str());
             }
         }
-        Event::Loss { from, to, rate } => {
+        Event::Link {
+            id,
+            from,
+            to,
+            fault,
+        } => {
             let (a, b) = names(&w, from, to);
-            for key in [(a.clone(), b.clone()), (b, a)] {
+            w.link_faults.insert(id, (a.clone(), b.clone(), fault));
+            drop(w);
+            set_link(sim, world, &a, &b, fault);
+        }
+        Event::LinkHeal { id } => {
+            let Some((a, b, fault)) = w.link_faults.remove(&id) else {
+                return;
+            };
+            drop(w);
+            let undone = match fault {
+                LinkFaultKind::Loss(_) => LinkFaultKind::Loss(0.0),
+                LinkFaultKind::Duplicate(_) => LinkFaultKind::Duplicate(0.0),
+                LinkFaultKind::Delay { .. } => LinkFaultKind::Delay { ms: 0 },
+                LinkFaultKind::Jitter { .. } => LinkFaultKind::Jitter { ms: 1 },
+            };
+            set_link(sim, world, &a, &b, undone);
+        }
+    }
+}
+
+/// Puts `fault` on the link between hosts `a` and `b`, both ways.
+fn set_link(
+    sim: &mut turmoil::Sim<'_>,
+    world: &Rc<RefCell<World>>,
+    a: &str,
+    b: &str,
+    fault: LinkFaultKind,
+) {
+    let pairs = [
+        (a.to_string(), b.to_string()),
+        (b.to_string(), a.to_string()),
+    ];
+    match fault {
+        LinkFaultKind::Loss(rate) => {
+            let mut w = world.borrow_mut();
+            for key in pairs {
                 w.links.entry(key).or_default().loss = rate;
             }
         }
-        Event::Duplicate { from, to, rate } => {
-            let (a, b) = names(&w, from, to);
-            for key in [(a.clone(), b.clone()), (b, a)] {
+        LinkFaultKind::Duplicate(rate) => {
+            let mut w = world.borrow_mut();
+            for key in pairs {
                 w.links.entry(key).or_default().duplicate = rate;
             }
         }
-        Event::Delay { from, to, ms } => {
-            let (a, b) = names(&w, from, to);
-            drop(w);
-            sim.set_link_latency(a.as_str(), b.as_str(), Duration::from_millis(ms));
+        LinkFaultKind::Delay { ms } => {
+            sim.set_link_latency(a, b, Duration::from_millis(ms));
         }
-        Event::Jitter { from, to, ms } => {
-            let (a, b) = names(&w, from, to);
-            drop(w);
+        LinkFaultKind::Jitter { ms } => {
             // Jitter replaces any fixed delay on the link: the latency is
             // drawn from 0 to `ms` (turmoil needs min <= max).
-            sim.set_link_latency(a.as_str(), b.as_str(), Duration::ZERO);
-            sim.set_link_max_message_latency(
-                a.as_str(),
-                b.as_str(),
-                Duration::from_millis(ms.max(1)),
-            );
+            sim.set_link_latency(a, b, Duration::ZERO);
+            sim.set_link_max_message_latency(a, b, Duration::from_millis(ms.max(1)));
         }
     }
 }
@@ -398,6 +494,7 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
     w.note_if_vm_lost();
     w.links.clear();
     w.partitions.clear();
+    w.link_faults.clear();
     let mut restart = Vec::new();
     for (i, slot) in w.hosts.iter_mut().enumerate() {
         slot.paused = false;

@@ -2,9 +2,9 @@
 //! over the safety phase, and each fault of the plan turned into the
 //! primitive events that start and end it.
 
-use crate::spec::{DiskFault, Endpoint, Event, HostRef, RunSpec};
+use crate::spec::{DiskFault, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
 use faults::scenario::{Level as FileLevel, Scenario};
-use faults::{FaultKind, ScheduledFault, Target};
+use faults::{FaultKind, Phase, ScheduledFault, Target};
 use protocol::Level;
 
 /// A fault the simulator cannot inject: its target is not a VM host.
@@ -57,9 +57,19 @@ pub fn resolve(
         scenario.topology.hosts[0].as_str().to_string(),
         scenario.topology.hosts[1].as_str().to_string(),
     ];
-    for (id, fault) in scenario.fault_schedule(seed).iter().enumerate() {
-        let id = u32::try_from(id).expect("few faults");
-        events_of(&scenario.name, &hosts, id, fault, &mut spec.events)?;
+    let schedule = scenario.fault_schedule(seed);
+    for step in faults::timeline(&schedule) {
+        let id = u32::try_from(step.index).expect("few faults");
+        let fault = &schedule[step.index];
+        let events = match step.phase {
+            Phase::Begin => begin(&scenario.name, &hosts, id, fault)?,
+            Phase::End => end(id, step.fault),
+        };
+        spec.events
+            .extend(events.into_iter().map(|e| (step.at_ms, e)));
+        if step.phase == Phase::Begin {
+            spec.events.extend(flap(&hosts, id, fault));
+        }
     }
     spec.events.sort_by_key(|(at, _)| *at);
     Ok(spec)
@@ -83,123 +93,122 @@ fn endpoint(hosts: &[String; 2], target: &Target) -> Endpoint {
     }
 }
 
-fn events_of(
+/// What a fault's end undoes: the host its beginning struck (`Struck`),
+/// the partition it numbered, a link back to normal.
+fn end(id: u32, fault: &FaultKind) -> Vec<Event> {
+    let struck = HostRef::Struck(id);
+    match fault {
+        FaultKind::Crash {
+            target: Target::Witness,
+            ..
+        } => vec![Event::WitnessRestart],
+        FaultKind::Crash { .. } => vec![Event::Restart(struck)],
+        FaultKind::Pause { .. } => vec![Event::Resume(struck)],
+        FaultKind::NicFailure { .. } => vec![Event::NicUp(struck)],
+        FaultKind::DiskEio { .. }
+        | FaultKind::DiskLatency { .. }
+        | FaultKind::TornWrite { .. }
+        | FaultKind::LostUnsyncedWrites { .. }
+        | FaultKind::DiskCorruption { .. } => vec![Event::DiskHeal(struck)],
+        FaultKind::Partition { .. } | FaultKind::Isolate { .. } => vec![Event::Repair { id }],
+        FaultKind::Loss { .. }
+        | FaultKind::Duplicate { .. }
+        | FaultKind::Delay { .. }
+        | FaultKind::Reorder { .. } => vec![Event::LinkHeal { id }],
+        // A flap schedules its own repairs; a stall ends by itself.
+        FaultKind::Flap { .. } | FaultKind::VcpuStall { .. } => Vec::new(),
+    }
+}
+
+/// The events that begin `fault` (all of a flap's cuts and repairs, at
+/// their own times, are returned with the flap's first moment; see
+/// [`flap`]).
+fn begin(
     scenario: &str,
     hosts: &[String; 2],
     id: u32,
     fault: &ScheduledFault,
-    out: &mut Vec<(u64, Event)>,
-) -> Result<(), Unsupported> {
-    let at = fault.at_ms;
-    let end = faults::timeline::end_ms(fault);
-    let mut until = |event: Event| {
-        if let Some(end) = end {
-            out.push((end, event));
-        }
-    };
+) -> Result<Vec<Event>, Unsupported> {
     let unsupported = || Unsupported {
         scenario: scenario.to_string(),
         kind: format!("{:?}", fault.fault.name()),
     };
-    let mut starts = Vec::new();
-    let mut disk = |target: &Target, what: DiskFault| {
-        let host = host(hosts, target).ok_or_else(unsupported)?;
-        starts.push(Event::Disk { host, fault: what });
-        until(Event::DiskHeal(HostRef::LastStruck));
-        Ok::<(), Unsupported>(())
+    let on = |target: &Target| host(hosts, target).ok_or_else(unsupported);
+    let link = |between: &[Target; 2]| (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
+    let disk = |target: &Target, fault: DiskFault| -> Result<Vec<Event>, Unsupported> {
+        Ok(vec![Event::Disk {
+            host: on(target)?,
+            fault,
+            id,
+        }])
     };
-    match &fault.fault {
+    Ok(match &fault.fault {
         FaultKind::Crash {
             target: Target::Witness,
             ..
-        } => {
-            starts.push(Event::WitnessCrash);
-            until(Event::WitnessRestart);
-        }
-        FaultKind::Crash { target, .. } => {
-            starts.push(Event::Crash(host(hosts, target).ok_or_else(unsupported)?));
-            until(Event::Restart(HostRef::LastStruck));
-        }
-        FaultKind::Pause { target } => {
-            starts.push(Event::Pause(host(hosts, target).ok_or_else(unsupported)?));
-            until(Event::Resume(HostRef::LastStruck));
-        }
+        } => vec![Event::WitnessCrash],
+        FaultKind::Crash { target, .. } => vec![Event::Crash {
+            host: on(target)?,
+            id,
+        }],
+        FaultKind::Pause { target } => vec![Event::Pause {
+            host: on(target)?,
+            id,
+        }],
         FaultKind::Partition { between, direction } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            starts.push(Event::Partition {
+            let (from, to) = link(between);
+            vec![Event::Partition {
                 id,
                 from,
                 to,
                 oneway: bool::from(*direction),
-            });
-            until(Event::Repair { id });
+            }]
         }
-        FaultKind::Isolate { target } => {
-            starts.push(Event::Isolate {
-                endpoint: endpoint(hosts, target),
-                id,
-            });
-            until(Event::Repair { id });
-        }
+        FaultKind::Isolate { target } => vec![Event::Isolate {
+            endpoint: endpoint(hosts, target),
+            id,
+        }],
         FaultKind::Loss { between, rate } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            starts.push(Event::Loss {
+            let (from, to) = link(between);
+            vec![Event::Link {
+                id,
                 from,
                 to,
-                rate: rate.get(),
-            });
-            until(Event::Loss {
-                from,
-                to,
-                rate: 0.0,
-            });
+                fault: LinkFaultKind::Loss(rate.get()),
+            }]
         }
         FaultKind::Duplicate { between, rate } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            starts.push(Event::Duplicate {
+            let (from, to) = link(between);
+            vec![Event::Link {
+                id,
                 from,
                 to,
-                rate: rate.get(),
-            });
-            until(Event::Duplicate {
-                from,
-                to,
-                rate: 0.0,
-            });
+                fault: LinkFaultKind::Duplicate(rate.get()),
+            }]
         }
         FaultKind::Delay { between, ms } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            starts.push(Event::Delay { from, to, ms: *ms });
-            until(Event::Delay { from, to, ms: 0 });
+            let (from, to) = link(between);
+            vec![Event::Link {
+                id,
+                from,
+                to,
+                fault: LinkFaultKind::Delay { ms: *ms },
+            }]
         }
         FaultKind::Reorder { between } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            starts.push(Event::Jitter { from, to, ms: 8 });
-            until(Event::Jitter { from, to, ms: 1 });
+            let (from, to) = link(between);
+            vec![Event::Link {
+                id,
+                from,
+                to,
+                fault: LinkFaultKind::Jitter { ms: 8 },
+            }]
         }
-        FaultKind::Flap { between, period_ms } => {
-            let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
-            let period = (*period_ms).max(1);
-            let stop = end.unwrap_or(at + 20 * period);
-            let mut t = at;
-            while t < stop {
-                out.push((
-                    t,
-                    Event::Partition {
-                        id,
-                        from,
-                        to,
-                        oneway: false,
-                    },
-                ));
-                out.push(((t + period / 2).min(stop), Event::Repair { id }));
-                t += period;
-            }
-        }
-        FaultKind::NicFailure { target } => {
-            starts.push(Event::NicDown(host(hosts, target).ok_or_else(unsupported)?));
-            until(Event::NicUp(HostRef::LastStruck));
-        }
+        FaultKind::Flap { .. } => Vec::new(), // scheduled by `flap`
+        FaultKind::NicFailure { target } => vec![Event::NicDown {
+            host: on(target)?,
+            id,
+        }],
         FaultKind::DiskEio {
             target,
             rate,
@@ -215,17 +224,41 @@ fn events_of(
         FaultKind::TornWrite { target } => disk(target, DiskFault::TornWrite)?,
         FaultKind::LostUnsyncedWrites { target } => disk(target, DiskFault::LostUnsyncedWrites)?,
         FaultKind::DiskCorruption { target, rate } => {
-            disk(target, DiskFault::Corruption { rate: rate.get() })?;
+            disk(target, DiskFault::Corruption { rate: rate.get() })?
         }
-        FaultKind::VcpuStall { target, vcpu, ms } => {
-            let host = host(hosts, target).ok_or_else(unsupported)?;
-            starts.push(Event::VcpuStall {
-                host,
-                vcpu: *vcpu,
-                ms: *ms,
-            });
-        }
+        FaultKind::VcpuStall { target, vcpu, ms } => vec![Event::VcpuStall {
+            host: on(target)?,
+            id,
+            vcpu: *vcpu,
+            ms: *ms,
+        }],
+    })
+}
+
+/// A flap's cuts and repairs: cut for half of each period, from its
+/// beginning to its end (or 20 periods).
+fn flap(hosts: &[String; 2], id: u32, fault: &ScheduledFault) -> Vec<(u64, Event)> {
+    let FaultKind::Flap { between, period_ms } = &fault.fault else {
+        return Vec::new();
+    };
+    let (from, to) = (endpoint(hosts, &between[0]), endpoint(hosts, &between[1]));
+    let period = (*period_ms).max(1);
+    let at = fault.at_ms;
+    let stop = faults::timeline::end_ms(fault).unwrap_or(at + 20 * period);
+    let mut out = Vec::new();
+    let mut t = at;
+    while t < stop {
+        out.push((
+            t,
+            Event::Partition {
+                id,
+                from,
+                to,
+                oneway: false,
+            },
+        ));
+        out.push(((t + period / 2).min(stop), Event::Repair { id }));
+        t += period;
     }
-    out.extend(starts.into_iter().map(|e| (at, e)));
-    Ok(())
+    out
 }

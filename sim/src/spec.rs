@@ -15,9 +15,10 @@ pub enum HostRef {
     A,
     /// Host `b` (index 1).
     B,
-    /// The host the last crash, pause or NIC failure struck (what a restart,
-    /// resume or NIC repair must bring back, whatever its role is now).
-    LastStruck,
+    /// The host the beginning of fault `id` struck (what its restart,
+    /// resume, NIC repair or disk heal must reach, whatever its role is
+    /// now).
+    Struck(u32),
 }
 
 /// An end of a link.
@@ -82,15 +83,45 @@ impl DiskFault {
     }
 }
 
+/// What goes wrong on a link.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum LinkFaultKind {
+    /// Each message is lost with this probability (0 to 1).
+    Loss(f64),
+    /// Each message is sent twice with this probability (0 to 1).
+    Duplicate(f64),
+    /// Each message takes this long.
+    Delay {
+        /// Latency in milliseconds.
+        ms: u64,
+    },
+    /// Messages take 0 to `ms` ms at random, so they overtake each other.
+    Jitter {
+        /// Largest latency in milliseconds.
+        ms: u64,
+    },
+}
+
 /// A primitive fault event at the simulator's boundaries.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub enum Event {
-    /// The host dies (its guest, memory and protocol state are gone).
-    Crash(HostRef),
+    /// The host dies (its guest, memory and protocol state are gone); `id`
+    /// numbers the fault for its end.
+    Crash {
+        /// The host.
+        host: HostRef,
+        /// The fault's number.
+        id: u32,
+    },
     /// A crashed host boots again, empty, and asks to rejoin.
     Restart(HostRef),
     /// The host freezes: it runs nothing and answers nothing.
-    Pause(HostRef),
+    Pause {
+        /// The host.
+        host: HostRef,
+        /// The fault's number.
+        id: u32,
+    },
     /// A paused host runs again as if no time had passed for it.
     Resume(HostRef),
     /// The witness dies (it keeps its persisted grant).
@@ -122,45 +153,31 @@ pub enum Event {
         /// The isolation's number.
         id: u32,
     },
-    /// Each message between the ends is sent twice with this probability.
-    Duplicate {
+    /// A fault on the link between the ends (both ways), numbered `id`
+    /// for its end.
+    Link {
+        /// The fault's number.
+        id: u32,
         /// One end.
         from: Endpoint,
         /// The other end.
         to: Endpoint,
-        /// Probability, 0 to 1.
-        rate: f64,
+        /// What goes wrong.
+        fault: LinkFaultKind,
     },
-    /// Messages between the ends take 0 to `ms` ms at random, so they
-    /// overtake each other (0 ends it).
-    Jitter {
-        /// One end.
-        from: Endpoint,
-        /// The other end.
-        to: Endpoint,
-        /// Largest latency.
-        ms: u64,
-    },
-    /// Each message between the ends is lost with this probability.
-    Loss {
-        /// One end.
-        from: Endpoint,
-        /// The other end.
-        to: Endpoint,
-        /// Probability, 0 to 1.
-        rate: f64,
-    },
-    /// Each message between the ends takes this long.
-    Delay {
-        /// One end.
-        from: Endpoint,
-        /// The other end.
-        to: Endpoint,
-        /// Latency in milliseconds.
-        ms: u64,
+    /// Undo the link fault numbered `id`, on the hosts its ends resolved to
+    /// when it began.
+    LinkHeal {
+        /// The fault's number.
+        id: u32,
     },
     /// The host's NIC is down: no frame and no client packet in or out.
-    NicDown(HostRef),
+    NicDown {
+        /// The host.
+        host: HostRef,
+        /// The fault's number.
+        id: u32,
+    },
     /// The host's NIC is up again.
     NicUp(HostRef),
     /// A fault armed on the host's disk (until [`Event::DiskHeal`]).
@@ -169,6 +186,8 @@ pub enum Event {
         host: HostRef,
         /// What goes wrong.
         fault: DiskFault,
+        /// The fault's number.
+        id: u32,
     },
     /// The host's disk works again.
     DiskHeal(HostRef),
@@ -176,11 +195,39 @@ pub enum Event {
     VcpuStall {
         /// The host.
         host: HostRef,
+        /// The fault's number.
+        id: u32,
         /// The vCPU.
         vcpu: u16,
         /// How long, in guest (= simulated) milliseconds.
         ms: u64,
     },
+}
+
+impl Event {
+    /// The VM host the event names, if it names one.
+    pub fn host(&self) -> Option<HostRef> {
+        match *self {
+            Event::Crash { host, .. }
+            | Event::Pause { host, .. }
+            | Event::NicDown { host, .. }
+            | Event::Disk { host, .. }
+            | Event::VcpuStall { host, .. } => Some(host),
+            Event::Restart(host)
+            | Event::Resume(host)
+            | Event::NicUp(host)
+            | Event::DiskHeal(host) => Some(host),
+            _ => None,
+        }
+    }
+
+    /// The two ends the event names, if it is a link's.
+    pub fn ends(&self) -> Option<(Endpoint, Endpoint)> {
+        match *self {
+            Event::Partition { from, to, .. } | Event::Link { from, to, .. } => Some((from, to)),
+            _ => None,
+        }
+    }
 }
 
 /// One run, fully resolved.

@@ -4,7 +4,7 @@
 //! what the oracle needs.
 
 use crate::client::Client;
-use crate::spec::{Endpoint, HostRef, RunSpec};
+use crate::spec::{Endpoint, HostRef, LinkFaultKind, RunSpec};
 use crate::trace::{digest, Trace};
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
@@ -34,7 +34,7 @@ pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 /// The witness's node id.
 pub const WITNESS: NodeId = NodeId(2);
 const SHARED_KEY: &[u8] = b"lockstep simulated cluster key";
-const DISK_BLOCKS: u64 = 1024;
+use faults::scenario::DISK_BLOCKS;
 
 /// A frame as the trace shows it: the message without bulk data, and a
 /// digest of the bytes.
@@ -132,8 +132,12 @@ pub struct World {
     pub failover_ns: Vec<u64>,
     /// Partitions in force, by number: the host-name pairs they cut.
     pub partitions: BTreeMap<u32, Vec<(String, String)>>,
-    /// The host the last crash, pause or NIC failure struck.
-    pub last_struck: usize,
+    /// The host each host fault's beginning struck, by fault number: where
+    /// its end goes.
+    pub struck: BTreeMap<u32, usize>,
+    /// Link faults in force, by number: the host names their ends resolved
+    /// to when they began, and what they do.
+    pub link_faults: BTreeMap<u32, (String, String, LinkFaultKind)>,
     /// Set when the faults left no host with the VM's state.
     pub vm_lost: Option<String>,
 }
@@ -150,6 +154,7 @@ impl World {
             .map(|k| {
                 Client::new(
                     k,
+                    spec.clients,
                     spec.requests_per_client,
                     spec.window,
                     spec.retry_after_ms * 1_000_000,
@@ -191,7 +196,8 @@ impl World {
             primary_lost: None,
             failover_ns: Vec::new(),
             partitions: BTreeMap::new(),
-            last_struck: 0,
+            struck: BTreeMap::new(),
+            link_faults: BTreeMap::new(),
             vm_lost: None,
         }
     }
@@ -346,18 +352,26 @@ impl World {
 
     /// Which host an event's reference means now.
     pub fn resolve(&self, host: HostRef) -> usize {
-        let primary = (0..2).find(|i| {
-            self.hosts[*i]
-                .host
-                .as_ref()
-                .is_some_and(|h| h.role() == RoleKind::Primary && h.is_running())
-        });
+        // The primary is the running one of the newest generation: a
+        // frozen old primary still thinks it is one until it hears better.
+        let primary = (0..2)
+            .filter_map(|i| {
+                let h = self.hosts[i].host.as_ref()?;
+                let running = h.role() == RoleKind::Primary && h.is_running();
+                let awake = !self.hosts[i].paused;
+                running.then(|| (awake, h.node().generation(), i))
+            })
+            .max_by_key(|(awake, generation, i)| (*awake, *generation, std::cmp::Reverse(*i)))
+            .map(|(_, _, i)| i);
         match host {
             HostRef::A => 0,
             HostRef::B => 1,
             HostRef::Primary => primary.unwrap_or(0),
             HostRef::Backup => primary.map_or(1, |p| 1 - p),
-            HostRef::LastStruck => self.last_struck,
+            HostRef::Struck(id) => *self
+                .struck
+                .get(&id)
+                .expect("a fault's end comes after its beginning"),
         }
     }
 
@@ -375,9 +389,18 @@ impl World {
     /// running primary, or a backup with a checkpoint), the faults went
     /// beyond the single host failure the system survives.
     pub fn note_if_vm_lost(&mut self) {
-        let holds = self.hosts.iter().any(|slot| {
+        // A host holds the VM only if no later generation has superseded
+        // it: the witness's grant names the pair that may go on, and a
+        // primary or backup the grant left out (fenced, or frozen while
+        // the other went on) holds a stale copy.
+        let grant = self.witness.grant;
+        let holds = self.hosts.iter().enumerate().any(|(i, slot)| {
             slot.host.as_ref().is_some_and(|h| {
-                (h.role() == RoleKind::Primary && h.is_running()) || h.role() == RoleKind::Backup
+                let me = NodeId(i as u8);
+                let named = grant.holder == me || grant.backup == Some(me);
+                let has_state = (h.role() == RoleKind::Primary && h.is_running())
+                    || h.role() == RoleKind::Backup;
+                named && has_state
             })
         });
         if !holds {
@@ -387,10 +410,16 @@ impl World {
                 .zip(HOST_NAMES)
                 .map(|(slot, name)| match &slot.host {
                     None => format!("{name} down"),
-                    Some(h) => format!("{name} {:?}", h.role()),
+                    Some(h) => format!("{name} {:?} in {}", h.role(), h.node().generation()),
                 })
                 .collect();
-            self.vm_lost = Some(format!("no host holds the VM ({})", states.join(", ")));
+            self.vm_lost = Some(format!(
+                "no host holds the VM ({}; the witness grants {} to {:?} with backup {:?})",
+                states.join(", "),
+                grant.generation,
+                grant.holder,
+                grant.backup
+            ));
         }
     }
 
@@ -488,11 +517,14 @@ impl World {
         let id = packet
             .get(..8)
             .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
-        let client = client_name(crate::client::Client::owner(id));
-        self.trace.record(now.0, HOST_NAMES[index], || {
+        let client = client_name(crate::client::Client::owner(id, self.spec.clients));
+        let me = HOST_NAMES[index];
+        self.trace.record(now.0, me, || {
             format!("output to {client} {:016x}", digest(&packet))
         });
-        vec![(client, CLIENT_PORT, packet)]
+        let mut sends = Vec::new();
+        self.push_through_link(me, client, CLIENT_PORT, packet, &mut sends);
+        sends
     }
 
     /// What the witness sends now.
@@ -512,6 +544,31 @@ impl World {
                 format!("to {name}: {}", describe_frame(&bytes))
             });
             self.push_through_link("witness", name, FRAME_PORT, bytes, &mut sends);
+        }
+        sends
+    }
+
+    /// Where client `index`'s requests go: to the host holding the service
+    /// address (the switch's table), through the link faults between the
+    /// client and that host.
+    pub fn client_sends(
+        &mut self,
+        index: u16,
+        packets: Vec<Vec<u8>>,
+    ) -> Vec<(String, u16, Vec<u8>)> {
+        let mut sends = Vec::new();
+        let Some(owner) = self.switch_owner else {
+            return sends;
+        };
+        let me = client_name(index);
+        for packet in packets {
+            self.push_through_link(
+                &me,
+                HOST_NAMES[owner].to_string(),
+                SERVICE_PORT,
+                packet,
+                &mut sends,
+            );
         }
         sends
     }

@@ -19,9 +19,16 @@ fn torn_write_then_failover(seed: u64, verify: Verify) -> RunSpec {
                 Event::Disk {
                     host: HostRef::Backup,
                     fault: DiskFault::TornWrite,
+                    id: 0,
                 },
             ),
-            (300, Event::Crash(HostRef::Primary)),
+            (
+                300,
+                Event::Crash {
+                    host: HostRef::Primary,
+                    id: 1,
+                },
+            ),
         ],
     );
     spec.disk_verify = verify;
@@ -68,8 +75,14 @@ fn without_checksums_a_torn_standby_block_is_served_after_failover() {
 /// with `more` events besides; the run must pass.
 fn backup_restarts(name: &str, seed: u64, more: Vec<(u64, Event)>) -> sim::RunOutcome {
     let mut events = vec![
-        (150, Event::Crash(HostRef::Backup)),
-        (260, Event::Restart(HostRef::LastStruck)),
+        (
+            150,
+            Event::Crash {
+                host: HostRef::Backup,
+                id: 0,
+            },
+        ),
+        (260, Event::Restart(HostRef::Struck(0))),
     ];
     events.extend(more);
     events.sort_by_key(|(at, _)| *at);
@@ -96,14 +109,16 @@ fn a_restarted_backup_is_sent_only_the_blocks_its_disk_lacks() {
 #[test]
 fn a_restarted_disk_that_fails_its_scrub_is_copied_whole() {
     for seed in 1..=3 {
+        // The crashed backup's disk (fault 0 struck it).
         let corrupt = Event::Disk {
-            host: HostRef::LastStruck,
+            host: HostRef::Struck(0),
             fault: DiskFault::Corruption { rate: 1.0 },
+            id: 1,
         };
         let outcome = backup_restarts(
             "backup-crash-bad-disk",
             seed,
-            vec![(255, corrupt), (261, Event::DiskHeal(HostRef::LastStruck))],
+            vec![(255, corrupt), (261, Event::DiskHeal(HostRef::Struck(1)))],
         );
         let disk = outcome.disk;
         assert!(traced(&outcome, "scrub found bad blocks"), "seed {seed}");
@@ -124,10 +139,17 @@ fn a_primary_crash_loses_its_unsynced_writes_and_no_acknowledged_transfer() {
                     Event::Disk {
                         host: HostRef::Primary,
                         fault: DiskFault::LostUnsyncedWrites,
+                        id: 0,
                     },
                 ),
-                (252, Event::Crash(HostRef::Primary)),
-                (400, Event::Restart(HostRef::LastStruck)),
+                (
+                    252,
+                    Event::Crash {
+                        host: HostRef::Primary,
+                        id: 1,
+                    },
+                ),
+                (400, Event::Restart(HostRef::Struck(1))),
             ],
         );
         let outcome = run(&spec, false);
@@ -145,11 +167,12 @@ fn a_slow_primary_disk_lengthens_its_pauses_and_loses_nothing() {
     let slow = |ms| Event::Disk {
         host: HostRef::Primary,
         fault: DiskFault::Latency { ms },
+        id: 0,
     };
     let spec = with_events(
         "slow-disk-primary",
         1,
-        vec![(100, slow(2)), (500, Event::DiskHeal(HostRef::LastStruck))],
+        vec![(100, slow(2)), (500, Event::DiskHeal(HostRef::Struck(0)))],
     );
     let outcome = run(&spec, false);
     assert!(outcome.passed(), "{:#?}", outcome.violations);

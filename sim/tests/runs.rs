@@ -7,7 +7,13 @@ use sim::{run, Endpoint, Event, HostRef, RunSpec};
 fn crash_primary(seed: u64, level: Level) -> RunSpec {
     let mut spec = RunSpec::baseline("primary-crash", seed);
     spec.level = level;
-    spec.events = vec![(200, Event::Crash(HostRef::Primary))];
+    spec.events = vec![(
+        200,
+        Event::Crash {
+            host: HostRef::Primary,
+            id: 0,
+        },
+    )];
     spec
 }
 

@@ -12,7 +12,7 @@ use machine::guests::Guest;
 use machine::Checkpoint;
 use machine::{Shape, CHECKPOINT_BYTES_MAX};
 use protocol::Time;
-use sim::client::{Client, ID_SPAN};
+use sim::client::{Client, REQUESTS_TOTAL_MAX};
 use sim::history::{hex, judge, History, Line};
 use std::cell::RefCell;
 use std::io::{BufWriter, Write};
@@ -23,9 +23,8 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 use tokio::net::UdpSocket;
 
-/// Clients at most: the ledger's reply table holds 65,536 ids and each
-/// client's ids span 4,096.
-const CLIENTS_MAX: u16 = 16;
+/// Clients at most (the scenario files' bound).
+const CLIENTS_MAX: u16 = faults::scenario::CLIENTS_MAX;
 /// How often the history is flushed to its file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -79,8 +78,9 @@ pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
     if args.clients == 0 || args.clients > CLIENTS_MAX {
         bail!("--clients must be 1..={CLIENTS_MAX}");
     }
-    if args.requests == 0 || args.requests >= ID_SPAN {
-        bail!("--requests must be 1..{ID_SPAN}");
+    let total = args.requests.saturating_mul(u64::from(args.clients));
+    if args.requests == 0 || total > REQUESTS_TOTAL_MAX {
+        bail!("--requests must be at least 1 and --clients × --requests at most {REQUESTS_TOTAL_MAX} (one reply-table slot each)");
     }
     if args.window == 0 || args.accounts < 2 {
         bail!("--window must be positive and --accounts at least 2");
@@ -126,6 +126,7 @@ async fn run_fleet(args: &LoadArgs, out: Writer) -> anyhow::Result<Vec<Client>> 
     for k in 0..args.clients {
         let client = Client::new(
             k,
+            args.clients,
             args.requests,
             args.window,
             args.retry_ms * 1_000_000,

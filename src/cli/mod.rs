@@ -32,6 +32,8 @@ pub enum Command {
     Run(run::RunArgs),
     /// Replay one seed of a scenario exactly and write its trace.
     Replay(run::ReplayArgs),
+    /// Work on suite reports: `report merge` joins shards.
+    Report(run::ReportArgs),
     /// Run a guest on one machine.
     Vm(vm::VmArgs),
     /// Measure engine speed.
@@ -53,6 +55,7 @@ pub fn dispatch(command: Command) -> anyhow::Result<ExitCode> {
         Command::ModelCheck(args) => model_check::run(args),
         Command::Run(args) => run::run(args),
         Command::Replay(args) => run::replay(args),
+        Command::Report(args) => run::report(args),
         Command::Vm(args) => vm::run(args),
         Command::Bench(args) => bench::run(args),
         Command::Node(args) => daemon::node(args),

@@ -22,9 +22,17 @@ pub struct RunArgs {
     /// Seeds per scenario, instead of the suite's.
     #[arg(long)]
     seeds: Option<u64>,
-    /// Runs at once (default: the machine's cores).
+    /// The first seed, instead of the suite's.
+    #[arg(long)]
+    first_seed: Option<u64>,
+    /// Runs at once (default: the machine's cores; at most JOBS_MAX).
     #[arg(long)]
     jobs: Option<usize>,
+    /// Run only shard K of N (K from 0): every N-th run of the suite's
+    /// list, starting at the K-th. `lockstep report merge` joins the shards'
+    /// reports into the unsharded suite's.
+    #[arg(long, value_parser = parse_shard)]
+    shard: Option<Shard>,
     /// Protection level for every run, instead of each scenario's.
     #[arg(long)]
     level: Option<Level>,
@@ -63,6 +71,57 @@ pub struct ReplayArgs {
     scenarios: PathBuf,
 }
 
+/// Most runs at once: more threads than this only contend (each run is
+/// single-threaded).
+const JOBS_MAX: usize = 256;
+/// The scenario directory when `--scenarios` is not given.
+const SCENARIOS_DEFAULT: &str = "scenarios";
+
+/// One of N equal parts of a suite's runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// Which part, `0..count`.
+    pub index: u64,
+    /// How many parts.
+    pub count: u64,
+}
+
+impl Shard {
+    /// Whether the run at `position` in the suite's list is this shard's.
+    pub fn holds(self, position: u64) -> bool {
+        position % self.count == self.index
+    }
+}
+
+fn parse_shard(text: &str) -> Result<Shard, String> {
+    let (k, n) = text
+        .split_once('/')
+        .ok_or_else(|| format!("{text:?}: give the shard as K/N, e.g. 0/4"))?;
+    let index: u64 = k
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: K must be a number"))?;
+    let count: u64 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?}: N must be a number"))?;
+    if count == 0 || index >= count {
+        return Err(format!("{text:?}: need N >= 1 and 0 <= K < N"));
+    }
+    Ok(Shard { index, count })
+}
+
+/// The replay command of a run, naming the scenario directory when it is
+/// not the default.
+fn replay_line(scenario: &str, seed: u64, level: Level, scenarios: &Path) -> String {
+    let line = reports::replay_command(scenario, seed, level_of(level));
+    if scenarios == Path::new(SCENARIOS_DEFAULT) {
+        line
+    } else {
+        format!("{line} --scenarios {}", scenarios.display())
+    }
+}
+
 fn catalogue(dir: &Path) -> anyhow::Result<Catalogue> {
     load_dir(dir)
         .map_err(|e| anyhow::anyhow!("{e}"))
@@ -92,7 +151,13 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     };
     let mut suite = suite.clone();
     if let Some(seeds) = args.seeds {
+        if seeds == 0 {
+            bail!("--seeds must be at least 1 (it is the number of seeds per scenario)");
+        }
         suite.seeds = Seeds::Count(seeds);
+    }
+    if let Some(first) = args.first_seed {
+        suite.first_seed = first;
     }
     if suite.run_count(&catalogue).is_none() {
         bail!("suite `{}` is unbounded: give --seeds N", args.suite);
@@ -100,15 +165,24 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     let mut jobs = Vec::new();
     let mut skipped = std::collections::BTreeMap::new();
     let mut regressions = 0;
+    // Shards split the runs that can run (skipped ones are not counted),
+    // so that `report merge` interleaves them back in the suite's order.
+    let mut position = 0u64;
     for planned in suite.runs(&catalogue) {
-        if planned.origin == Origin::Regression {
-            regressions += 1;
-        }
         match sim::scenario::resolve(planned.scenario, planned.seed, args.level) {
-            Ok(_) => jobs.push(Job {
-                scenario: planned.scenario.clone(),
-                seed: planned.seed,
-            }),
+            Ok(_) => {
+                position += 1;
+                if args.shard.is_some_and(|s| !s.holds(position - 1)) {
+                    continue;
+                }
+                if planned.origin == Origin::Regression {
+                    regressions += 1;
+                }
+                jobs.push(Job {
+                    scenario: planned.scenario.clone(),
+                    seed: planned.seed,
+                });
+            }
             Err(e) => {
                 skipped
                     .entry(e.to_string())
@@ -117,12 +191,21 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    let workers = args
+    let asked = args
         .jobs
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
-        .max(1);
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    if asked == 0 {
+        bail!("--jobs must be at least 1");
+    }
+    if asked > JOBS_MAX {
+        println!("--jobs {asked} is more than {JOBS_MAX}: running {JOBS_MAX} at once");
+    }
+    let workers = asked.min(JOBS_MAX).min(jobs.len().max(1));
+    let shard = args.shard.map_or(String::new(), |s| {
+        format!(" (shard {}/{})", s.index, s.count)
+    });
     println!(
-        "suite {}: {} runs ({} regressions first) on {workers} jobs{}",
+        "suite {}{shard}: {} runs ({} regressions first) on {workers} jobs{}",
         args.suite,
         jobs.len(),
         regressions,
@@ -136,16 +219,15 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
         println!("SKIPPED {count} runs: {reason}");
     }
     let started = Instant::now();
-    let results = run_parallel(jobs, workers, args.level, args.check_determinism, &args.out)?;
+    let context = RunContext {
+        level: args.level,
+        check_determinism: args.check_determinism,
+        scenarios: args.scenarios.clone(),
+    };
+    let results = run_parallel(jobs, workers, &context, &args.out)?;
     let wall_ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
-    let (summary, paths) = reports::write_all(&args.out, &results, wall_ms)?;
-    println!("\n{summary}");
-    println!(
-        "reports: {}, {}, {}",
-        paths.jsonl.display(),
-        paths.junit.display(),
-        paths.html.display()
-    );
+    println!();
+    let summary = write_reports(&args.out, &results, args.shard, wall_ms)?;
     if args.record_failures {
         let recorded = record_failures(&args.scenarios, &catalogue, &results, &args.suite)?;
         println!(
@@ -168,11 +250,127 @@ pub fn run(args: RunArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// What every run of a suite shares.
+#[derive(Debug, Clone)]
+struct RunContext {
+    level: Option<Level>,
+    check_determinism: bool,
+    scenarios: PathBuf,
+}
+
+/// The file beside a suite's reports that says which shard they are and
+/// how long the suite took, for `report merge`.
+const SHARD_FILE: &str = "shard.json";
+
+/// What [`SHARD_FILE`] holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct ShardFile {
+    index: u64,
+    count: u64,
+    wall_ms: u64,
+}
+
+fn write_shard(out: &Path, shard: Option<Shard>, wall_ms: u64) -> anyhow::Result<()> {
+    let shard = shard.unwrap_or(Shard { index: 0, count: 1 });
+    let file = ShardFile {
+        index: shard.index,
+        count: shard.count,
+        wall_ms,
+    };
+    let path = out.join(SHARD_FILE);
+    let text = serde_json::to_string(&file).expect("plain numbers serialise");
+    std::fs::write(&path, text + "\n").with_context(|| format!("writing {}", path.display()))
+}
+
+/// Writes the reports and the shard file into `out`, and says so.
+fn write_reports(
+    out: &Path,
+    results: &[reports::RunResult],
+    shard: Option<Shard>,
+    wall_ms: u64,
+) -> anyhow::Result<reports::Summary> {
+    let (summary, paths) = reports::write_all(out, results, wall_ms)?;
+    write_shard(out, shard, wall_ms)?;
+    println!("{summary}");
+    println!(
+        "reports: {}, {}, {}",
+        paths.jsonl.display(),
+        paths.junit.display(),
+        paths.html.display()
+    );
+    Ok(summary)
+}
+
+/// `lockstep report`: work on the reports of finished suites.
+#[derive(Debug, Args)]
+pub struct ReportArgs {
+    #[command(subcommand)]
+    command: ReportCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum ReportCommand {
+    /// Join the reports of the N shards of one suite (`run --shard K/N`)
+    /// into the reports the unsharded suite writes.
+    Merge {
+        /// The shards' output directories, in any order.
+        #[arg(required = true)]
+        dirs: Vec<PathBuf>,
+        /// Where the merged results.jsonl, junit.xml and report.html go.
+        #[arg(long, default_value = "lockstep-out")]
+        out: PathBuf,
+    },
+}
+
+pub fn report(args: ReportArgs) -> anyhow::Result<ExitCode> {
+    let ReportCommand::Merge { dirs, out } = args.command;
+    let mut shards = Vec::new();
+    for dir in &dirs {
+        let path = dir.join(SHARD_FILE);
+        let text = std::fs::read_to_string(&path)
+            .with_context(|| format!("{}: not the output of `lockstep run`", path.display()))?;
+        let shard: ShardFile = serde_json::from_str(&text)
+            .with_context(|| format!("{}: malformed", path.display()))?;
+        let jsonl = dir.join("results.jsonl");
+        let file = std::fs::File::open(&jsonl)
+            .with_context(|| format!("{}: cannot open", jsonl.display()))?;
+        let results = reports::read_jsonl(std::io::BufReader::new(file))
+            .map_err(|e| anyhow::anyhow!("{}: {e}", jsonl.display()))?;
+        shards.push((shard, results));
+    }
+    let count = shards[0].0.count;
+    shards.sort_by_key(|(s, _)| s.index);
+    let indices: Vec<u64> = shards.iter().map(|(s, _)| s.index).collect();
+    if shards.iter().any(|(s, _)| s.count != count) || indices != (0..count).collect::<Vec<_>>() {
+        bail!("give every shard of one suite once: have shards {indices:?} of {count}");
+    }
+    // Run p of the suite is run p / N of shard p % N: interleave them back.
+    let wall_ms = shards.iter().map(|(s, _)| s.wall_ms).max().unwrap_or(0);
+    let total: usize = shards.iter().map(|(_, r)| r.len()).sum();
+    let mut iters: Vec<_> = shards.into_iter().map(|(_, r)| r.into_iter()).collect();
+    let mut merged = Vec::with_capacity(total);
+    let n = iters.len();
+    for p in 0..total {
+        let Some(result) = iters[p % n].next() else {
+            bail!(
+                "the shards' run counts do not make one suite (shard {} ends early)",
+                p % n
+            );
+        };
+        merged.push(result);
+    }
+    let summary = write_reports(&out, &merged, None, wall_ms)?;
+    Ok(if summary.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
 fn run_parallel(
     jobs: Vec<Job>,
     workers: usize,
-    level: Option<Level>,
-    check_determinism: bool,
+    context: &RunContext,
     out: &Path,
 ) -> anyhow::Result<Vec<reports::RunResult>> {
     std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
@@ -183,6 +381,7 @@ fn run_parallel(
     for _ in 0..workers {
         let queue = Arc::clone(&queue);
         let sender = sender.clone();
+        let (level, check_determinism) = (context.level, context.check_determinism);
         handles.push(std::thread::spawn(move || loop {
             let next = queue
                 .lock()
@@ -215,14 +414,26 @@ fn run_parallel(
                     .map(|v| format!("[{}] {}", v.oracle, v.message))
                     .collect::<Vec<_>>()
                     .join("; "),
-                reports::replay_command(&outcome.scenario, outcome.seed, level_of(outcome.level))
+                replay_line(
+                    &outcome.scenario,
+                    outcome.seed,
+                    outcome.level,
+                    &context.scenarios
+                )
             );
         }
         if done % 50 == 0 || done == total {
             print!("\r{done}/{total} runs, {failed} failed");
             let _ = std::io::stdout().flush();
         }
-        results[index] = Some(sim::report::to_result(&outcome, wall_ms));
+        let mut result = sim::report::to_result(&outcome, wall_ms);
+        result.replay_command = replay_line(
+            &outcome.scenario,
+            outcome.seed,
+            outcome.level,
+            &context.scenarios,
+        );
+        results[index] = Some(result);
     }
     println!();
     for handle in handles {
@@ -279,9 +490,11 @@ fn level_of(level: Level) -> faults::scenario::Level {
 
 fn one_run(job: &Job, level: Option<Level>, check_determinism: bool) -> RunOutcome {
     let spec = sim::scenario::resolve(&job.scenario, job.seed, level).expect("resolved before");
-    let mut outcome = sim::run(&spec, check_determinism);
-    if check_determinism {
-        let again = sim::run(&spec, true);
+    // A panic is caught per run: the run is a violation with its seed and
+    // the suite goes on.
+    let mut outcome = sim::run_catching(&spec, check_determinism);
+    if check_determinism && outcome.trace_events > 0 {
+        let again = sim::run_catching(&spec, true);
         if let Some(message) = first_difference(&outcome, &again) {
             outcome
                 .violations
@@ -370,6 +583,8 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         .filter(|e| {
             e.host == "faults"
                 || e.what.starts_with("role")
+                || e.what.starts_with("fail-stop")
+                || e.what.starts_with("crash")
                 || e.what.contains("WitnessState")
                 || e.what.starts_with("boot")
         })

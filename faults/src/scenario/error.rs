@@ -79,6 +79,14 @@ impl Source<'_> {
             .span()
             .map(|s| doc.path_at(s.start))
             .unwrap_or_default();
+        // serde spans a missing field's table: from its `[header]`, or, for
+        // the top level, from its first key, which the field is not part of.
+        let at_header = error
+            .span()
+            .is_some_and(|s| self.text[s.start.min(self.text.len())..].starts_with('['));
+        if message.starts_with("missing field") && !at_header {
+            field.0.pop();
+        }
         if let Some((leaf, start)) = culprit_leaf(&doc, &field, &message) {
             // serde read the table as a whole (an internally tagged fault)
             // and kept no span for the value it refused: find that value.

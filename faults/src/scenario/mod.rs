@@ -14,6 +14,9 @@ pub use error::{field_error, parse_toml, FileError, ScenarioError};
 pub use suite::{
     load_dir, load_suite, Catalogue, Origin, Regression, Run, Seeds, Selection, Suite,
 };
+pub use validate::{
+    ACCOUNTS_MAX, CLIENTS_MAX, DISK_BLOCKS, REQUESTS_MAX, REQUESTS_TOTAL_MAX, WINDOW_MAX,
+};
 
 use crate::catalogue::{HostName, ScheduledFault};
 use crate::plan::{FaultPlan, PlanBounds, Swarm};

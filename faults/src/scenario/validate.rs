@@ -9,8 +9,21 @@ use crate::catalogue::{FaultKind, ScheduledFault, Target};
 use crate::plan::{Swarm, SWARM_FAULTS_MAX};
 use crate::spans::FieldPath;
 
-/// Most ledger accounts.
-pub const ACCOUNTS_MAX: u32 = 1 << 16;
+/// Most ledger accounts (what the guest keeps).
+pub const ACCOUNTS_MAX: u32 = machine::guests::ledger::ACCOUNTS_MAX as u32;
+/// Blocks of each simulated VM host's disk.
+pub const DISK_BLOCKS: u64 = 1024;
+/// Most requests of all clients together: each is one journal record on
+/// the disk, and one slot of the guest's reply table (ids 1 ..= total).
+pub const REQUESTS_TOTAL_MAX: u64 = {
+    let journal = DISK_BLOCKS * machine::guests::ledger::RECORDS_PER_BLOCK;
+    let table = machine::guests::ledger::TABLE_ENTRIES - 1;
+    if journal < table {
+        journal
+    } else {
+        table
+    }
+};
 /// Most clients in a workload.
 pub const CLIENTS_MAX: u16 = 64;
 /// Most requests one client sends.
@@ -86,6 +99,17 @@ pub(super) fn scenario(raw: &ScenarioFile, stem: Option<&str>) -> Result<(), Inv
         1,
         REQUESTS_MAX,
     )?;
+    let total = u64::from(raw.workload.requests) * u64::from(raw.workload.clients);
+    check(
+        total <= REQUESTS_TOTAL_MAX,
+        FieldPath::keys(&["workload", "requests"]),
+        || {
+            format!(
+                "clients × requests must be at most {REQUESTS_TOTAL_MAX} (the journal disk and the reply table), got {} × {} = {total}",
+                raw.workload.clients, raw.workload.requests
+            )
+        },
+    )?;
     within(&["workload", "window"], raw.workload.window, 1, WINDOW_MAX)?;
     within(
         &["workload", "retry_after_ms"],
@@ -159,12 +183,24 @@ fn swarm(swarm: &Swarm, duration_ms: u64) -> Result<(), Invalid> {
 }
 
 fn scheduled(raw: &ScenarioFile, field: &FieldPath, fault: &ScheduledFault) -> Result<(), Invalid> {
-    check(fault.at_ms < raw.duration_ms, field.key("at_ms"), || {
+    check(fault.at_ms <= fault.latest_ms(), field.key("at_ms"), || {
         format!(
-            "{} is not within the safety phase (duration_ms = {})",
-            fault.at_ms, raw.duration_ms
+            "the window [{}, {}] ends before it begins",
+            fault.at_ms,
+            fault.latest_ms()
         )
     })?;
+    check(
+        fault.latest_ms() < raw.duration_ms,
+        field.key("at_ms"),
+        || {
+            format!(
+                "{} is not within the safety phase (duration_ms = {})",
+                fault.latest_ms(),
+                raw.duration_ms
+            )
+        },
+    )?;
     if let Some(duration_ms) = fault.duration_ms {
         within_field(field.key("duration_ms"), duration_ms, 1, PHASE_MS_MAX)?;
     }
@@ -191,7 +227,7 @@ fn scheduled(raw: &ScenarioFile, field: &FieldPath, fault: &ScheduledFault) -> R
         || "a pause needs duration_ms (how long the host stays frozen)".to_string(),
     )?;
     targets(raw, field, &fault.fault)?;
-    kind_fields(raw, field, &fault.fault)
+    kind_fields(raw, field, fault.latest_ms(), &fault.fault)
 }
 
 fn within_field(field: FieldPath, value: u64, low: u64, high: u64) -> Result<(), Invalid> {
@@ -243,7 +279,12 @@ fn target_exists(
     }
 }
 
-fn kind_fields(raw: &ScenarioFile, field: &FieldPath, fault: &FaultKind) -> Result<(), Invalid> {
+fn kind_fields(
+    raw: &ScenarioFile,
+    field: &FieldPath,
+    at_ms: u64,
+    fault: &FaultKind,
+) -> Result<(), Invalid> {
     match fault {
         FaultKind::DiskEio {
             rate, after_writes, ..
@@ -265,7 +306,19 @@ fn kind_fields(raw: &ScenarioFile, field: &FieldPath, fault: &FaultKind) -> Resu
                     raw.guest.vcpus
                 )
             })?;
-            within_field(field.key("ms"), *ms, 1, PHASE_MS_MAX)
+            within_field(field.key("ms"), *ms, 1, PHASE_MS_MAX)?;
+            // The liveness phase heals everything; a stall cannot be
+            // undone, so it must end within the safety phase.
+            check(
+                at_ms.saturating_add(*ms) <= raw.duration_ms,
+                field.key("ms"),
+                || {
+                    format!(
+                    "a stall from {at_ms} ms for {ms} ms outlives the safety phase (duration_ms = {})",
+                    raw.duration_ms
+                )
+                },
+            )
         }
         FaultKind::Crash {
             restart_after_ms: Some(ms),

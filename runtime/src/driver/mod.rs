@@ -27,6 +27,17 @@ use protocol::{
 };
 use std::collections::{BTreeSet, VecDeque};
 
+/// Who waits for the disk reads of a capture.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DiskWait {
+    /// The guest stays paused until they are done (an epoch's delta, the
+    /// last copy round).
+    Guest,
+    /// The guest runs on; the capture is reported when they are done (a
+    /// pre-copy round, read in the background as live migration reads).
+    Background,
+}
+
 /// Something the host sends.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Transmit {
@@ -183,6 +194,9 @@ pub struct VmHost<E: Engine> {
     guest_held_until: Time,
     /// The disk is busy with the standby's writes until then.
     disk_free_at: Time,
+    /// A pre-copy round whose disk reads are still under way (the guest
+    /// runs on meanwhile): the node hears of it when they are done.
+    copy_reading: Option<(Time, u32, Capture)>,
     broken: Option<String>,
     stats: HostStats,
 }
@@ -212,6 +226,7 @@ impl<E: Engine> VmHost<E> {
             disk_checkpoint: None,
             guest_held_until: now,
             disk_free_at: now,
+            copy_reading: None,
             node,
             machine,
             guest,
@@ -321,8 +336,12 @@ impl<E: Engine> VmHost<E> {
             .copy
             .as_ref()
             .and_then(|c| c.first.as_ref())
-            .map_or(Time(u64::MAX), |first| first.next_part);
-        let timeout = self.node.poll_timeout().min(part);
+            .map(|first| first.next_part);
+        let reading = self.copy_reading.as_ref().map(|(at, _, _)| *at);
+        let timeout = [part, reading]
+            .into_iter()
+            .flatten()
+            .fold(self.node.poll_timeout(), Time::min);
         self.effects
             .iter()
             .map(|(at, _)| *at)
@@ -391,6 +410,14 @@ impl<E: Engine> VmHost<E> {
         }
         self.last_run = now;
         self.read_first_round(now)?;
+        if self
+            .copy_reading
+            .as_ref()
+            .is_some_and(|(at, _, _)| *at <= now)
+        {
+            let (_, round, capture) = self.copy_reading.take().expect("just seen");
+            self.node.handle_copy_captured(now, round, capture);
+        }
         if self.node.poll_timeout() <= now {
             self.node.handle_timeout(now);
         }
@@ -409,8 +436,11 @@ impl<E: Engine> VmHost<E> {
         let done = self
             .machine
             .stream_full(&mut first.stream, COPY_PART_PAGES)?;
-        first.next_part = now.add_ns(COPY_PART_NS);
-        self.hold_for_disk();
+        // The guest runs on while the disk reads the part's blocks; the
+        // next part (or the round's report) waits for them.
+        let busy = self.machine.bus().store().take_busy_ns();
+        self.stats.disk_wait_ns += busy;
+        first.next_part = now.add_ns(COPY_PART_NS.max(busy));
         if !done {
             return Ok(());
         }
@@ -429,20 +459,12 @@ impl<E: Engine> VmHost<E> {
             disk_blocks: first.written,
             pages: read.pages,
         };
-        self.node.handle_copy_captured(now, 0, capture);
-        Ok(())
-    }
-
-    /// The guest waits while the disk reads a capture needed take their
-    /// (simulated) time.
-    fn hold_for_disk(&mut self) -> u64 {
-        let busy = self.machine.bus().store().take_busy_ns();
         if busy > 0 {
-            self.stats.disk_wait_ns += busy;
-            let from = self.last_run.max(self.guest_held_until);
-            self.guest_held_until = from.add_ns(busy);
+            self.copy_reading = Some((now.add_ns(busy), 0, capture));
+        } else {
+            self.node.handle_copy_captured(now, 0, capture);
         }
-        busy
+        Ok(())
     }
 
     fn collect_outputs(&mut self, now: Time) {
@@ -528,6 +550,8 @@ impl<E: Engine> VmHost<E> {
                     }
                 };
                 let stream = self.machine.begin_full(only.as_ref())?;
+                // A new session replaces a round still being read.
+                self.copy_reading = None;
                 self.dirty_mark = self.machine.engine().stats().dirty_faults;
                 self.copy = Some(CopyStream::reading(FirstRound {
                     stream,
@@ -538,16 +562,24 @@ impl<E: Engine> VmHost<E> {
             }
             Action::CaptureCopy { round, disk, last } => {
                 let written = self.written_blocks();
-                let (checkpoint, _) = match (round, disk) {
-                    (0, DiskCopy::Full) => self.capture(Kind::Full)?,
+                // Pre-copy rounds are read while the guest runs (a whole
+                // disk on a slow one takes long); only the last, paused
+                // round keeps the guest waiting for its reads.
+                let wait = if last {
+                    DiskWait::Guest
+                } else {
+                    DiskWait::Background
+                };
+                let checkpoint = match (round, disk) {
+                    (0, DiskCopy::Full) => self.machine.checkpoint(Kind::Full)?,
                     (0, DiskCopy::Blocks(blocks)) => {
                         self.stats.block_resyncs += 1;
                         let blocks: BTreeSet<u64> = blocks.iter().map(|b| b.0).collect();
-                        let checkpoint = self.machine.checkpoint_with_blocks(&blocks)?;
-                        self.captured(checkpoint)
+                        self.machine.checkpoint_with_blocks(&blocks)?
                     }
-                    _ => self.capture(Kind::Delta)?,
+                    _ => self.machine.checkpoint(Kind::Delta)?,
                 };
+                let (checkpoint, busy) = self.captured(checkpoint, wait);
                 let copy = self.copy.get_or_insert_with(CopyStream::default);
                 copy.absorb(checkpoint);
                 let round_checkpoint = copy.take_round().expect("absorbed just now");
@@ -558,7 +590,14 @@ impl<E: Engine> VmHost<E> {
                 if last {
                     self.copy = None;
                 }
-                self.node.handle_copy_captured(now, round, capture);
+                // A newer round replaces one still being read (its session
+                // was given up).
+                self.copy_reading = None;
+                if wait == DiskWait::Background && busy > 0 {
+                    self.copy_reading = Some((now.add_ns(busy), round, capture));
+                } else {
+                    self.node.handle_copy_captured(now, round, capture);
+                }
             }
             Action::ApplyDelta { delta: bytes, .. } => self.apply(&bytes)?,
             Action::ApplyCopy { copy: bytes, .. } => {
@@ -606,17 +645,27 @@ impl<E: Engine> VmHost<E> {
     /// A checkpoint of `kind`, and the disk time (simulated ns) it took.
     fn capture(&mut self, kind: Kind) -> Result<(Checkpoint, u64), HostError> {
         let checkpoint = self.machine.checkpoint(kind)?;
-        Ok(self.captured(checkpoint))
+        Ok(self.captured(checkpoint, DiskWait::Guest))
     }
 
-    /// Bookkeeping after a capture. The guest is paused for it, and stays
-    /// paused while the disk reads it needed take their (simulated) time,
-    /// which is returned beside the checkpoint.
-    fn captured(&mut self, checkpoint: Checkpoint) -> (Checkpoint, u64) {
+    /// Bookkeeping after a capture. The guest is paused for it; the disk
+    /// reads it needed take their (simulated) time, which is returned
+    /// beside the checkpoint, and `wait` says who waits for them.
+    fn captured(&mut self, checkpoint: Checkpoint, wait: DiskWait) -> (Checkpoint, u64) {
         self.dirty_mark = self.machine.engine().stats().dirty_faults;
         self.stats.captures += 1;
         self.stats.captured_pages += checkpoint.pages.len() as u64;
-        let busy = self.hold_for_disk();
+        let busy = self.machine.bus().store().take_busy_ns();
+        if busy > 0 {
+            self.stats.disk_wait_ns += busy;
+            match wait {
+                DiskWait::Guest => {
+                    let from = self.last_run.max(self.guest_held_until);
+                    self.guest_held_until = from.add_ns(busy);
+                }
+                DiskWait::Background => {}
+            }
+        }
         (checkpoint, busy)
     }
 
@@ -683,6 +732,7 @@ impl<E: Engine> VmHost<E> {
     fn end_term(&mut self) {
         self.stats.outputs_discarded += self.outputs.discard() as u64;
         self.copy = None;
+        self.copy_reading = None;
         let _ = self.machine.bus().nic.take_tx();
     }
 
