@@ -1,7 +1,7 @@
 //! The backup (stages and applies deltas, promotes itself with the witness's
 //! grant) and the joiner (receives copy rounds until it is a backup).
 
-use super::assembly::Assembly;
+use super::assembly::{Assembly, Offered};
 use super::lineage::Lineage;
 use super::primary::{Pairing, Primary};
 use super::{Node, Role};
@@ -41,6 +41,19 @@ pub(crate) struct Joining {
     pub(super) copy: Option<CopyProgress>,
 }
 
+/// An assembly holds no more chunks and bytes than one transfer may have.
+fn check_bounds(assembly: &Assembly, config: &Config) {
+    let chunks_max = super::validate::transfer_chunks_max(config) as usize;
+    assert!(
+        assembly.chunks() <= chunks_max,
+        "assemblies are bounded by chunks"
+    );
+    assert!(
+        assembly.bytes() <= config.transfer_bytes_max,
+        "assemblies are bounded by bytes"
+    );
+}
+
 impl Backup {
     pub(super) fn new(applied: CheckpointId) -> Backup {
         Backup {
@@ -58,7 +71,14 @@ impl Backup {
         }
     }
 
+    pub(super) fn staged(&self) -> impl Iterator<Item = &Assembly> {
+        self.staged.values()
+    }
+
     pub(super) fn check_invariants(&self, config: &Config) {
+        for assembly in self.staged.values() {
+            check_bounds(assembly, config);
+        }
         assert!(
             self.staged.len() <= config.deltas_in_flight_max as usize,
             "staged deltas are bounded"
@@ -93,7 +113,14 @@ impl Joining {
         Joining { disk, copy: None }
     }
 
-    pub(super) fn check_invariants(&self) {
+    pub(super) fn assembly(&self) -> Option<&Assembly> {
+        self.copy.as_ref().and_then(|c| c.assembly.as_ref())
+    }
+
+    pub(super) fn check_invariants(&self, config: &Config) {
+        if let Some(assembly) = self.assembly() {
+            check_bounds(assembly, config);
+        }
         if let Some(copy) = &self.copy {
             assert!(
                 copy.assembly.as_ref().is_none_or(|a| !a.is_complete()),
@@ -152,9 +179,13 @@ impl Node {
                 if generation == self.generation {
                     self.peer_heard = self.now;
                 } else if generation > self.generation && backup == Some(me) {
-                    // Certified: the primary holds `generation` with us as backup.
+                    // Certified: the primary holds `generation` with us as
+                    // backup. It is alive, so a promotion we asked for is
+                    // moot, and its grant, should it still come, is for a
+                    // generation older than ours.
                     self.peer_heard = self.now;
                     self.adopt_generation(generation);
+                    self.backup_mut().grant_wanted = None;
                 } else if generation > self.generation {
                     self.become_stale(generation);
                 } else {
@@ -184,8 +215,8 @@ impl Node {
                 .staged
                 .entry(epoch)
                 .or_insert_with(|| Assembly::new(chunk.count));
-            if assembly.add(chunk, bytes_max).is_err() {
-                self.stats.dropped_malformed += 1;
+            let offered = assembly.offer(chunk, bytes_max);
+            if !self.count_offered(offered) {
                 return;
             }
         } else if epoch > b.applied.epoch {
@@ -225,6 +256,21 @@ impl Node {
         );
     }
 
+    /// Counts what became of an offered chunk; `false` if it was refused.
+    fn count_offered(&mut self, offered: Offered) -> bool {
+        match offered {
+            Offered::Added => true,
+            Offered::Replaced => {
+                self.stats.assemblies_replaced += 1;
+                true
+            }
+            Offered::Refused => {
+                self.stats.dropped_out_of_range += 1;
+                false
+            }
+        }
+    }
+
     /// The primary moved to a generation without us: our copy is stale.
     fn become_stale(&mut self, generation: Generation) {
         let disk = match &self.role {
@@ -245,10 +291,14 @@ impl Node {
         holder: NodeId,
         backup: Option<NodeId>,
     ) {
-        let (me, peer) = (self.config.me, self.config.peer);
+        let (me, peer, current) = (self.config.me, self.config.peer, self.generation);
         let b = self.backup_mut();
         let wanted = b.grant_wanted;
-        if wanted == Some(generation) && holder == me {
+        if wanted == Some(generation) && holder == me && generation <= current {
+            // Granted what we asked for, but we have moved past it since.
+            b.grant_wanted = None;
+            self.stats.dropped_contradicting += 1;
+        } else if wanted == Some(generation) && holder == me {
             self.promote(generation);
         } else if generation > self.generation && holder == peer && backup == Some(me) {
             // Certified without having heard it from the primary: adopt, and
@@ -260,6 +310,8 @@ impl Node {
             }
         } else if generation > self.generation {
             self.become_stale(generation);
+        } else if generation < self.generation {
+            self.stats.dropped_stale += 1;
         }
     }
 
@@ -367,14 +419,15 @@ impl Node {
         let assembly = copy
             .assembly
             .get_or_insert_with(|| Assembly::new(chunk.count));
-        if let Err(e) = assembly.add(chunk, bytes_max) {
-            tracing::debug!(node = %self.config.me, round, error = ?e, "copy chunk refused");
-            self.stats.dropped_malformed += 1;
+        let offered = assembly.offer(chunk, bytes_max);
+        let complete = assembly.is_complete();
+        if !self.count_offered(offered) || !complete {
             return;
         }
-        if !assembly.is_complete() {
-            return;
-        }
+        let Role::Joining(j) = &mut self.role else {
+            unreachable!("joiner")
+        };
+        let copy = j.copy.as_mut().expect("set above");
         let bytes = copy.assembly.take().expect("complete").into_bytes();
         copy.round += 1;
         self.push(Action::ApplyCopy { round, copy: bytes });

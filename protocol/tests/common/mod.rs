@@ -162,8 +162,9 @@ impl Cluster {
                 continue;
             }
             if let Some(skip) = self.drop_delta_chunk {
-                if let Ok(env) = self.codec.decode(&bytes) {
-                    if matches!(env.msg, Message::Delta { ref chunk, .. } if chunk.index == skip) {
+                if let Ok(opened) = self.codec.open(&bytes) {
+                    if matches!(opened.envelope.msg, Message::Delta { ref chunk, .. } if chunk.index == skip)
+                    {
                         continue;
                     }
                 }
@@ -183,8 +184,8 @@ impl Cluster {
                 if self.silence_after_copy == Some(to) {
                     let copy = self
                         .codec
-                        .decode(&bytes)
-                        .map(|e| matches!(e.msg, Message::Copy { .. }));
+                        .open(&bytes)
+                        .map(|o| matches!(o.envelope.msg, Message::Copy { .. }));
                     if copy == Ok(true) {
                         self.cut.insert((to, from));
                         self.cut.insert((to, W));
@@ -227,6 +228,14 @@ impl Cluster {
     pub fn run_for_ms(&mut self, ms: u64) {
         let until = self.now.add_ns(ms * MS);
         self.run_until(until);
+    }
+
+    /// Hands `to` a message as if `from` had sent it, and carries out what
+    /// it does.
+    pub fn inject(&mut self, to: NodeId, from: NodeId, msg: Message) {
+        let now = self.now;
+        self.node_mut(to).handle_message(now, from, msg);
+        self.drain(to.0 as usize);
     }
 
     pub fn released(&self, id: NodeId) -> Option<Epoch> {
