@@ -21,6 +21,9 @@ pub(crate) struct Backup {
     staged: BTreeMap<Epoch, Assembly>,
     /// The generation asked of the witness to promote.
     pub(super) grant_wanted: Option<Generation>,
+    /// The copy session and final round that made us a backup, if a copy
+    /// did: its retransmissions are answered with their ack again.
+    copied: Option<(Epoch, u32)>,
 }
 
 /// A copy being received.
@@ -61,6 +64,7 @@ impl Backup {
             lineage: Lineage::starting_at(applied),
             staged: BTreeMap::new(),
             grant_wanted: None,
+            copied: None,
         }
     }
 
@@ -200,6 +204,12 @@ impl Node {
                 // Sent after our certification, which a heartbeat will tell us.
                 self.stats.dropped_unexpected += 1;
             }
+            Message::Copy {
+                generation,
+                session,
+                round,
+                ..
+            } if generation == self.generation => self.on_copy_as_backup(session, round),
             _ => self.stats.dropped_stale += 1,
         }
     }
@@ -219,8 +229,20 @@ impl Node {
             if !self.count_offered(offered) {
                 return;
             }
-        } else if epoch > b.applied.epoch {
+        } else if epoch > b.applied.epoch && b.grant_wanted.is_some() {
+            // Promoting ourselves: a grant may already be ours, and with it
+            // the only copy of the guest. Not the time to give it up.
             self.stats.dropped_unexpected += 1;
+            return;
+        } else if epoch > b.applied.epoch {
+            // Our primary ships only `deltas_in_flight_max` past what we
+            // acknowledged: a delta beyond means it believes we hold epochs
+            // we never applied (a forged ack). We cannot catch up; a copy can.
+            let applied = b.applied.epoch;
+            tracing::info!(node = %self.config.me, %epoch, %applied, "delta beyond the window: joining again");
+            self.stats.dropped_contradicting += 1;
+            let generation = self.generation;
+            self.become_stale(generation);
             return;
         }
         let mut applied = Vec::new();
@@ -252,6 +274,37 @@ impl Node {
             Message::DeltaAck {
                 generation,
                 epoch: acked,
+            },
+        );
+    }
+
+    /// Our primary still copies to us: the final round again (its ack was
+    /// lost) is acknowledged again; any other round means it does not take
+    /// us for the backup we think we are (a forged final round made us
+    /// one), so we join again and are copied for real.
+    fn on_copy_as_backup(&mut self, session: Epoch, round: u32) {
+        let generation = self.generation;
+        if self.backup_mut().copied == Some((session, round)) {
+            self.peer_heard = self.now;
+            self.ack_copy(session, round);
+        } else if self.backup_mut().grant_wanted.is_some() {
+            self.stats.dropped_unexpected += 1;
+        } else {
+            tracing::info!(node = %self.config.me, %session, round, "copied to as a backup: joining again");
+            self.stats.dropped_contradicting += 1;
+            self.become_stale(generation);
+        }
+    }
+
+    /// Tells the primary copy round `round` of `session` is applied.
+    fn ack_copy(&mut self, session: Epoch, round: u32) {
+        let (peer, generation) = (self.config.peer, self.generation);
+        self.send(
+            peer,
+            Message::CopyAck {
+                generation,
+                session,
+                round,
             },
         );
     }
@@ -383,8 +436,12 @@ impl Node {
             .is_some_and(|c| c.generation == generation && c.session == session);
         if !same_session {
             if round != 0 {
+                // A session we did not see begin (or whose start a forged
+                // round 0 displaced): its rounds are of no use to us. Forget
+                // ours and Join again, so that the primary begins anew.
                 tracing::debug!(node = %self.config.me, round, %session, "copy round of another session dropped");
                 self.stats.dropped_unexpected += 1;
+                j.copy = None;
                 return;
             }
             j.copy = Some(CopyProgress {
@@ -400,20 +457,15 @@ impl Node {
         let copy = j.copy.as_mut().expect("set above");
         if round < copy.round {
             // A duplicate of a round already applied: ack again.
-            let (peer, generation) = (self.config.peer, self.generation);
-            self.send(
-                peer,
-                Message::CopyAck {
-                    generation,
-                    session,
-                    round,
-                },
-            );
+            self.ack_copy(session, round);
             return;
         }
         if round > copy.round {
-            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order dropped");
-            self.stats.dropped_unexpected += 1;
+            // The primary sends a round only once we acknowledged the one
+            // before (a forged ack moved it on): start over with a Join.
+            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order: joining again");
+            self.stats.dropped_contradicting += 1;
+            j.copy = None;
             return;
         }
         let assembly = copy
@@ -431,17 +483,11 @@ impl Node {
         let bytes = copy.assembly.take().expect("complete").into_bytes();
         copy.round += 1;
         self.push(Action::ApplyCopy { round, copy: bytes });
-        let (peer, my_generation) = (self.config.peer, self.generation);
-        self.send(
-            peer,
-            Message::CopyAck {
-                generation: my_generation,
-                session,
-                round,
-            },
-        );
+        self.ack_copy(session, round);
         if let Some(base) = base {
-            self.role = Role::Backup(Backup::new(base));
+            let mut backup = Backup::new(base);
+            backup.copied = Some((session, round));
+            self.role = Role::Backup(backup);
         }
     }
 }

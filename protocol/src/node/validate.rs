@@ -52,7 +52,11 @@ fn checkpoint_ok(c: Option<CheckpointId>) -> bool {
 /// are bounded by its bytes, not only by the count a sender announces.
 fn chunk_ok(config: &Config, c: &Chunk) -> bool {
     let size = config.chunk_bytes_max as usize;
-    let shaped = if c.index + 1 < c.count {
+    // The decoder refuses these too, but a message may come decoded.
+    if c.count == 0 || c.index >= c.count {
+        return false;
+    }
+    let shaped = if c.index < c.count - 1 {
         c.data.len() == size
     } else {
         c.data.len() <= size && (c.count == 1 || !c.data.is_empty())

@@ -18,6 +18,9 @@ pub fn config(me: NodeId, level: Level) -> Config {
     let peer = if me == A { B } else { A };
     let mut config = Config::new(me, peer, W, level);
     config.chunk_bytes_max = 4;
+    // Deltas here are 10 bytes, copy rounds 9: a small limit makes the
+    // bound on what a node assembles one the hostile tests can check.
+    config.transfer_bytes_max = 1024;
     config
 }
 
