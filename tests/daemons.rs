@@ -19,10 +19,19 @@ fn temp_dir(name: &str) -> PathBuf {
     dir
 }
 
+/// A key file; each file a different key (every link has its own).
 fn write_key(path: &Path, mode: u32) {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::write(path, "0123456789abcdef0123456789abcdef").unwrap();
+    let name = path.file_name().unwrap().to_string_lossy();
+    std::fs::write(path, format!("0123456789abcdef-{name}")).unwrap();
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// The three link keys: `a-b.key`, `a-w.key`, `b-w.key`.
+fn write_keys(dir: &Path, mode: u32) {
+    for pair in ["a-b", "a-w", "b-w"] {
+        write_key(&dir.join(format!("{pair}.key")), mode);
+    }
 }
 
 /// A node's configuration on loopback, ports from `base`.
@@ -31,11 +40,13 @@ fn node_config(dir: &Path, me: u8, base: u16, extra: &str) -> String {
     let bootstrap = if me == 0 { "primary" } else { "backup" };
     format!(
         "[node]\nid = {me}\npeer_id = {peer}\nwitness_id = 2\nbootstrap = \"{bootstrap}\"\n\
-         state_dir = \"{state}\"\nkey_file = \"{key}\"\nengine = \"emu\"\n\n\
+         state_dir = \"{state}\"\npeer_key_file = \"{peer_key}\"\n\
+         witness_key_file = \"{witness_key}\"\nengine = \"emu\"\n\n\
          [net]\nlisten = \"127.0.0.1:{listen}\"\npeer = \"127.0.0.1:{peer_port}\"\n\
          witness = \"127.0.0.1:{witness}\"\nservice = \"127.0.0.1:{service}\"\n{extra}",
         state = dir.join(format!("state{me}")).display(),
-        key = dir.join("key").display(),
+        peer_key = dir.join("a-b.key").display(),
+        witness_key = dir.join(["a-w.key", "b-w.key"][usize::from(me)]).display(),
         listen = base + u16::from(me),
         peer_port = base + u16::from(peer),
         witness = base + 2,
@@ -46,13 +57,13 @@ fn node_config(dir: &Path, me: u8, base: u16, extra: &str) -> String {
 #[test]
 fn a_malformed_node_config_names_file_line_and_field() {
     let dir = temp_dir("badconfig");
-    write_key(&dir.join("key"), 0o600);
+    write_keys(&dir, 0o600);
     let text = node_config(&dir, 0, 40_000, "").replace("127.0.0.1:40000", "here");
     let file = dir.join("node.toml");
     std::fs::write(&file, text).unwrap();
     let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
     assert_ne!(code, 0);
-    assert!(stderr.contains("node.toml:11:"), "{stderr}");
+    assert!(stderr.contains("node.toml:12:"), "{stderr}");
     assert!(stderr.contains("net.listen"), "{stderr}");
     assert!(stderr.contains("not an address"), "{stderr}");
 
@@ -79,18 +90,27 @@ fn a_malformed_node_config_names_file_line_and_field() {
 #[test]
 fn a_key_file_others_can_read_is_refused_and_a_missing_one_named() {
     let dir = temp_dir("badkey");
-    write_key(&dir.join("key"), 0o644);
+    write_keys(&dir, 0o644);
     let file = dir.join("node.toml");
     std::fs::write(&file, node_config(&dir, 0, 40_100, "")).unwrap();
     let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
     assert_ne!(code, 0);
     assert!(stderr.contains("readable by others"), "{stderr}");
-    assert!(stderr.contains("node.key_file"), "{stderr}");
+    assert!(stderr.contains("node.peer_key_file"), "{stderr}");
     assert!(
         !dir.join("state0").exists(),
         "nothing is created before the config is accepted"
     );
-    std::fs::remove_file(dir.join("key")).unwrap();
+    write_keys(&dir, 0o600);
+    write_key(&dir.join("a-w.key"), 0o640);
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("node.witness_key_file"), "{stderr}");
+    std::fs::copy(dir.join("a-b.key"), dir.join("a-w.key")).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("a key of its own"), "{stderr}");
+    std::fs::remove_file(dir.join("a-b.key")).unwrap();
     let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
     assert_ne!(code, 0);
     assert!(
@@ -152,7 +172,7 @@ fn protected(dir: &Path, primary: u8) -> bool {
 #[test]
 fn a_sigkilled_primary_loses_nothing_acknowledged() {
     let dir = temp_dir("loopback");
-    write_key(&dir.join("key"), 0o600);
+    write_keys(&dir, 0o600);
     let base = 41_000 + (std::process::id() % 500) as u16 * 20;
     for me in 0..2u8 {
         std::fs::write(
@@ -162,12 +182,13 @@ fn a_sigkilled_primary_loses_nothing_acknowledged() {
         .unwrap();
     }
     let witness = format!(
-        "[witness]\nid = 2\nlisten = \"127.0.0.1:{w}\"\nstate_dir = \"{s}\"\nkey_file = \"{k}\"\n\
-         bootstrap_primary = 0\n[[members]]\nid = 0\naddress = \"127.0.0.1:{a}\"\n\
-         [[members]]\nid = 1\naddress = \"127.0.0.1:{b}\"\n",
+        "[witness]\nid = 2\nlisten = \"127.0.0.1:{w}\"\nstate_dir = \"{s}\"\n\
+         bootstrap_primary = 0\n[[members]]\nid = 0\naddress = \"127.0.0.1:{a}\"\nkey_file = \"{ka}\"\n\
+         [[members]]\nid = 1\naddress = \"127.0.0.1:{b}\"\nkey_file = \"{kb}\"\n",
         w = base + 2,
         s = dir.join("wstate").display(),
-        k = dir.join("key").display(),
+        ka = dir.join("a-w.key").display(),
+        kb = dir.join("b-w.key").display(),
         a = base,
         b = base + 1,
     );
@@ -263,7 +284,7 @@ impl Drop for SmallFs {
 #[test]
 fn a_node_whose_state_disk_is_full_says_so_and_does_not_panic() {
     let dir = temp_dir("fulldisk");
-    write_key(&dir.join("key"), 0o600);
+    write_keys(&dir, 0o600);
     let Some(_fs) = SmallFs::mount(&dir.join("state0"), "256k") else {
         use std::io::Write;
         let _ = std::io::stderr().write_all(

@@ -168,7 +168,12 @@ impl<'a> CheckpointRef<'a> {
             1 => Kind::Delta,
             other => return Err(DecodeError::Invalid(format!("kind {other}"))),
         };
-        let _reserved = r.u8()?;
+        let reserved = r.u8()?;
+        if reserved != 0 {
+            return Err(DecodeError::Invalid(format!(
+                "reserved header byte is {reserved}, not 0"
+            )));
+        }
         let payload_len = r.u32()? as usize;
         let payload = r.raw(payload_len)?;
         let stored = r.u32()?;
@@ -389,6 +394,20 @@ mod tests {
                 "flip at {at}"
             );
         }
+    }
+
+    #[test]
+    fn a_set_reserved_byte_is_refused() {
+        let mut bytes = sample().encode();
+        bytes[MAGIC.len() + 3] = 1;
+        let crc_at = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        let error = Checkpoint::decode(&bytes, 1 << 24).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Invalid(m) if m.contains("reserved")),
+            "{error}"
+        );
     }
 
     #[test]

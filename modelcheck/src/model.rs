@@ -29,6 +29,9 @@ pub struct Bounds {
     pub losses_max: u8,
     /// Messages delivered twice, in total.
     pub duplicates_max: u8,
+    /// Chunks a hostile peer delivers spoiled (other bytes, or another
+    /// chunk count) ahead of the real one, in total.
+    pub spoils_max: u8,
     /// Guest outputs, in total.
     pub outputs_max: u8,
     /// Messages in flight at once; a send beyond it is lost.
@@ -52,6 +55,7 @@ impl Bounds {
             restarts_max: 1,
             losses_max: 2,
             duplicates_max: 1,
+            spoils_max: 1,
             outputs_max: 2,
             in_flight_max: 6,
             witness_outages_max: 1,
@@ -78,6 +82,7 @@ impl Bounds {
             restarts_max: 0,
             losses_max: 0,
             duplicates_max: 0,
+            spoils_max: 0,
             outputs_max: 1,
             in_flight_max: 16,
             witness_outages_max: 0,
@@ -153,6 +158,7 @@ pub struct ModelState {
     pub restarts: u8,
     losses: u8,
     duplicates: u8,
+    spoils: u8,
     outputs: u8,
     witness_outages: u8,
     /// Facts for the properties.
@@ -166,6 +172,9 @@ pub enum ModelAction {
     Deliver(NodeId, NodeId, Message),
     /// Deliver a message and keep a copy in flight.
     Duplicate(NodeId, NodeId, Message),
+    /// A hostile peer delivers a spoiled copy of a chunk in flight (the
+    /// real one stays in flight).
+    Spoil(NodeId, NodeId, Message),
     /// Lose a message.
     Lose(NodeId, NodeId, Message),
     /// A host's next deadline passes (safety variant: hosts' clocks are
@@ -193,6 +202,9 @@ impl fmt::Display for ModelAction {
                 write!(f, "deliver and duplicate {from}->{to} {}", brief(msg))
             }
             ModelAction::Lose(from, to, msg) => write!(f, "lose {from}->{to} {}", brief(msg)),
+            ModelAction::Spoil(from, to, msg) => {
+                write!(f, "hostile {from}->{to}: spoiled {}", brief(msg))
+            }
             ModelAction::Timeout(n) => write!(f, "timeout on {n}"),
             ModelAction::Tick => write!(f, "time advances"),
             ModelAction::Output(n) => write!(f, "guest on {n} makes an output"),
@@ -445,6 +457,7 @@ impl Model for LockstepModel {
             restarts: 0,
             losses: 0,
             duplicates: 0,
+            spoils: 0,
             outputs: 0,
             witness_outages: 0,
             ghost: Ghost::default(),
@@ -464,6 +477,11 @@ impl Model for LockstepModel {
             }
             if state.losses < b.losses_max {
                 actions.push(ModelAction::Lose(*from, *to, msg.clone()));
+            }
+            if state.spoils < b.spoils_max {
+                if let Some(spoiled) = spoiled(msg) {
+                    actions.push(ModelAction::Spoil(*from, *to, spoiled));
+                }
             }
         }
         if b.fair {
@@ -513,6 +531,10 @@ impl Model for LockstepModel {
             }
             ModelAction::Duplicate(from, to, msg) => {
                 state.duplicates += 1;
+                self.deliver(&mut state, from, to, msg);
+            }
+            ModelAction::Spoil(from, to, msg) => {
+                state.spoils += 1;
                 self.deliver(&mut state, from, to, msg);
             }
             ModelAction::Lose(from, to, msg) => {
@@ -658,4 +680,26 @@ fn take_one(state: &mut ModelState, key: &(NodeId, NodeId, Message)) {
     if *count == 0 {
         state.network.remove(key);
     }
+}
+
+/// A chunk of `msg` as a hostile peer would spoil it: announcing one chunk
+/// more than the transfer has (an index of the real count is then one the
+/// sender never fills), so the receiver starts an assembly that only the
+/// real chunks can replace. `None` for messages without a chunk.
+fn spoiled(msg: &Message) -> Option<Message> {
+    let mut msg = msg.clone();
+    match &mut msg {
+        Message::Delta { chunk, .. } | Message::Copy { chunk, .. } => {
+            chunk.count = chunk.count.checked_add(1)?;
+            // Every chunk but the last is full: the real last one, now not
+            // the last, is refused unless full; keep the spoiled one valid
+            // by making it the new last.
+            chunk.index = chunk.count - 1;
+            if chunk.data.is_empty() {
+                chunk.data.push(0);
+            }
+        }
+        _ => return None,
+    }
+    Some(msg)
 }

@@ -120,7 +120,7 @@ impl Config {
                 witness: self.witness,
             });
         }
-        let checks: [(bool, &'static str, &'static str); 9] = [
+        let checks: [(bool, &'static str, &'static str); 10] = [
             (
                 self.epoch_duration_ns > 0,
                 "epoch_duration_ns",
@@ -166,6 +166,11 @@ impl Config {
                 self.transfer_bytes_max > 0,
                 "transfer_bytes_max",
                 "must be positive",
+            ),
+            (
+                self.precopy_rounds_max <= crate::node::ROUND_MAX,
+                "precopy_rounds_max",
+                "must be at most ROUND_MAX",
             ),
         ];
         for (ok, field, problem) in checks {

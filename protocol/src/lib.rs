@@ -20,7 +20,7 @@ pub use action::{Action, Capture, DiskCopy, Grant};
 #[cfg(feature = "mutants")]
 pub use config::Mutant;
 pub use config::{Config, ConfigError};
-pub use node::{Node, Protection, RoleKind, Start};
+pub use node::{Assembling, Node, Protection, RoleKind, Start, COUNTER_MAX, ROUND_MAX};
 pub use stats::Stats;
 pub use types::{BlockIndex, CheckpointId, Epoch, Generation, Level, NodeId, Time};
 pub use wire::{Codec, DecodeError, Envelope, Message};

@@ -1,5 +1,7 @@
 //! Counters a node keeps about what it did and what it dropped.
 
+use crate::wire::DecodeError;
+
 /// Counters of one node. Dropped messages are counted by reason, never
 /// asserted on: peer bytes are validated.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
@@ -17,6 +19,20 @@ pub struct Stats {
     /// Duplicates of a message already acted on (a second `Join` in the
     /// epoch its copy began).
     pub dropped_duplicate: u64,
+    /// Authenticated frames taken before (or too old, or from an earlier
+    /// incarnation of their sender): replays.
+    pub dropped_replayed: u64,
+    /// Messages carrying a value no honest node produces: a generation or
+    /// epoch near the end of its counter, a copy round or chunk count
+    /// beyond the configured bounds, a chunk larger than a chunk may be.
+    pub dropped_out_of_range: u64,
+    /// Messages that contradict themselves or what this node knows (a copy
+    /// whose base is not of the copy's own generation, a grant for a
+    /// generation older than ours).
+    pub dropped_contradicting: u64,
+    /// Assemblies of a delta or copy round started over because a chunk
+    /// contradicted them (a forged or stale chunk spoiled them).
+    pub assemblies_replaced: u64,
     /// Epochs the primary closed.
     pub epochs: u64,
     /// Deltas shipped to a backup (first sends).
@@ -35,4 +51,37 @@ pub struct Stats {
     pub promotions: u64,
     /// Times this node stepped down from primary.
     pub step_downs: u64,
+}
+
+impl Stats {
+    /// Counts a frame that did not decode, by why.
+    pub(crate) fn count_decode_error(&mut self, error: &DecodeError) {
+        match error {
+            DecodeError::Unauthenticated | DecodeError::BadTag | DecodeError::UnknownSender(_) => {
+                self.dropped_unauthenticated += 1
+            }
+            DecodeError::Replayed { .. } => self.dropped_replayed += 1,
+            _ => self.dropped_malformed += 1,
+        }
+    }
+
+    /// Frames and messages dropped, by reason (the names of the fields).
+    pub fn dropped_by_reason(&self) -> [(&'static str, u64); 9] {
+        [
+            ("malformed", self.dropped_malformed),
+            ("unauthenticated", self.dropped_unauthenticated),
+            ("misaddressed", self.dropped_misaddressed),
+            ("stale", self.dropped_stale),
+            ("unexpected", self.dropped_unexpected),
+            ("duplicate", self.dropped_duplicate),
+            ("replayed", self.dropped_replayed),
+            ("out_of_range", self.dropped_out_of_range),
+            ("contradicting", self.dropped_contradicting),
+        ]
+    }
+
+    /// Frames and messages dropped, for any reason.
+    pub fn dropped_total(&self) -> u64 {
+        self.dropped_by_reason().iter().map(|(_, n)| n).sum()
+    }
 }

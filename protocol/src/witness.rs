@@ -4,7 +4,7 @@
 use crate::action::{Action, Grant};
 use crate::stats::Stats;
 use crate::types::{NodeId, Time};
-use crate::wire::{Codec, DecodeError, Message};
+use crate::wire::{Codec, Message};
 use std::collections::VecDeque;
 
 /// Largest number of actions a single input may queue on the witness.
@@ -60,6 +60,12 @@ impl Witness {
         &self.codec
     }
 
+    /// The codec, to encode frames with (encoding stamps each frame with
+    /// the next sequence number of its link).
+    pub fn codec_mut(&mut self) -> &mut Codec {
+        &mut self.codec
+    }
+
     /// A frame arrived. Bad frames are dropped and counted.
     pub fn handle_bytes(&mut self, now: Time, bytes: &[u8]) {
         match self.codec.decode(bytes) {
@@ -67,10 +73,7 @@ impl Witness {
                 self.handle_message(now, envelope.from, envelope.msg)
             }
             Ok(_) => self.stats.dropped_misaddressed += 1,
-            Err(DecodeError::Unauthenticated | DecodeError::BadTag) => {
-                self.stats.dropped_unauthenticated += 1
-            }
-            Err(_) => self.stats.dropped_malformed += 1,
+            Err(e) => self.stats.count_decode_error(&e),
         }
     }
 

@@ -285,8 +285,8 @@ fn forged_truncated_and_garbage_frames_are_dropped_and_counted() {
     let mut c = Cluster::with_codec(Level::Ft, Codec::authenticated(b"cluster key"));
     c.run_for_ms(60);
     let epoch = c.node(A).epoch();
-    let forger = Codec::authenticated(b"wrong key");
-    let plain = Codec::plain();
+    let mut forger = Codec::authenticated(b"wrong key");
+    let mut plain = Codec::plain();
     let msg = protocol::Message::Heartbeat {
         generation: Generation(9),
         role: protocol::wire::PeerRole::Primary,

@@ -33,7 +33,24 @@ pub const CLIENT_PORT: u16 = 9000;
 pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 /// The witness's node id.
 pub const WITNESS: NodeId = NodeId(2);
-const SHARED_KEY: &[u8] = b"lockstep simulated cluster key";
+
+/// The key of the simulated link between `a` and `b`: one per pair.
+fn link_key(a: NodeId, b: NodeId) -> Vec<u8> {
+    let (lo, hi) = (a.min(b), a.max(b));
+    format!("lockstep simulated link {lo}-{hi}").into_bytes()
+}
+
+/// Node `me`'s codec: a key for each link to the other two nodes, stamped
+/// with `session` (the simulated time it booted at, which grows from one
+/// boot to the next).
+fn codec_of(me: NodeId, session: u64) -> Codec {
+    let keys = (0..3)
+        .map(NodeId)
+        .filter(|n| *n != me)
+        .map(|n| (n, link_key(me, n)))
+        .collect();
+    Codec::per_pair(keys).with_session(session)
+}
 use faults::scenario::DISK_BLOCKS;
 
 /// A frame as the trace shows it: the message without bulk data, and a
@@ -41,7 +58,12 @@ use faults::scenario::DISK_BLOCKS;
 pub fn describe_frame(bytes: &[u8]) -> String {
     use protocol::Message;
     let digest = digest(bytes);
-    match Codec::authenticated(SHARED_KEY).decode(bytes) {
+    // Whoever it is for, one of the three nodes' keys opens it.
+    let opened = (0..3)
+        .map(|n| codec_of(NodeId(n), 0).open(bytes))
+        .find(Result::is_ok)
+        .unwrap_or_else(|| codec_of(NodeId(0), 0).open(bytes));
+    match opened.map(|o| o.envelope) {
         Ok(envelope) => match envelope.msg {
             Message::Delta { generation, epoch, chunk } => {
                 format!("Delta {generation} {epoch} chunk {}/{} {digest:016x}", chunk.index, chunk.count)
@@ -318,7 +340,7 @@ impl World {
         let built = self.machine(index).and_then(|m| {
             VmHost::new(
                 self.config(index),
-                Codec::authenticated(SHARED_KEY),
+                codec_of(NodeId(index as u8), now.0),
                 start,
                 m,
                 now,
@@ -346,7 +368,7 @@ impl World {
             WITNESS,
             [NodeId(0), NodeId(1)],
             grant,
-            Codec::authenticated(SHARED_KEY),
+            codec_of(WITNESS, now.0),
         ));
     }
 

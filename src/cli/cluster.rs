@@ -12,7 +12,7 @@ use anyhow::{bail, Context};
 use machine::rng::SplitMix64;
 use runtime::daemon::node::Status;
 use sim::history::History;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -248,9 +248,9 @@ pub(super) struct Shape<'a> {
     pub(super) memory_mib: u64,
 }
 
-pub(super) fn write_configs(args: &Shape<'_>, layout: &Layout) -> anyhow::Result<()> {
-    let key = layout.out.join("cluster.key");
-    // A fresh secret each run, from the OS (this is a real cluster).
+/// Writes a fresh secret from the OS (this is a real cluster) to `path`,
+/// readable by its owner only.
+fn write_key(path: &Path) -> anyhow::Result<()> {
     let mut secret = [0u8; 32];
     std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut secret)?;
     let text: String = secret.iter().map(|b| format!("{b:02x}")).collect();
@@ -259,8 +259,18 @@ pub(super) fn write_configs(args: &Shape<'_>, layout: &Layout) -> anyhow::Result
         .write(true)
         .create_new(true)
         .mode(0o600)
-        .open(&key)?;
+        .open(path)?;
     std::io::Write::write_all(&mut file, text.as_bytes())?;
+    Ok(())
+}
+
+pub(super) fn write_configs(args: &Shape<'_>, layout: &Layout) -> anyhow::Result<()> {
+    // A key per pair of nodes: a-b for the replication link, a-w and b-w
+    // for each host's link to the witness.
+    let key = |pair: &str| layout.out.join(format!("{pair}.key"));
+    for pair in ["a-b", "a-w", "b-w"] {
+        write_key(&key(pair))?;
+    }
     for (n, host) in ["a", "b"].into_iter().enumerate() {
         let peer = 1 - n;
         let bootstrap = if n == 0 { "primary" } else { "backup" };
@@ -271,7 +281,8 @@ peer_id = {peer}
 witness_id = 2
 bootstrap = "{bootstrap}"
 state_dir = "{state}"
-key_file = "{key}"
+peer_key_file = "{peer_key}"
+witness_key_file = "{witness_key}"
 engine = "{engine}"
 
 [net]
@@ -292,7 +303,8 @@ heartbeat_ms = 20
 suspect_after_ms = {suspect}
 "#,
             state = layout.state(host).display(),
-            key = key.display(),
+            peer_key = key("a-b").display(),
+            witness_key = key(&format!("{host}-w")).display(),
             engine = args.engine,
             me = n + 1,
             other = peer + 1,
@@ -307,19 +319,21 @@ suspect_after_ms = {suspect}
 id = 2
 listen = "{SUBNET}.3:{FRAME_PORT}"
 state_dir = "{state}"
-key_file = "{key}"
 bootstrap_primary = 0
 
 [[members]]
 id = 0
 address = "{SUBNET}.1:{FRAME_PORT}"
+key_file = "{a_key}"
 
 [[members]]
 id = 1
 address = "{SUBNET}.2:{FRAME_PORT}"
+key_file = "{b_key}"
 "#,
         state = layout.state("witness").display(),
-        key = key.display(),
+        a_key = key("a-w").display(),
+        b_key = key("b-w").display(),
     );
     std::fs::write(layout.out.join("witness.toml"), witness)?;
     Ok(())

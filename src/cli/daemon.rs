@@ -61,8 +61,12 @@ pub struct NodeSection {
     pub bootstrap: String,
     /// Durable state: generation, guest disk, status.
     pub state_dir: PathBuf,
-    /// The cluster's key; must not be readable by group or others.
-    pub key_file: PathBuf,
+    /// The key of the link to the peer (the same file on both VM hosts);
+    /// must not be readable by group or others.
+    pub peer_key_file: PathBuf,
+    /// The key of this host's link to the witness (the witness holds it
+    /// too, as this member's `key_file`); same rule.
+    pub witness_key_file: PathBuf,
     /// "kvm", "emu", or "auto" (kvm where /dev/kvm works).
     #[serde(default = "auto")]
     pub engine: String,
@@ -157,7 +161,6 @@ pub struct WitnessSection {
     pub id: u8,
     pub listen: String,
     pub state_dir: PathBuf,
-    pub key_file: PathBuf,
     /// The member that is primary at the very first start.
     pub bootstrap_primary: u8,
 }
@@ -168,6 +171,9 @@ pub struct MemberSection {
     pub id: u8,
     /// The member's `net.listen`.
     pub address: String,
+    /// The key of the link to this member (its `witness_key_file`); must
+    /// not be readable by group or others.
+    pub key_file: PathBuf,
 }
 
 /// A configuration file, read: its text kept for error positions.
@@ -319,8 +325,20 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
             ))
         }
     };
+    let peer_key = file.key(&["node", "peer_key_file"], &f.node.peer_key_file)?;
+    let witness_key = file.key(&["node", "witness_key_file"], &f.node.witness_key_file)?;
+    if peer_key == witness_key {
+        return Err(file.error(
+            &["node", "witness_key_file"],
+            "the witness link needs a key of its own, not the peer link's",
+        ));
+    }
     let settings = NodeSettings {
-        key: file.key(&["node", "key_file"], &f.node.key_file)?,
+        keys: [
+            (NodeId(f.node.peer_id), peer_key),
+            (NodeId(f.node.witness_id), witness_key),
+        ]
+        .into(),
         listen: file.addr(&["net", "listen"], &f.net.listen)?,
         peer: file.addr(&["net", "peer"], &f.net.peer)?,
         witness: file.addr(&["net", "witness"], &f.net.witness)?,
@@ -396,6 +414,23 @@ pub fn witness_settings(path: &Path) -> anyhow::Result<WitnessSettings> {
         })?;
         Ok((NodeId(m.id), addr))
     };
+    let key = |i: usize, m: &MemberSection| -> Result<(NodeId, Vec<u8>), FileError> {
+        let key = file.key(&["members"], &m.key_file).map_err(|e| {
+            field_error(
+                &file.path,
+                &file.text,
+                &["members"],
+                format!("members[{i}].key_file: {e}"),
+            )
+        })?;
+        Ok((NodeId(m.id), key))
+    };
+    let keys = [key(0, a)?, key(1, b)?];
+    if keys[0].1 == keys[1].1 {
+        return Err(file
+            .error(&["members"], "each member's link needs a key of its own")
+            .into());
+    }
     let w = &f.witness;
     Ok(WitnessSettings {
         me: NodeId(w.id),
@@ -403,7 +438,7 @@ pub fn witness_settings(path: &Path) -> anyhow::Result<WitnessSettings> {
         bootstrap_primary: NodeId(w.bootstrap_primary),
         listen: file.addr(&["witness", "listen"], &w.listen)?,
         state_dir: w.state_dir.clone(),
-        key: file.key(&["witness", "key_file"], &w.key_file)?,
+        keys: keys.into(),
     })
 }
 

@@ -166,13 +166,29 @@ impl DeviceBus {
         let disk = Disk::restore(r, self.vcpus)?;
         let n = usize::from(self.vcpus);
         let (mut latch, mut wake_at, mut doorbell, mut done) = (vec![], vec![], vec![], vec![]);
-        for _ in 0..n {
+        for v in 0..n {
             latch.push(r.u64()?);
+            // u64::MAX is how `save` writes "none"; every other value is one.
             wake_at.push(Some(r.u64()?).filter(|at| *at != u64::MAX).map(GuestNs));
-            doorbell.push(r.u8()? != 0);
-            done.push(u32::try_from(r.u64()?).ok());
+            doorbell.push(match r.u8()? {
+                0 => false,
+                1 => true,
+                other => {
+                    return Err(DecodeError::Invalid(format!(
+                        "vCPU {v} doorbell is {other}, not 0 or 1"
+                    )))
+                }
+            });
+            done.push(match r.u64()? {
+                u64::MAX => None,
+                id => Some(u32::try_from(id).map_err(|_| {
+                    DecodeError::Invalid(format!("vCPU {v} done id {id} is beyond u32"))
+                })?),
+            });
         }
         let unknown = r.u64()?;
+        // The devices' state is the whole of its section.
+        r.finish()?;
         self.console = console;
         self.nic = nic;
         self.disk = disk;
@@ -229,5 +245,34 @@ mod tests {
         assert_eq!(again.into_bytes(), bytes);
         assert_eq!(other.port_in(ctx(0, 0), PORT_CLOCK_HI, 4), 2);
         assert_eq!(other.done()[1], Some(42));
+    }
+
+    #[test]
+    fn restore_refuses_trailing_bytes_and_out_of_range_values() {
+        let bus = DeviceBus::new(1, Box::new(MemStore::new(1)));
+        let mut w = Writer::new();
+        bus.save(&mut w);
+        let bytes = w.into_bytes();
+        let restore = |bytes: &[u8]| {
+            let mut other = DeviceBus::new(1, Box::new(MemStore::new(1)));
+            other
+                .restore(&mut Reader::new(bytes))
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(restore(&bytes), Ok(()));
+        let mut trailing = bytes.clone();
+        trailing.push(0);
+        assert!(restore(&trailing).is_err(), "a byte after the state");
+        // The one vCPU's record ends 8 bytes before the end: doorbell, then done.
+        let done_at = bytes.len() - 8 - 8;
+        let doorbell_at = done_at - 1;
+        let mut doorbell = bytes.clone();
+        doorbell[doorbell_at] = 2;
+        let error = restore(&doorbell).unwrap_err();
+        assert!(error.contains("doorbell"), "{error}");
+        let mut done = bytes.clone();
+        done[done_at..done_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
+        let error = restore(&done).unwrap_err();
+        assert!(error.contains("done id"), "{error}");
     }
 }

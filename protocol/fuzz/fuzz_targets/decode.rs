@@ -8,8 +8,9 @@ use protocol::{Codec, Config, Generation, Level, Node, NodeId, Start, Time};
 
 fuzz_target!(|data: &[u8]| {
     for codec in [Codec::plain(), Codec::authenticated(b"fuzz key")] {
-        if let Ok(envelope) = codec.decode(data) {
-            assert_eq!(codec.encode(&envelope), data, "decode and encode agree");
+        if let Ok(opened) = codec.open(data) {
+            let again = codec.encode_stamped(&opened.envelope, opened.stamp);
+            assert_eq!(again, data, "decode and encode agree");
         }
         let config = Config::new(NodeId(0), NodeId(1), NodeId(2), Level::Ft);
         let start = Start::Primary { generation: Generation(1) };

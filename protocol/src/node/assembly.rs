@@ -18,8 +18,22 @@ pub(crate) struct Assembly {
 pub(crate) enum AssemblyError {
     /// The chunk count differs from the first chunk's.
     CountMismatch,
+    /// A chunk of the same index with other bytes.
+    DataMismatch,
     /// The transfer would exceed the size limit.
     TooLarge,
+}
+
+/// What became of a chunk offered to an assembly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Offered {
+    /// Added (or a duplicate of one held).
+    Added,
+    /// It disagreed with the chunks held: they were dropped and the
+    /// assembly starts over from this one.
+    Replaced,
+    /// Refused: it alone exceeds the size limit.
+    Refused,
 }
 
 impl Assembly {
@@ -37,7 +51,10 @@ impl Assembly {
         if chunk.count != self.count || chunk.index >= self.count {
             return Err(AssemblyError::CountMismatch);
         }
-        if self.parts.contains_key(&chunk.index) {
+        if let Some(held) = self.parts.get(&chunk.index) {
+            if *held != chunk.data {
+                return Err(AssemblyError::DataMismatch);
+            }
             return Ok(());
         }
         let bytes = self.bytes + chunk.data.len() as u64;
@@ -51,6 +68,36 @@ impl Assembly {
             "indices are below count"
         );
         Ok(())
+    }
+
+    /// Adds a chunk to the transfer, or starts the transfer over from it if
+    /// it contradicts what is held (another count, other bytes at its
+    /// index, or more bytes than the limit): a forged or stale chunk may
+    /// spoil an assembly, but the sender's next consistent retransmission
+    /// always completes it.
+    pub(crate) fn offer(&mut self, chunk: Chunk, bytes_max: u64) -> Offered {
+        if chunk.data.len() as u64 > bytes_max {
+            return Offered::Refused;
+        }
+        match self.add(chunk.clone(), bytes_max) {
+            Ok(()) => Offered::Added,
+            Err(_) => {
+                *self = Assembly::new(chunk.count);
+                self.add(chunk, bytes_max)
+                    .expect("a chunk within the limit starts a transfer");
+                Offered::Replaced
+            }
+        }
+    }
+
+    /// Chunks held.
+    pub(crate) fn chunks(&self) -> usize {
+        self.parts.len()
+    }
+
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> u64 {
+        self.bytes
     }
 
     /// The broken variant: fills missing chunks with nothing.
@@ -135,5 +182,50 @@ mod tests {
         };
         assert_eq!(assembly.add(big, 100), Err(AssemblyError::TooLarge));
         assert!(!assembly.is_complete());
+    }
+
+    #[test]
+    fn a_consistent_retransmission_replaces_a_poisoned_assembly() {
+        let bytes: Vec<u8> = (0..10).collect();
+        let honest = split(&bytes, 4);
+        let mut assembly = Assembly::new(7);
+        let forged = Chunk {
+            index: 5,
+            count: 7,
+            data: vec![9; 4],
+        };
+        assert_eq!(assembly.offer(forged, 100), Offered::Added);
+        let mut replaced = 0;
+        for chunk in honest.iter().cloned() {
+            if assembly.offer(chunk, 100) == Offered::Replaced {
+                replaced += 1;
+            }
+        }
+        assert_eq!(replaced, 1, "the first honest chunk starts over");
+        assert!(assembly.is_complete());
+        assert_eq!(assembly.into_bytes(), bytes);
+        let mut assembly = Assembly::new(3);
+        let other_bytes = Chunk {
+            index: 0,
+            count: 3,
+            data: vec![1],
+        };
+        assert_eq!(assembly.offer(other_bytes, 100), Offered::Added);
+        for chunk in honest {
+            assembly.offer(chunk, 100);
+        }
+        assert_eq!(
+            assembly.into_bytes(),
+            bytes,
+            "other bytes at an index are replaced"
+        );
+        let mut assembly = Assembly::new(1);
+        let huge = Chunk {
+            index: 0,
+            count: 1,
+            data: vec![0; 101],
+        };
+        assert_eq!(assembly.offer(huge, 100), Offered::Refused);
+        assert_eq!(assembly.chunks(), 0);
     }
 }

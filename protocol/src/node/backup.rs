@@ -1,7 +1,7 @@
 //! The backup (stages and applies deltas, promotes itself with the witness's
 //! grant) and the joiner (receives copy rounds until it is a backup).
 
-use super::assembly::Assembly;
+use super::assembly::{Assembly, Offered};
 use super::lineage::Lineage;
 use super::primary::{Pairing, Primary};
 use super::{Node, Role};
@@ -21,6 +21,9 @@ pub(crate) struct Backup {
     staged: BTreeMap<Epoch, Assembly>,
     /// The generation asked of the witness to promote.
     pub(super) grant_wanted: Option<Generation>,
+    /// The copy session and final round that made us a backup, if a copy
+    /// did: its retransmissions are answered with their ack again.
+    copied: Option<(Epoch, u32)>,
 }
 
 /// A copy being received.
@@ -41,6 +44,19 @@ pub(crate) struct Joining {
     pub(super) copy: Option<CopyProgress>,
 }
 
+/// An assembly holds no more chunks and bytes than one transfer may have.
+fn check_bounds(assembly: &Assembly, config: &Config) {
+    let chunks_max = super::validate::transfer_chunks_max(config) as usize;
+    assert!(
+        assembly.chunks() <= chunks_max,
+        "assemblies are bounded by chunks"
+    );
+    assert!(
+        assembly.bytes() <= config.transfer_bytes_max,
+        "assemblies are bounded by bytes"
+    );
+}
+
 impl Backup {
     pub(super) fn new(applied: CheckpointId) -> Backup {
         Backup {
@@ -48,6 +64,7 @@ impl Backup {
             lineage: Lineage::starting_at(applied),
             staged: BTreeMap::new(),
             grant_wanted: None,
+            copied: None,
         }
     }
 
@@ -58,7 +75,14 @@ impl Backup {
         }
     }
 
+    pub(super) fn staged(&self) -> impl Iterator<Item = &Assembly> {
+        self.staged.values()
+    }
+
     pub(super) fn check_invariants(&self, config: &Config) {
+        for assembly in self.staged.values() {
+            check_bounds(assembly, config);
+        }
         assert!(
             self.staged.len() <= config.deltas_in_flight_max as usize,
             "staged deltas are bounded"
@@ -93,7 +117,14 @@ impl Joining {
         Joining { disk, copy: None }
     }
 
-    pub(super) fn check_invariants(&self) {
+    pub(super) fn assembly(&self) -> Option<&Assembly> {
+        self.copy.as_ref().and_then(|c| c.assembly.as_ref())
+    }
+
+    pub(super) fn check_invariants(&self, config: &Config) {
+        if let Some(assembly) = self.assembly() {
+            check_bounds(assembly, config);
+        }
         if let Some(copy) = &self.copy {
             assert!(
                 copy.assembly.as_ref().is_none_or(|a| !a.is_complete()),
@@ -152,9 +183,13 @@ impl Node {
                 if generation == self.generation {
                     self.peer_heard = self.now;
                 } else if generation > self.generation && backup == Some(me) {
-                    // Certified: the primary holds `generation` with us as backup.
+                    // Certified: the primary holds `generation` with us as
+                    // backup. It is alive, so a promotion we asked for is
+                    // moot, and its grant, should it still come, is for a
+                    // generation older than ours.
                     self.peer_heard = self.now;
                     self.adopt_generation(generation);
+                    self.backup_mut().grant_wanted = None;
                 } else if generation > self.generation {
                     self.become_stale(generation);
                 } else {
@@ -169,6 +204,12 @@ impl Node {
                 // Sent after our certification, which a heartbeat will tell us.
                 self.stats.dropped_unexpected += 1;
             }
+            Message::Copy {
+                generation,
+                session,
+                round,
+                ..
+            } if generation == self.generation => self.on_copy_as_backup(session, round),
             _ => self.stats.dropped_stale += 1,
         }
     }
@@ -184,12 +225,24 @@ impl Node {
                 .staged
                 .entry(epoch)
                 .or_insert_with(|| Assembly::new(chunk.count));
-            if assembly.add(chunk, bytes_max).is_err() {
-                self.stats.dropped_malformed += 1;
+            let offered = assembly.offer(chunk, bytes_max);
+            if !self.count_offered(offered) {
                 return;
             }
-        } else if epoch > b.applied.epoch {
+        } else if epoch > b.applied.epoch && b.grant_wanted.is_some() {
+            // Promoting ourselves: a grant may already be ours, and with it
+            // the only copy of the guest. Not the time to give it up.
             self.stats.dropped_unexpected += 1;
+            return;
+        } else if epoch > b.applied.epoch {
+            // Our primary ships only `deltas_in_flight_max` past what we
+            // acknowledged: a delta beyond means it believes we hold epochs
+            // we never applied (a forged ack). We cannot catch up; a copy can.
+            let applied = b.applied.epoch;
+            tracing::info!(node = %self.config.me, %epoch, %applied, "delta beyond the window: joining again");
+            self.stats.dropped_contradicting += 1;
+            let generation = self.generation;
+            self.become_stale(generation);
             return;
         }
         let mut applied = Vec::new();
@@ -225,6 +278,52 @@ impl Node {
         );
     }
 
+    /// Our primary still copies to us: the final round again (its ack was
+    /// lost) is acknowledged again; any other round means it does not take
+    /// us for the backup we think we are (a forged final round made us
+    /// one), so we join again and are copied for real.
+    fn on_copy_as_backup(&mut self, session: Epoch, round: u32) {
+        let generation = self.generation;
+        if self.backup_mut().copied == Some((session, round)) {
+            self.peer_heard = self.now;
+            self.ack_copy(session, round);
+        } else if self.backup_mut().grant_wanted.is_some() {
+            self.stats.dropped_unexpected += 1;
+        } else {
+            tracing::info!(node = %self.config.me, %session, round, "copied to as a backup: joining again");
+            self.stats.dropped_contradicting += 1;
+            self.become_stale(generation);
+        }
+    }
+
+    /// Tells the primary copy round `round` of `session` is applied.
+    fn ack_copy(&mut self, session: Epoch, round: u32) {
+        let (peer, generation) = (self.config.peer, self.generation);
+        self.send(
+            peer,
+            Message::CopyAck {
+                generation,
+                session,
+                round,
+            },
+        );
+    }
+
+    /// Counts what became of an offered chunk; `false` if it was refused.
+    fn count_offered(&mut self, offered: Offered) -> bool {
+        match offered {
+            Offered::Added => true,
+            Offered::Replaced => {
+                self.stats.assemblies_replaced += 1;
+                true
+            }
+            Offered::Refused => {
+                self.stats.dropped_out_of_range += 1;
+                false
+            }
+        }
+    }
+
     /// The primary moved to a generation without us: our copy is stale.
     fn become_stale(&mut self, generation: Generation) {
         let disk = match &self.role {
@@ -245,10 +344,14 @@ impl Node {
         holder: NodeId,
         backup: Option<NodeId>,
     ) {
-        let (me, peer) = (self.config.me, self.config.peer);
+        let (me, peer, current) = (self.config.me, self.config.peer, self.generation);
         let b = self.backup_mut();
         let wanted = b.grant_wanted;
-        if wanted == Some(generation) && holder == me {
+        if wanted == Some(generation) && holder == me && generation <= current {
+            // Granted what we asked for, but we have moved past it since.
+            b.grant_wanted = None;
+            self.stats.dropped_contradicting += 1;
+        } else if wanted == Some(generation) && holder == me {
             self.promote(generation);
         } else if generation > self.generation && holder == peer && backup == Some(me) {
             // Certified without having heard it from the primary: adopt, and
@@ -260,6 +363,8 @@ impl Node {
             }
         } else if generation > self.generation {
             self.become_stale(generation);
+        } else if generation < self.generation {
+            self.stats.dropped_stale += 1;
         }
     }
 
@@ -331,8 +436,12 @@ impl Node {
             .is_some_and(|c| c.generation == generation && c.session == session);
         if !same_session {
             if round != 0 {
+                // A session we did not see begin (or whose start a forged
+                // round 0 displaced): its rounds are of no use to us. Forget
+                // ours and Join again, so that the primary begins anew.
                 tracing::debug!(node = %self.config.me, round, %session, "copy round of another session dropped");
                 self.stats.dropped_unexpected += 1;
+                j.copy = None;
                 return;
             }
             j.copy = Some(CopyProgress {
@@ -348,47 +457,37 @@ impl Node {
         let copy = j.copy.as_mut().expect("set above");
         if round < copy.round {
             // A duplicate of a round already applied: ack again.
-            let (peer, generation) = (self.config.peer, self.generation);
-            self.send(
-                peer,
-                Message::CopyAck {
-                    generation,
-                    session,
-                    round,
-                },
-            );
+            self.ack_copy(session, round);
             return;
         }
         if round > copy.round {
-            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order dropped");
-            self.stats.dropped_unexpected += 1;
+            // The primary sends a round only once we acknowledged the one
+            // before (a forged ack moved it on): start over with a Join.
+            tracing::debug!(node = %self.config.me, round, expected = copy.round, "copy round out of order: joining again");
+            self.stats.dropped_contradicting += 1;
+            j.copy = None;
             return;
         }
         let assembly = copy
             .assembly
             .get_or_insert_with(|| Assembly::new(chunk.count));
-        if let Err(e) = assembly.add(chunk, bytes_max) {
-            tracing::debug!(node = %self.config.me, round, error = ?e, "copy chunk refused");
-            self.stats.dropped_malformed += 1;
+        let offered = assembly.offer(chunk, bytes_max);
+        let complete = assembly.is_complete();
+        if !self.count_offered(offered) || !complete {
             return;
         }
-        if !assembly.is_complete() {
-            return;
-        }
+        let Role::Joining(j) = &mut self.role else {
+            unreachable!("joiner")
+        };
+        let copy = j.copy.as_mut().expect("set above");
         let bytes = copy.assembly.take().expect("complete").into_bytes();
         copy.round += 1;
         self.push(Action::ApplyCopy { round, copy: bytes });
-        let (peer, my_generation) = (self.config.peer, self.generation);
-        self.send(
-            peer,
-            Message::CopyAck {
-                generation: my_generation,
-                session,
-                round,
-            },
-        );
+        self.ack_copy(session, round);
         if let Some(base) = base {
-            self.role = Role::Backup(Backup::new(base));
+            let mut backup = Backup::new(base);
+            backup.copied = Some((session, round));
+            self.role = Role::Backup(backup);
         }
     }
 }

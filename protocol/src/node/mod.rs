@@ -30,12 +30,15 @@ mod assembly;
 mod backup;
 mod lineage;
 mod primary;
+mod validate;
+
+pub use validate::{COUNTER_MAX, ROUND_MAX};
 
 use crate::action::{Action, Capture};
 use crate::config::{Config, ConfigError};
 use crate::stats::Stats;
 use crate::types::{CheckpointId, Epoch, Generation, NodeId, Time};
-use crate::wire::{Codec, DecodeError, Envelope, Message, PeerRole};
+use crate::wire::{Codec, Envelope, Message, PeerRole};
 use backup::{Backup, Joining};
 use primary::Primary;
 use std::collections::VecDeque;
@@ -43,6 +46,17 @@ use std::collections::VecDeque;
 /// Actions queued and not yet polled, at most; the driver drains them after
 /// every input.
 const ACTIONS_MAX: usize = 4096;
+
+/// What a node holds of transfers in progress (see [`Node::assembling`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Assembling {
+    /// Deltas or copy rounds being assembled.
+    pub transfers: usize,
+    /// Chunks held.
+    pub chunks: usize,
+    /// Bytes held.
+    pub bytes: u64,
+}
 
 /// How a node starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -162,6 +176,12 @@ impl Node {
         &self.codec
     }
 
+    /// The codec, to encode frames with (encoding stamps each frame with
+    /// the next sequence number of its link).
+    pub fn codec_mut(&mut self) -> &mut Codec {
+        &mut self.codec
+    }
+
     /// The latest `now` this node was given.
     pub fn now(&self) -> Time {
         self.now
@@ -214,6 +234,26 @@ impl Node {
         }
     }
 
+    /// What this node holds of transfers from its peer: the chunks and
+    /// bytes of the deltas or the copy round it is assembling.
+    pub fn assembling(&self) -> Assembling {
+        let assemblies: Vec<&assembly::Assembly> = match &self.role {
+            Role::Backup(b) => b.staged().collect(),
+            Role::Joining(j) => j.assembly().into_iter().collect(),
+            Role::Primary(_) => Vec::new(),
+        };
+        Assembling {
+            transfers: assemblies.len(),
+            chunks: assemblies.iter().map(|a| a.chunks()).sum(),
+            bytes: assemblies.iter().map(|a| a.bytes()).sum(),
+        }
+    }
+
+    /// Actions queued and not yet polled.
+    pub fn actions_queued(&self) -> usize {
+        self.actions.len()
+    }
+
     /// Counters.
     pub fn stats(&self) -> &Stats {
         &self.stats
@@ -259,17 +299,19 @@ impl Node {
                 self.handle_message(now, from, msg)
             }
             Ok(_) => self.stats.dropped_misaddressed += 1,
-            Err(DecodeError::Unauthenticated | DecodeError::BadTag) => {
-                self.stats.dropped_unauthenticated += 1
-            }
-            Err(_) => self.stats.dropped_malformed += 1,
+            Err(e) => self.stats.count_decode_error(&e),
         }
     }
 
     /// A decoded message arrived from `from`.
     pub fn handle_message(&mut self, now: Time, from: NodeId, msg: Message) {
         let before = self.enter(now);
-        if from == self.config.witness {
+        if let Err(refusal) = validate::check(&self.config, &msg) {
+            match refusal {
+                validate::Refusal::OutOfRange => self.stats.dropped_out_of_range += 1,
+                validate::Refusal::Contradicting => self.stats.dropped_contradicting += 1,
+            }
+        } else if from == self.config.witness {
             match msg {
                 Message::WitnessState {
                     generation,
@@ -454,7 +496,7 @@ impl Node {
         match &self.role {
             Role::Primary(p) => p.check_invariants(&self.config),
             Role::Backup(b) => b.check_invariants(&self.config),
-            Role::Joining(j) => j.check_invariants(),
+            Role::Joining(j) => j.check_invariants(&self.config),
         }
     }
 }

@@ -5,6 +5,7 @@
 pub mod address;
 pub mod body;
 pub mod durable;
+pub mod keys;
 pub mod net;
 pub mod node;
 pub mod witness;

@@ -13,7 +13,7 @@ use super::net::{self, ClientBook, LinkCounters};
 use crate::driver::{HostError, Pace, VmHost};
 use machine::devices::{BlockStore, FileStore, Packet, SharedStore, LABEL_BYTES};
 use machine::{Engine, Kind, Machine};
-use protocol::{CheckpointId, Codec, Config, Epoch, Generation, NodeId, RoleKind, Start, Time};
+use protocol::{CheckpointId, Config, Epoch, Generation, NodeId, RoleKind, Start, Time};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,8 +42,8 @@ pub enum Bootstrap {
 pub struct NodeSettings {
     /// The protocol's configuration (ids, level, timings).
     pub protocol: Config,
-    /// The shared secret of the cluster's frames.
-    pub key: Vec<u8>,
+    /// The keys of the links to the peer and to the witness.
+    pub keys: super::keys::LinkKeys,
     /// Where the peer's replication connections and the witness's
     /// datagrams arrive (TCP and UDP on the same address).
     pub listen: SocketAddr,
@@ -155,6 +155,9 @@ pub struct Status {
     /// Client requests dropped before the guest (not primary, guest
     /// stopped, its NIC's receive queue full): the client retries them.
     pub inputs_dropped: u64,
+    /// The same, by reason (replayed, out_of_range, contradicting...).
+    #[serde(default)]
+    pub frames_dropped_by: std::collections::BTreeMap<String, u64>,
     /// What the links dropped, by reason.
     pub links: std::collections::BTreeMap<String, u64>,
     /// The longest single step of the driver while this host ran the guest
@@ -250,7 +253,7 @@ pub fn run<E: Engine>(
     let now = Time(0);
     let mut host = VmHost::new(
         settings.protocol.clone(),
-        Codec::authenticated(&settings.key),
+        super::keys::codec(&settings.keys),
         start,
         machine,
         now,
@@ -425,15 +428,13 @@ impl<E: Engine> RealSeam<E> {
             running: host.is_running(),
             outputs_released: host.stats().outputs_released,
             inputs_dropped: host.stats().inputs_dropped,
-            frames_dropped: {
-                let s = node.stats();
-                s.dropped_malformed
-                    + s.dropped_unauthenticated
-                    + s.dropped_misaddressed
-                    + s.dropped_stale
-                    + s.dropped_unexpected
-                    + s.dropped_duplicate
-            },
+            frames_dropped: node.stats().dropped_total(),
+            frames_dropped_by: node
+                .stats()
+                .dropped_by_reason()
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect(),
             links: self
                 .counters
                 .snapshot()

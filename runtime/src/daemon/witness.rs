@@ -6,7 +6,7 @@
 use super::durable::{self, DurableError};
 use super::net::DATAGRAM_BYTES_MAX;
 use crate::driver::{Transmit, WitnessHost};
-use protocol::{Codec, Generation, Grant, NodeId, Time};
+use protocol::{Generation, Grant, NodeId, Time};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -25,8 +25,8 @@ pub struct WitnessSettings {
     pub listen: SocketAddr,
     /// The witness's durable state.
     pub state_dir: PathBuf,
-    /// The shared secret of the cluster's frames.
-    pub key: Vec<u8>,
+    /// The key of the link to each member.
+    pub keys: super::keys::LinkKeys,
 }
 
 /// A witness that cannot start or had to stop.
@@ -88,8 +88,7 @@ pub fn run(settings: WitnessSettings) -> Result<(), WitnessError> {
         }
     };
     tracing::info!(?grant, "witness starts");
-    let mut witness =
-        WitnessHost::new(settings.me, ids, grant, Codec::authenticated(&settings.key));
+    let mut witness = WitnessHost::new(settings.me, ids, grant, super::keys::codec(&settings.keys));
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

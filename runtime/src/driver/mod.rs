@@ -513,7 +513,7 @@ impl<E: Engine> VmHost<E> {
                     to,
                     msg,
                 };
-                let bytes = self.node.codec().encode(&envelope);
+                let bytes = self.node.codec_mut().encode(&envelope);
                 self.effects
                     .push_back((now, Effect::Transmit(Transmit::Frame { to, bytes })));
             }

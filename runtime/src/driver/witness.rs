@@ -36,7 +36,10 @@ impl WitnessHost {
             match action {
                 Action::PersistGrant(grant) => self.persisted = grant,
                 Action::Send { to, msg } => {
-                    let bytes = self.witness.codec().encode(&Envelope { from: me, to, msg });
+                    let bytes = self
+                        .witness
+                        .codec_mut()
+                        .encode(&Envelope { from: me, to, msg });
                     self.transmits.push_back(Transmit::Frame { to, bytes });
                 }
                 other => unreachable!("the witness does not {other:?}"),

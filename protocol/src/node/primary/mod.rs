@@ -597,7 +597,10 @@ impl Node {
         }
         match p.grant_wanted {
             Some((want, wanted_backup))
-                if generation == want && holder == me && backup == wanted_backup =>
+                if generation == want
+                    && generation > current
+                    && holder == me
+                    && backup == wanted_backup =>
             {
                 p.grant_wanted = None;
                 p.witness_heard = now;

@@ -1,35 +1,46 @@
 //! The wire format: an explicit, versioned, length-checked, checksummed
-//! encoding of every protocol message, with optional HMAC-SHA256
-//! authentication under a shared key.
+//! encoding of every protocol message, authenticated with HMAC-SHA256 under
+//! a key per pair of nodes and stamped against replay.
 //!
 //! A frame is laid out as
 //!
 //! ```text
-//! magic "LKSP" | version u8 | flags u8 | kind u8 | from u8 | to u8 | body_len u32 LE
+//! magic "LKSP" | version u8 | flags u8 | kind u8 | from u8 | to u8
+//! | session u64 LE | seq u64 LE | body_len u32 LE
 //! | body (body_len bytes) | crc32c u32 LE over everything before it
 //! | [tag: 32 bytes of HMAC-SHA256 over everything before it, if flags bit 0]
 //! ```
+//!
+//! The tag is made with the key of the link between `from` and `to`, so a
+//! node can only speak as itself: the witness holds one key per VM host,
+//! each VM host one for its peer and one for the witness. `session` names
+//! the sender's incarnation (it must grow from one start of the sender to
+//! the next) and `seq` counts the sender's frames to one receiver within
+//! it; an authenticating receiver accepts each (session, seq) once (see
+//! the replay window), so a recorded frame cannot be played again.
 //!
 //! Decoding validates every length against the bytes actually present and
 //! against [`BODY_BYTES_MAX`] before allocating, so arbitrary input yields a
 //! [`DecodeError`], never a panic and never an unbounded allocation.
 
 use crate::types::{CheckpointId, Epoch, Generation, NodeId};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+
+mod codec;
+
+pub use codec::{Codec, Opened, Stamp};
 
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LKSP";
-/// The wire version this code speaks.
-pub const VERSION: u8 = 1;
+/// The wire version this code speaks. 2: keys per pair of nodes, the
+/// session and sequence stamp in the header.
+pub const VERSION: u8 = 2;
 /// Largest body accepted, in bytes (a delta chunk plus its header).
 pub const BODY_BYTES_MAX: usize = (1 << 20) + 256;
 /// Largest data payload of one chunk.
 pub const CHUNK_BYTES_MAX: usize = 1 << 20;
-const HEADER_BYTES: usize = 4 + 1 + 1 + 1 + 1 + 1 + 4;
-const CRC_BYTES: usize = 4;
-const TAG_BYTES: usize = 32;
-const FLAG_AUTHENTICATED: u8 = 1;
+/// Frames of one sender that may arrive out of order and still be taken:
+/// the replay window's width.
+pub const REPLAY_WINDOW: u64 = 1024;
 
 /// The role a VM host claims in a heartbeat.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -189,119 +200,23 @@ pub enum DecodeError {
     /// where no key is configured).
     #[error("authentication tag does not verify")]
     BadTag,
+    /// The frame claims a sender this node shares no key with.
+    #[error("no key for the link to sender {0}")]
+    UnknownSender(NodeId),
+    /// A frame whose stamp was taken before, or is older than the replay
+    /// window, or from an earlier incarnation of its sender.
+    #[error("replayed frame from {from}: session {session}, seq {seq}")]
+    Replayed {
+        /// The sender.
+        from: NodeId,
+        /// Its stamp's session.
+        session: u64,
+        /// Its stamp's sequence number.
+        seq: u64,
+    },
     /// The body does not parse as its kind.
     #[error("malformed body: {0}")]
     Malformed(&'static str),
-}
-
-/// Encodes and decodes frames, authenticating them when given a key.
-#[derive(Clone, PartialEq, Eq, Hash)]
-pub struct Codec {
-    key: Option<Vec<u8>>,
-}
-
-impl std::fmt::Debug for Codec {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // Never print the key.
-        f.debug_struct("Codec")
-            .field("authenticated", &self.key.is_some())
-            .finish()
-    }
-}
-
-impl Codec {
-    /// A codec that neither adds nor requires authentication.
-    pub fn plain() -> Codec {
-        Codec { key: None }
-    }
-
-    /// A codec that tags every frame and accepts only frames whose tag
-    /// verifies under `key`.
-    pub fn authenticated(key: &[u8]) -> Codec {
-        assert!(!key.is_empty(), "an empty key authenticates nothing");
-        Codec {
-            key: Some(key.to_vec()),
-        }
-    }
-
-    /// Encodes `envelope` as one frame.
-    pub fn encode(&self, envelope: &Envelope) -> Vec<u8> {
-        let mut body = Vec::new();
-        let kind = encode_body(&envelope.msg, &mut body);
-        assert!(body.len() <= BODY_BYTES_MAX, "message body over the limit");
-        let mut frame = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES + TAG_BYTES);
-        frame.extend_from_slice(&MAGIC);
-        frame.push(VERSION);
-        frame.push(if self.key.is_some() {
-            FLAG_AUTHENTICATED
-        } else {
-            0
-        });
-        frame.push(kind);
-        frame.push(envelope.from.0);
-        frame.push(envelope.to.0);
-        let body_len = u32::try_from(body.len()).expect("body length bounded by BODY_BYTES_MAX");
-        frame.extend_from_slice(&body_len.to_le_bytes());
-        frame.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&frame);
-        frame.extend_from_slice(&crc.to_le_bytes());
-        if let Some(key) = &self.key {
-            let tag = mac(key).chain_update(&frame).finalize().into_bytes();
-            frame.extend_from_slice(&tag);
-        }
-        frame
-    }
-
-    /// Decodes one frame that must span all of `bytes`.
-    pub fn decode(&self, bytes: &[u8]) -> Result<Envelope, DecodeError> {
-        let header = take(bytes, 0, HEADER_BYTES)?;
-        if header[0..4] != MAGIC {
-            return Err(DecodeError::BadMagic);
-        }
-        if header[4] != VERSION {
-            return Err(DecodeError::UnsupportedVersion(header[4]));
-        }
-        let flags = header[5];
-        if flags & !FLAG_AUTHENTICATED != 0 {
-            return Err(DecodeError::Malformed("unknown flags"));
-        }
-        let kind = header[6];
-        let from = NodeId(header[7]);
-        let to = NodeId(header[8]);
-        let body_len = u32::from_le_bytes(header[9..13].try_into().expect("4 bytes")) as usize;
-        if body_len > BODY_BYTES_MAX {
-            return Err(DecodeError::TooLarge(body_len));
-        }
-        let tagged = flags & FLAG_AUTHENTICATED != 0;
-        let crc_at = HEADER_BYTES + body_len;
-        let frame_len = crc_at + CRC_BYTES + if tagged { TAG_BYTES } else { 0 };
-        take(bytes, 0, frame_len)?;
-        if bytes.len() > frame_len {
-            return Err(DecodeError::TrailingBytes(bytes.len() - frame_len));
-        }
-        let crc = u32::from_le_bytes(bytes[crc_at..crc_at + CRC_BYTES].try_into().expect("4"));
-        if crc32c::crc32c(&bytes[..crc_at]) != crc {
-            return Err(DecodeError::BadChecksum);
-        }
-        match (&self.key, tagged) {
-            (Some(_), false) => return Err(DecodeError::Unauthenticated),
-            (None, true) => return Err(DecodeError::BadTag),
-            (Some(key), true) => {
-                let signed = crc_at + CRC_BYTES;
-                mac(key)
-                    .chain_update(&bytes[..signed])
-                    .verify_slice(&bytes[signed..])
-                    .map_err(|_| DecodeError::BadTag)?;
-            }
-            (None, false) => {}
-        }
-        let msg = decode_body(kind, &bytes[HEADER_BYTES..crc_at])?;
-        Ok(Envelope { from, to, msg })
-    }
-}
-
-fn mac(key: &[u8]) -> Hmac<Sha256> {
-    Hmac::<Sha256>::new_from_slice(key).expect("HMAC takes keys of any length")
 }
 
 fn take(bytes: &[u8], at: usize, len: usize) -> Result<&[u8], DecodeError> {

@@ -1,0 +1,347 @@
+//! One regression test for each way a hostile (or merely unlucky) peer made
+//! a node panic, stall or grow: well-formed frames with values that
+//! contradict what the node knows. Each failed before the fix.
+
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use common::*;
+use protocol::wire::{Chunk, PeerRole};
+use protocol::{
+    Action, CheckpointId, Codec, Envelope, Epoch, Generation, Level, Message, Node, NodeId,
+    Protection, RoleKind, Start, Time,
+};
+use std::collections::BTreeMap;
+
+fn chunk(index: u32, count: u32, data: &[u8]) -> Chunk {
+    Chunk {
+        index,
+        count,
+        data: data.to_vec(),
+    }
+}
+
+fn node(me: NodeId, start: Start) -> Node {
+    Node::new(config(me, Level::Ft), Codec::plain(), start, Time(0)).unwrap()
+}
+
+fn drain(node: &mut Node) -> Vec<Action> {
+    std::iter::from_fn(|| node.poll_action()).collect()
+}
+
+fn joiner() -> Node {
+    let start = Start::Restart {
+        generation: Generation(1),
+        disk: None,
+    };
+    node(B, start)
+}
+
+fn copy(base: Option<(u64, u64)>) -> Message {
+    Message::Copy {
+        generation: Generation(1),
+        session: Epoch(5),
+        round: 0,
+        base: base.map(|(g, e)| CheckpointId {
+            generation: Generation(g),
+            epoch: Epoch(e),
+        }),
+        chunk: chunk(0, 1, &[7]),
+    }
+}
+
+/// `lineage.rs:36`: a Copy whose base generation is above the copy's own,
+/// then a Delta of the copy's generation.
+#[test]
+fn a_copy_based_above_its_own_generation_is_refused() {
+    let mut b = joiner();
+    b.handle_message(Time(1), A, copy(Some((7, 9))));
+    let delta = Message::Delta {
+        generation: Generation(1),
+        epoch: Epoch(10),
+        chunk: chunk(0, 1, &[8]),
+    };
+    b.handle_message(Time(2), A, delta.clone());
+    assert_eq!(b.role(), RoleKind::Joining, "the copy made it nothing");
+    assert_eq!(b.stats().dropped_contradicting, 1);
+    // The honest final round is taken, and the delta after it applied.
+    b.handle_message(Time(3), A, copy(Some((1, 9))));
+    b.handle_message(Time(4), A, delta);
+    assert_eq!(
+        b.applied(),
+        Some(CheckpointId {
+            generation: Generation(1),
+            epoch: Epoch(10)
+        })
+    );
+}
+
+/// `mod.rs:336`: a backup asks the witness for g2, adopts g3 from a
+/// heartbeat that names it backup, then the late g2 grant arrives.
+#[test]
+fn a_late_grant_for_an_older_generation_promotes_nobody() {
+    let mut b = node(
+        B,
+        Start::Backup {
+            generation: Generation(1),
+        },
+    );
+    let suspect = Time(b.config().suspect_after_ns);
+    b.handle_timeout(suspect);
+    let asked = drain(&mut b).into_iter().any(|a| {
+        matches!(a, Action::Send { msg: Message::GrantRequest { want, .. }, .. } if want == Generation(2))
+    });
+    assert!(asked, "the backup asked for g2");
+    let certified = Message::Heartbeat {
+        generation: Generation(3),
+        role: PeerRole::Primary,
+        backup: Some(B),
+    };
+    b.handle_message(suspect.add_ns(1), A, certified);
+    let late = Message::WitnessState {
+        generation: Generation(2),
+        holder: B,
+        backup: None,
+    };
+    b.handle_message(suspect.add_ns(2), W, late);
+    assert_eq!(
+        (b.role(), b.generation()),
+        (RoleKind::Backup, Generation(3))
+    );
+    assert!(
+        !drain(&mut b)
+            .iter()
+            .any(|a| matches!(a, Action::RestoreAndResume { .. })),
+        "not promoted into an older generation"
+    );
+    assert_eq!(b.stats().dropped_stale, 1, "{:?}", b.stats());
+}
+
+/// `types.rs:68`: a generation near `u64::MAX` adopted from a heartbeat,
+/// then the backup asks for the next one.
+#[test]
+fn a_generation_at_the_end_of_its_counter_is_refused() {
+    let mut b = node(
+        B,
+        Start::Backup {
+            generation: Generation(1),
+        },
+    );
+    let heartbeat = Message::Heartbeat {
+        generation: Generation(u64::MAX),
+        role: PeerRole::Primary,
+        backup: Some(B),
+    };
+    b.handle_message(Time(1), A, heartbeat);
+    assert_eq!(b.generation(), Generation(1));
+    assert_eq!(b.stats().dropped_out_of_range, 1);
+    b.handle_timeout(Time(b.config().suspect_after_ns + 1));
+    let wants: Vec<Generation> = drain(&mut b)
+        .into_iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Message::GrantRequest { want, .. },
+                ..
+            } => Some(want),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(wants, vec![Generation(2)]);
+}
+
+/// `types.rs:58`: a final copy round based at epoch `u64::MAX`, then the
+/// backup is promoted and opens the next epoch.
+#[test]
+fn an_epoch_at_the_end_of_its_counter_is_refused() {
+    let mut b = joiner();
+    let msg = Message::Copy {
+        generation: Generation(1),
+        session: Epoch(0),
+        round: 0,
+        base: Some(CheckpointId {
+            generation: Generation(1),
+            epoch: Epoch(u64::MAX),
+        }),
+        chunk: chunk(0, 1, &[1]),
+    };
+    b.handle_message(Time(1), A, msg);
+    assert_eq!(b.role(), RoleKind::Joining);
+    assert_eq!(b.stats().dropped_out_of_range, 1);
+    let ack = Message::DeltaAck {
+        generation: Generation(1),
+        epoch: Epoch(u64::MAX - 1),
+    };
+    let mut a = node(
+        A,
+        Start::Primary {
+            generation: Generation(1),
+        },
+    );
+    a.handle_message(Time(1), B, ack);
+    assert_eq!(a.stats().dropped_out_of_range, 1);
+}
+
+/// `backup.rs:186`: one forged chunk for the next epoch with a wrong chunk
+/// count fixed that epoch's count; every real chunk was refused after.
+#[test]
+fn a_forged_delta_chunk_does_not_stall_the_backup() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    let applied = c.node(B).applied().unwrap().epoch;
+    let released = c.released(A).unwrap();
+    let forged = Message::Delta {
+        generation: Generation(1),
+        epoch: applied.next(),
+        chunk: chunk(0, 5, &[0xEE; 4]),
+    };
+    c.inject(B, A, forged);
+    c.run_for_ms(500);
+    let b = c.node(B);
+    assert!(
+        b.applied().unwrap().epoch.0 >= applied.0 + 10,
+        "{:?}",
+        b.applied()
+    );
+    assert!(b.stats().assemblies_replaced >= 1);
+    assert!(
+        c.released(A).unwrap().0 >= released.0 + 10,
+        "output released again"
+    );
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+}
+
+/// `backup.rs:366`: the same for a copy round: a forged chunk of round 0
+/// with a wrong count, before the primary's real round 0.
+#[test]
+fn a_forged_copy_chunk_does_not_stall_the_joiner() {
+    let mut c = Cluster::new(Level::Ft);
+    c.crash(B);
+    c.run_for_ms(1000);
+    assert_eq!(c.node(A).protection(), Some(Protection::Unprotected));
+    c.restart(B, Generation(1));
+    // B's Join is on the wire: A will begin a session named by its epoch.
+    let forged = Message::Copy {
+        generation: c.node(A).generation(),
+        session: c.node(A).epoch().unwrap(),
+        round: 0,
+        base: None,
+        chunk: chunk(0, 5, &[0xEE; 4]),
+    };
+    c.inject(B, A, forged);
+    c.run_for_ms(2000);
+    assert_eq!(c.node(B).role(), RoleKind::Backup);
+    assert!(c.node(B).stats().assemblies_replaced >= 1);
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+}
+
+/// `assembly.rs:43`: empty chunks announcing `count = u32::MAX` each added
+/// an entry (3 M of them took 170 MB).
+#[test]
+fn chunks_announcing_huge_counts_take_no_memory() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    let next = c.node(B).applied().unwrap().epoch.next();
+    let now = c.now;
+    let b = c.node_mut(B);
+    for index in 0..200_000u32 {
+        let msg = Message::Delta {
+            generation: Generation(1),
+            epoch: next,
+            chunk: chunk(index, u32::MAX, &[]),
+        };
+        b.handle_message(now, A, msg);
+        while b.poll_action().is_some() {}
+    }
+    let held = b.assembling();
+    assert_eq!(held.chunks, 0, "{held:?}");
+    assert_eq!(b.stats().dropped_out_of_range, 200_000);
+    let released = c.released(A).unwrap();
+    c.run_for_ms(200);
+    assert!(c.released(A).unwrap() > released);
+}
+
+/// A codec with the keys of the given links.
+fn keyed(links: &[(NodeId, &[u8])], session: u64) -> Codec {
+    let keys: BTreeMap<NodeId, Vec<u8>> = links.iter().map(|(n, k)| (*n, k.to_vec())).collect();
+    Codec::per_pair(keys).with_session(session)
+}
+
+const AB: &[u8] = b"key of the link a-b";
+const AW: &[u8] = b"key of the link a-w";
+const BW: &[u8] = b"key of the link b-w";
+
+/// The key was shared by all three nodes and `from` was not bound to it:
+/// the peer could pose as the witness.
+#[test]
+fn the_peer_cannot_pose_as_the_witness() {
+    let mut a = Node::new(
+        config(A, Level::Ft),
+        keyed(&[(B, AB), (W, AW)], 1),
+        Start::Primary {
+            generation: Generation(1),
+        },
+        Time(0),
+    )
+    .unwrap();
+    let mut b_codec = keyed(&[(A, AB), (W, BW)], 1);
+    let forged = Envelope {
+        from: W,
+        to: A,
+        msg: Message::WitnessState {
+            generation: Generation(9),
+            holder: B,
+            backup: None,
+        },
+    };
+    a.handle_bytes(Time(1), &b_codec.encode(&forged));
+    assert_eq!(a.stats().dropped_unauthenticated, 1);
+    assert_eq!(
+        (a.role(), a.generation()),
+        (RoleKind::Primary, Generation(1))
+    );
+    let mut w_codec = keyed(&[(A, AW), (B, BW)], 1);
+    a.handle_bytes(Time(2), &w_codec.encode(&forged));
+    assert_eq!(
+        a.role(),
+        RoleKind::Joining,
+        "the witness's own word is taken: a newer generation deposes A"
+    );
+}
+
+/// Nothing ordered or dated frames: any frame could be played again.
+#[test]
+fn a_replayed_frame_is_dropped_and_counted() {
+    let mut b = Node::new(
+        config(B, Level::Ft),
+        keyed(&[(A, AB), (W, BW)], 1),
+        Start::Backup {
+            generation: Generation(1),
+        },
+        Time(0),
+    )
+    .unwrap();
+    let mut a_codec = keyed(&[(B, AB), (W, AW)], 7);
+    let delta = |epoch| Envelope {
+        from: A,
+        to: B,
+        msg: Message::Delta {
+            generation: Generation(1),
+            epoch: Epoch(epoch),
+            chunk: chunk(0, 1, &[epoch as u8]),
+        },
+    };
+    let first = a_codec.encode(&delta(1));
+    b.handle_bytes(Time(1), &first);
+    b.handle_bytes(Time(2), &first);
+    assert_eq!(b.stats().dropped_replayed, 1);
+    assert_eq!(b.stats().deltas_applied, 1);
+    // A restarts (a later session): its new frames are taken, the old
+    // session's are replays.
+    let old = a_codec.encode(&delta(2));
+    let mut restarted = keyed(&[(B, AB), (W, AW)], 8);
+    b.handle_bytes(Time(3), &restarted.encode(&delta(2)));
+    b.handle_bytes(Time(4), &old);
+    assert_eq!(b.stats().dropped_replayed, 2);
+    assert_eq!(b.stats().deltas_applied, 2);
+}
