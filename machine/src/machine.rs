@@ -125,8 +125,7 @@ impl<E: Engine> Machine<E> {
             pages.push((index, bytes));
         }
         let block_numbers: Vec<u64> = match (kind, only_blocks) {
-            (Kind::Full, None) => (0..self.bus.store().block_count()).collect(),
-            (Kind::Full, Some(blocks)) => blocks.union(&written).copied().collect(),
+            (Kind::Full, only) => self.full_blocks(only, &written),
             (Kind::Delta, _) => written.into_iter().collect(),
         };
         let mut blocks = Vec::with_capacity(block_numbers.len());
@@ -166,10 +165,7 @@ impl<E: Engine> Machine<E> {
     ) -> Result<FullStream, MachineError> {
         self.engine.take_dirty_pages()?;
         let written = self.bus.disk.take_written();
-        let blocks: Vec<u64> = match only_blocks {
-            None => (0..self.bus.store().block_count()).collect(),
-            Some(blocks) => blocks.union(&written).copied().collect(),
-        };
+        let blocks = self.full_blocks(only_blocks, &written);
         let pages = self.shape.pages();
         let capacity = 4096
             + pages as usize * (4 + PAGE_SIZE as usize)
@@ -253,6 +249,15 @@ impl<E: Engine> Machine<E> {
             pages: u64::from(self.shape.pages()),
             blocks: stream.blocks,
             bytes: stream.writer.finish(),
+        }
+    }
+
+    /// The disk blocks a full checkpoint carries: all of them, or `only`
+    /// and the blocks `written` since the last checkpoint.
+    fn full_blocks(&mut self, only: Option<&BTreeSet<u64>>, written: &BTreeSet<u64>) -> Vec<u64> {
+        match only {
+            None => (0..self.bus.store().block_count()).collect(),
+            Some(blocks) => blocks.union(written).copied().collect(),
         }
     }
 
