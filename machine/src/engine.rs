@@ -71,7 +71,9 @@ pub enum EngineError {
     Backend(String),
 }
 
-/// How a call to [`Engine::run`] ended. The guest is paused either way.
+/// How a call to [`Engine::run`] ended. The guest is paused either way,
+/// unless the engine was told to keep its vCPUs running
+/// ([`Engine::keep_running`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RunExit {
     /// The budget is spent.
@@ -79,6 +81,34 @@ pub enum RunExit {
     /// The budget is spent and every vCPU sleeps in `hlt` with no wake
     /// event pending: the machine waits for input.
     Idle,
+    /// The run's [`RunWaker`] was called: the run ended before its budget
+    /// was spent (the host has input to take).
+    Woken,
+}
+
+/// Ends an engine's current run early, from any thread: a host whose
+/// network threads queue an input for the thread that runs the guest
+/// calls it, so the input waits microseconds, not the rest of a slice. A
+/// wake while no run is under way ends the next run at once.
+#[derive(Clone)]
+pub struct RunWaker(std::sync::Arc<dyn Fn() + Send + Sync>);
+
+impl RunWaker {
+    /// A waker that calls `wake`.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> RunWaker {
+        RunWaker(std::sync::Arc::new(wake))
+    }
+
+    /// Ends the current (or next) run.
+    pub fn wake(&self) {
+        (self.0)();
+    }
+}
+
+impl std::fmt::Debug for RunWaker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RunWaker")
+    }
 }
 
 /// Counters an engine keeps about its run.
@@ -134,6 +164,24 @@ pub trait Engine {
     }
     /// Counters.
     fn stats(&self) -> EngineStats;
+    /// Whether the vCPUs go on running after [`Engine::run`] returns, until
+    /// the next run serves their port accesses or [`Engine::settle`] stops
+    /// them (a real host: the guest computes while the host's thread
+    /// handles a frame). Off by default; an engine whose vCPUs cannot run
+    /// outside the call (the emulated engine runs them on the caller's
+    /// thread) ignores it.
+    fn keep_running(&mut self, _keep: bool) {}
+    /// Stops every vCPU a run left running (see [`Engine::keep_running`]),
+    /// serving their last port accesses on `bus`. Reading or writing vCPU
+    /// state and saving the engine's state need it first; guest memory
+    /// and the dirty log may be read while the vCPUs run.
+    fn settle(&mut self, _bus: &mut DeviceBus) -> Result<(), EngineError> {
+        Ok(())
+    }
+    /// A waker that ends this engine's runs early, if it has one.
+    fn waker(&self) -> Option<RunWaker> {
+        None
+    }
 }
 
 /// The engine part of a checkpoint: the writing engine's name and guest

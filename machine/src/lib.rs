@@ -21,7 +21,7 @@ pub mod vcpu;
 
 pub use checkpoint::{Checkpoint, CheckpointRef, Kind, CHECKPOINT_BYTES_MAX};
 pub use devices::DeviceBus;
-pub use engine::{Engine, EngineEnvelope, EngineError, EngineStats, FaultKind, RunExit};
+pub use engine::{Engine, EngineEnvelope, EngineError, EngineStats, FaultKind, RunExit, RunWaker};
 pub use layout::Shape;
 pub use machine::{FullCapture, FullStream, Machine, MachineError};
 pub use units::{Gpa, GuestNs, Instructions, PageIndex, Port, VcpuId, PAGE_SIZE};

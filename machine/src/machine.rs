@@ -91,6 +91,23 @@ impl<E: Engine> Machine<E> {
         Ok(self.engine.run(&mut self.bus, budget)?)
     }
 
+    /// Whether the vCPUs go on running between runs (see
+    /// [`Engine::keep_running`]); turning it off stops them.
+    pub fn keep_running(&mut self, keep: bool) -> Result<(), MachineError> {
+        self.engine.keep_running(keep);
+        if keep {
+            Ok(())
+        } else {
+            self.settle()
+        }
+    }
+
+    /// Stops any vCPU a run left running. Every operation on the machine's
+    /// state (a checkpoint, a restore, a hash) does this first.
+    pub fn settle(&mut self) -> Result<(), MachineError> {
+        Ok(self.engine.settle(&mut self.bus)?)
+    }
+
     /// Takes a checkpoint of the paused machine. Either kind restarts dirty
     /// tracking, so the next delta holds what changed after this one.
     pub fn checkpoint(&mut self, kind: Kind) -> Result<Checkpoint, MachineError> {
@@ -112,6 +129,7 @@ impl<E: Engine> Machine<E> {
         kind: Kind,
         only_blocks: Option<&BTreeSet<u64>>,
     ) -> Result<Checkpoint, MachineError> {
+        self.settle()?;
         let dirty = self.engine.take_dirty_pages()?;
         let written = self.bus.disk.take_written();
         let page_indices: Vec<PageIndex> = match kind {
@@ -211,6 +229,7 @@ impl<E: Engine> Machine<E> {
             None => {
                 // The state between pages and blocks: as it is now (the
                 // delta that follows carries it as it is then).
+                self.settle()?;
                 let states = self.vcpu_states()?;
                 let devices = self.save_devices();
                 let engine = EngineEnvelope::of(&self.engine).encode();
@@ -283,6 +302,7 @@ impl<E: Engine> Machine<E> {
                 current: self.sequence,
             });
         }
+        self.settle()?;
         self.bus.restore(&mut Reader::new(checkpoint.devices))?;
         EngineEnvelope::decode(checkpoint.engine)?.restore_into(&mut self.engine)?;
         for (index, bytes) in &checkpoint.pages {
@@ -302,7 +322,7 @@ impl<E: Engine> Machine<E> {
         Ok(())
     }
 
-    /// Every vCPU's state.
+    /// Every vCPU's state (of a settled machine: see [`Machine::settle`]).
     pub fn vcpu_states(&self) -> Result<Vec<VcpuState>, MachineError> {
         (0..self.shape.vcpus())
             .map(|v| Ok(self.engine.vcpu_state(VcpuId(v))?))
@@ -318,6 +338,7 @@ impl<E: Engine> Machine<E> {
     /// A hash of the whole machine state: memory, vCPUs, devices, engine
     /// state and disk blocks. Equal states hash equal.
     pub fn state_hash(&mut self) -> Result<u64, MachineError> {
+        self.settle()?;
         let mut hash = Fnv64::default();
         let mut page = vec![0u8; PAGE_SIZE as usize];
         for index in 0..self.shape.pages() {

@@ -3,7 +3,8 @@
 //! send queue), datagrams to and from the witness and the clients over
 //! UDP. Socket tasks run on tokio's worker threads, so frames are read
 //! while the guest runs on the daemon's own thread; what they read waits in
-//! a bounded queue for the body.
+//! a bounded queue for the body ([`Inbox`]), which ends the guest's run to
+//! take it.
 
 use super::body::Input;
 use std::collections::{BTreeMap, VecDeque};
@@ -26,6 +27,34 @@ pub const DATAGRAM_BYTES_MAX: usize = 64 * 1024;
 /// whole copy round of a large guest: a queue that cannot would drop a
 /// chunk of every round, and the round would never arrive whole.
 pub const SEND_QUEUE_BYTES_MAX: u64 = 1 << 30;
+
+/// The way into the body's queue of inputs: each input put there also
+/// ends the guest's current run (the engine's waker), so it waits for the
+/// body to take it, not for the end of a slice.
+#[derive(Debug, Clone)]
+pub struct Inbox {
+    tx: mpsc::Sender<Input>,
+    waker: Option<machine::RunWaker>,
+}
+
+impl Inbox {
+    /// An inbox into `tx` that calls `waker` after each input.
+    pub fn new(tx: mpsc::Sender<Input>, waker: Option<machine::RunWaker>) -> Inbox {
+        Inbox { tx, waker }
+    }
+
+    /// Queues `input` (waiting while the queue is full) and wakes the
+    /// body. `false`: the body is gone.
+    pub async fn put(&self, input: Input) -> bool {
+        if self.tx.send(input).await.is_err() {
+            return false;
+        }
+        if let Some(waker) = &self.waker {
+            waker.wake();
+        }
+        true
+    }
+}
 
 /// The queue of frames to the peer, bounded by bytes.
 #[derive(Debug, Clone)]
@@ -177,11 +206,7 @@ pub fn request_id(packet: &[u8]) -> Option<u64> {
 }
 
 /// Accepts connections from the peer and reads their frames into `inputs`.
-pub async fn accept_frames(
-    listener: TcpListener,
-    inputs: mpsc::Sender<Input>,
-    counters: Arc<LinkCounters>,
-) {
+pub async fn accept_frames(listener: TcpListener, inputs: Inbox, counters: Arc<LinkCounters>) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(RECONNECT_MIN).await;
@@ -192,11 +217,7 @@ pub async fn accept_frames(
     }
 }
 
-async fn read_frames(
-    mut stream: TcpStream,
-    inputs: mpsc::Sender<Input>,
-    counters: Arc<LinkCounters>,
-) {
+async fn read_frames(mut stream: TcpStream, inputs: Inbox, counters: Arc<LinkCounters>) {
     loop {
         let len = match tokio::time::timeout(READ_IDLE_MAX, stream.read_u32_le()).await {
             Ok(Ok(len)) => len,
@@ -220,7 +241,7 @@ async fn read_frames(
                 return;
             }
         }
-        if inputs.send(Input::Frame(frame)).await.is_err() {
+        if !inputs.put(Input::Frame(frame)).await {
             return;
         }
     }
@@ -276,13 +297,13 @@ pub async fn send_frames(peer: SocketAddr, mut queue: PeerQueueRx, counters: Arc
 }
 
 /// Reads datagrams from the witness socket into `inputs`.
-pub async fn read_datagrams(socket: Arc<UdpSocket>, inputs: mpsc::Sender<Input>) {
+pub async fn read_datagrams(socket: Arc<UdpSocket>, inputs: Inbox) {
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     loop {
         let Ok((n, _)) = socket.recv_from(&mut buf).await else {
             continue;
         };
-        if inputs.send(Input::Frame(buf[..n].to_vec())).await.is_err() {
+        if !inputs.put(Input::Frame(buf[..n].to_vec())).await {
             return;
         }
     }
@@ -302,11 +323,7 @@ pub fn bind_service(addr: SocketAddr) -> std::io::Result<UdpSocket> {
 }
 
 /// Reads client requests into `inputs`, noting where each came from.
-pub async fn read_requests(
-    socket: Arc<UdpSocket>,
-    inputs: mpsc::Sender<Input>,
-    book: Arc<Mutex<ClientBook>>,
-) {
+pub async fn read_requests(socket: Arc<UdpSocket>, inputs: Inbox, book: Arc<Mutex<ClientBook>>) {
     let mut buf = vec![0u8; DATAGRAM_BYTES_MAX];
     loop {
         let Ok((n, from)) = socket.recv_from(&mut buf).await else {
@@ -316,7 +333,7 @@ pub async fn read_requests(
         if let Some(id) = request_id(&packet) {
             book.lock().expect("no panics hold the book").note(id, from);
         }
-        if inputs.send(Input::Client(packet)).await.is_err() {
+        if !inputs.put(Input::Client(packet)).await {
             return;
         }
     }
@@ -359,7 +376,8 @@ mod tests {
         let addr = listener.local_addr().expect("addr");
         let (tx, mut rx) = mpsc::channel(8);
         let counters = Arc::new(LinkCounters::default());
-        tokio::spawn(accept_frames(listener, tx, Arc::clone(&counters)));
+        let inbox = Inbox::new(tx, None);
+        tokio::spawn(accept_frames(listener, inbox, Arc::clone(&counters)));
         let (qtx, qrx) = PeerQueue::new();
         tokio::spawn(send_frames(addr, qrx, Arc::clone(&counters)));
         assert!(qtx.push(b"hello".to_vec()), "queued");

@@ -1,6 +1,9 @@
 //! `lockstep node`: one VM host on a real machine. The driver (`VmHost`)
 //! runs inside the shared body ([`super::body::serve`]) on this thread;
-//! tokio's worker threads serve the sockets meanwhile. Durable state lives
+//! tokio's worker threads serve the sockets meanwhile. On KVM the vCPUs
+//! run on threads of their own and go on computing while this thread
+//! takes an input; they stop only for a capture (see
+//! [`machine::Engine::keep_running`]). Durable state lives
 //! in the node's state directory: the generation (replaced atomically),
 //! the guest disk on a file whose records carry their checksums and whose
 //! label says which checkpoint it holds, a status file for operators and
@@ -243,7 +246,12 @@ pub fn run<E: Engine>(
         .map_err(|e| disk_error(e.to_string()))?;
     let start = start_of(&settings, &paths, &mut disk)?;
     let disk = Rc::new(RefCell::new(disk));
-    let machine = build(Box::new(SharedStore(Rc::clone(&disk)))).map_err(NodeError::Machine)?;
+    let mut machine = build(Box::new(SharedStore(Rc::clone(&disk)))).map_err(NodeError::Machine)?;
+    // The vCPUs compute while this thread takes frames and requests (on
+    // KVM; the emulated engine runs the guest on this thread, between
+    // them); every input ends the guest's run at once.
+    machine.keep_running(true).map_err(HostError::from)?;
+    let waker = machine.engine().waker();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -262,7 +270,7 @@ pub fn run<E: Engine>(
         slice_ns: settings.slice_ns,
     });
     runtime.block_on(async move {
-        let mut seam = RealSeam::open(&settings, paths, disk, host, clock).await?;
+        let mut seam = RealSeam::open(&settings, paths, disk, host, clock, waker).await?;
         let ended = serve(&mut seam).await;
         seam.finish(ended).await
     })
@@ -306,6 +314,7 @@ impl<E: Engine> RealSeam<E> {
         disk: Rc<RefCell<FileStore>>,
         host: VmHost<E>,
         clock: Instant,
+        waker: Option<machine::RunWaker>,
     ) -> Result<RealSeam<E>, NodeError> {
         let socket = |what, addr| move |source| NodeError::Socket { what, addr, source };
         let listener = TcpListener::bind(settings.listen)
@@ -318,12 +327,13 @@ impl<E: Engine> RealSeam<E> {
             net::bind_service(settings.service).map_err(socket("service", settings.service))?;
         let (witness_socket, service_socket) = (Arc::new(witness_socket), Arc::new(service_socket));
         let (input_tx, inputs) = mpsc::channel(net::INPUTS_MAX);
+        let inbox = net::Inbox::new(input_tx, waker);
         let (to_peer, queue) = net::PeerQueue::new();
         let counters = Arc::new(LinkCounters::default());
         let book = Arc::new(Mutex::new(ClientBook::default()));
         tokio::spawn(net::accept_frames(
             listener,
-            input_tx.clone(),
+            inbox.clone(),
             Arc::clone(&counters),
         ));
         tokio::spawn(net::send_frames(
@@ -333,15 +343,15 @@ impl<E: Engine> RealSeam<E> {
         ));
         tokio::spawn(net::read_datagrams(
             Arc::clone(&witness_socket),
-            input_tx.clone(),
+            inbox.clone(),
         ));
         tokio::spawn(net::read_requests(
             Arc::clone(&service_socket),
-            input_tx.clone(),
+            inbox.clone(),
             Arc::clone(&book),
         ));
         let stop = Arc::new(AtomicBool::new(false));
-        tokio::spawn(stop_on_signal(Arc::clone(&stop), input_tx));
+        tokio::spawn(stop_on_signal(Arc::clone(&stop), inbox));
         let mut address = settings.address.clone();
         if let Some(address) = &mut address {
             // Whatever a previous life of this host held is not ours now.
@@ -472,10 +482,10 @@ impl<E: Engine> RealSeam<E> {
     }
 }
 
-async fn stop_on_signal(stop: Arc<AtomicBool>, wake: mpsc::Sender<Input>) {
+async fn stop_on_signal(stop: Arc<AtomicBool>, wake: net::Inbox) {
     super::stop_signal().await;
     stop.store(true, Ordering::SeqCst);
-    let _ = wake.send(Input::Wake).await;
+    wake.put(Input::Wake).await;
 }
 
 impl<E: Engine> Seam for RealSeam<E> {

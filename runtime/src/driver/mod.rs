@@ -17,7 +17,7 @@ pub use witness::WitnessHost;
 use copy::{CopyStream, FirstRound};
 use machine::devices::Packet;
 use machine::{
-    Checkpoint, CheckpointRef, Engine, Instructions, Kind, Machine, MachineError,
+    Checkpoint, CheckpointRef, Engine, Instructions, Kind, Machine, MachineError, RunExit,
     CHECKPOINT_BYTES_MAX,
 };
 use outputs::Outputs;
@@ -391,13 +391,24 @@ impl<E: Engine> VmHost<E> {
     pub fn advance(&mut self, now: Time) -> Result<(), HostError> {
         assert!(now >= self.last_run, "time does not go backwards");
         let from = self.last_run.max(self.guest_held_until);
-        if self.guest == Guest::Running && !self.paused && now > from {
+        let may_run = self.guest == Guest::Running && !self.paused && now >= self.guest_held_until;
+        if !may_run {
+            // vCPUs kept running between runs (see `Machine::keep_running`)
+            // stop while the guest must not run.
+            self.machine.settle()?;
+        }
+        if may_run && now > from {
             let budget = match self.pace {
                 Pace::Lockstep => now.0 - from.0,
                 Pace::Slices { slice_ns } => (now.0 - from.0).min(slice_ns),
             };
-            self.machine.run(Instructions(budget))?;
-            self.stats.guest_ns += budget;
+            let started = self.machine.engine().now();
+            let exit = self.machine.run(Instructions(budget))?;
+            self.stats.guest_ns += match exit {
+                // Woken for an input: it ran what the engine's clock says.
+                RunExit::Woken => self.machine.engine().now().0 - started.0,
+                RunExit::BudgetSpent | RunExit::Idle => budget,
+            };
             let errors = self.machine.bus().disk.errors();
             if errors > self.disk_errors_seen {
                 return Err(HostError::DiskFailed(format!(
@@ -517,7 +528,12 @@ impl<E: Engine> VmHost<E> {
                 self.effects
                     .push_back((now, Effect::Transmit(Transmit::Frame { to, bytes })));
             }
-            Action::PauseGuest => self.paused = true,
+            Action::PauseGuest => {
+                self.paused = true;
+                // vCPUs kept running between runs stop now, not at the
+                // capture.
+                self.machine.settle()?;
+            }
             Action::ResumeGuest => self.paused = false,
             Action::CaptureDelta { epoch, ship } => {
                 let (checkpoint, disk_ns) = self.capture(Kind::Delta)?;
@@ -628,6 +644,7 @@ impl<E: Engine> VmHost<E> {
                 self.dirty_mark = self.machine.engine().stats().dirty_faults;
             }
             Action::StopGuest => {
+                self.machine.settle()?;
                 self.end_term();
                 self.note_disk(now, None);
                 self.guest = Guest::Stopped;

@@ -29,7 +29,9 @@ mod sys;
 mod vcpu;
 
 use std::collections::BTreeSet;
-use std::sync::mpsc::Receiver;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
 
 use kvm_bindings::KVM_MAX_CPUID_ENTRIES;
 use kvm_ioctls::{Kvm, VmFd};
@@ -38,10 +40,11 @@ use machine::devices::BlockStore;
 use machine::guests::GuestImage;
 use machine::{
     DeviceBus, Engine, EngineError, EngineStats, Gpa, GuestNs, Instructions, Machine, PageIndex,
-    RunExit, RunState, Shape, VcpuId, VcpuState, PAGE_SIZE,
+    RunExit, RunState, RunWaker, Shape, VcpuId, VcpuState, PAGE_SIZE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
+use run::InGuest;
 use state::CpuExtras;
 use vcpu::{Report, VcpuThread};
 
@@ -121,6 +124,15 @@ pub struct KvmEngine {
     // and the VM before the memory it maps.
     vcpus: Vec<VcpuThread>,
     reports: Receiver<Report>,
+    /// The waker's way into `reports`.
+    wake_tx: Sender<Report>,
+    /// A wake is in `reports` and not yet taken: later wakes add none.
+    wake_pending: Arc<AtomicBool>,
+    /// Which vCPUs are inside the guest (between runs too, when kept
+    /// running).
+    in_guest: InGuest,
+    /// The vCPUs go on running between runs (see [`Engine::keep_running`]).
+    keep_running: bool,
     vm: VmFd,
     memory: GuestMemoryMmap,
     shape: Shape,
@@ -162,6 +174,10 @@ impl KvmEngine {
         let mut engine = KvmEngine {
             vcpus: booted.threads,
             reports,
+            wake_tx: report_tx,
+            wake_pending: Arc::new(AtomicBool::new(false)),
+            in_guest: InGuest::none(n),
+            keep_running: false,
             vm,
             memory,
             shape,
@@ -197,6 +213,13 @@ impl KvmEngine {
     }
 
     fn vcpu(&self, vcpu: VcpuId) -> Result<&VcpuThread, EngineError> {
+        if self.in_guest.any() {
+            // Its thread holds the vCPU while it runs: waiting for it
+            // would wait for ever.
+            return Err(EngineError::Backend(
+                "kvm: the vCPUs are running; settle the machine first".into(),
+            ));
+        }
         self.vcpus
             .get(usize::from(vcpu.0))
             .ok_or(EngineError::NoSuchVcpu(vcpu.0))
@@ -367,6 +390,10 @@ impl Engine for KvmEngine {
     }
 
     fn save_engine_state(&self) -> Vec<u8> {
+        assert!(
+            !self.in_guest.any(),
+            "the machine settles before it saves the engine's state"
+        );
         let mut w = Writer::new();
         w.raw(&STATE_MAGIC);
         w.u64(self.now_ns);
@@ -400,6 +427,23 @@ impl Engine for KvmEngine {
 
     fn stats(&self) -> EngineStats {
         EngineStats::default()
+    }
+
+    fn keep_running(&mut self, keep: bool) {
+        self.keep_running = keep;
+    }
+
+    fn settle(&mut self, bus: &mut DeviceBus) -> Result<(), EngineError> {
+        self.settle_vcpus(bus)
+    }
+
+    fn waker(&self) -> Option<RunWaker> {
+        let (tx, pending) = (self.wake_tx.clone(), Arc::clone(&self.wake_pending));
+        Some(RunWaker::new(move || {
+            if !pending.swap(true, Ordering::AcqRel) {
+                let _ = tx.send(Report::Wake);
+            }
+        }))
     }
 }
 

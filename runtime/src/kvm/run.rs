@@ -1,8 +1,11 @@
 //! [`KvmEngine::run_for`]: the thread that calls `run` owns the device
 //! bus; the vCPU threads send it their port accesses and stops, and it
 //! answers, wakes halted vCPUs, keeps guest time and kicks every vCPU
-//! when the budget is spent.
+//! when the budget is spent, or its waker is called. Kept running, the
+//! vCPUs stay in the guest after the run (their port accesses wait for
+//! the next run) until `settle` kicks them.
 
+use std::sync::atomic::Ordering;
 use std::sync::mpsc::RecvTimeoutError;
 use std::time::{Duration, Instant};
 
@@ -54,18 +57,25 @@ enum Phase {
 }
 
 /// Which vCPUs are inside the guest now.
-#[derive(Debug)]
-struct InGuest(Vec<bool>);
+#[derive(Debug, Default)]
+pub(super) struct InGuest(Vec<bool>);
 
 impl InGuest {
-    fn any(&self) -> bool {
+    /// None of `n` vCPUs.
+    pub(super) fn none(n: usize) -> InGuest {
+        InGuest(vec![false; n])
+    }
+
+    pub(super) fn any(&self) -> bool {
         self.0.iter().any(|&b| b)
     }
 }
 
 impl KvmEngine {
-    /// Runs until `budget_ns` more of guest time passed; see the module
-    /// documentation for what guest time is on KVM.
+    /// Runs until `budget_ns` more of guest time passed, or until the
+    /// engine's waker is called; see the module documentation for what
+    /// guest time is on KVM. Kept running ([`machine::Engine::keep_running`]),
+    /// the vCPUs stay in the guest when it returns.
     pub(super) fn run_for(
         &mut self,
         bus: &mut DeviceBus,
@@ -74,22 +84,27 @@ impl KvmEngine {
         self.budget_end_ns += budget_ns;
         let end = self.budget_end_ns;
         let mut clock = Clock::start(self.now_ns);
-        let mut in_guest = InGuest(vec![false; self.vcpus.len()]);
+        let mut in_guest = std::mem::take(&mut self.in_guest);
         self.wake_halted(bus, clock.now());
         if clock.now() < end {
             for v in 0..self.vcpus.len() {
-                if self.run_states[v] == RunState::Running {
+                if self.run_states[v] == RunState::Running && !in_guest.0[v] {
                     self.enter(v, &mut in_guest);
                 }
             }
         }
         let mut failure = None;
-        while failure.is_none() && clock.now() < end {
-            if !in_guest.any() && !self.sleep_until_event(bus, &mut clock, end) {
+        let mut woken = false;
+        while failure.is_none() && !woken && clock.now() < end {
+            if !in_guest.any() && !Self::event_before(bus, &mut clock, end) {
                 break;
             }
             let timeout = self.wait_for_reports(bus, clock.now(), end);
             match self.reports.recv_timeout(timeout) {
+                Ok(Report::Wake) => {
+                    self.wake_pending.store(false, Ordering::Release);
+                    woken = true;
+                }
                 Ok(report) => {
                     failure = self.handle(report, bus, &clock, &mut in_guest, Phase::Running);
                 }
@@ -102,32 +117,52 @@ impl KvmEngine {
                 self.enter(v, &mut in_guest);
             }
         }
-        let stop_failure = self.stop_all(bus, &clock, &mut in_guest);
+        let stop_failure = if self.keep_running && failure.is_none() {
+            None
+        } else {
+            self.stop_all(bus, &clock, &mut in_guest)
+        };
+        self.in_guest = in_guest;
         self.now_ns = self.now_ns.max(clock.now());
+        if woken {
+            // The rest of the budget is not owed: the host runs the guest
+            // again once it has taken its input.
+            self.budget_end_ns = self.now_ns;
+        }
         if let Some(error) = failure.or(stop_failure) {
             return Err(error);
         }
         self.wake_halted(bus, self.now_ns);
         let idle = self.run_states.iter().all(|s| *s == RunState::Halted);
-        Ok(if idle {
+        Ok(if woken {
+            RunExit::Woken
+        } else if idle {
             RunExit::Idle
         } else {
             RunExit::BudgetSpent
         })
     }
 
-    /// Every vCPU is halted: sleeps to the bus's next deadline if it comes
-    /// before `end` and returns true; else lets the rest of the budget
-    /// pass at once and returns false.
-    fn sleep_until_event(&mut self, bus: &DeviceBus, clock: &mut Clock, end: u64) -> bool {
+    /// Stops the vCPUs a run left in the guest (see
+    /// [`machine::Engine::settle`]).
+    pub(super) fn settle_vcpus(&mut self, bus: &mut DeviceBus) -> Result<(), EngineError> {
+        if !self.in_guest.any() {
+            return Ok(());
+        }
+        let clock = Clock::start(self.now_ns);
+        let mut in_guest = std::mem::take(&mut self.in_guest);
+        let failure = self.stop_all(bus, &clock, &mut in_guest);
+        self.in_guest = in_guest;
+        self.now_ns = self.now_ns.max(clock.now());
+        failure.map_or(Ok(()), Err)
+    }
+
+    /// Every vCPU is halted: true if the bus has a deadline before `end`
+    /// (the wait for reports ends at it, or at a wake); else lets the rest
+    /// of the budget pass at once and returns false.
+    fn event_before(bus: &DeviceBus, clock: &mut Clock, end: u64) -> bool {
         match bus.next_deadline() {
-            Some(GuestNs(at)) if at < end => {
-                let now = clock.now();
-                if at > now {
-                    std::thread::sleep(Duration::from_nanos(at - now));
-                }
-                true
-            }
+            Some(GuestNs(at)) if at < end => true,
             _ => {
                 clock.jump(end);
                 false
@@ -219,6 +254,11 @@ impl KvmEngine {
             Report::Failed(vcpu, kind) => {
                 in_guest.0[usize::from(vcpu.0)] = false;
                 Some(self.guest_fault(vcpu, kind))
+            }
+            Report::Wake => {
+                // While stopping: the host takes its input right after.
+                self.wake_pending.store(false, Ordering::Release);
+                None
             }
         }
     }

@@ -49,6 +49,8 @@ pub(crate) enum Report {
     Stopped(VcpuId),
     /// An exit the machine does not handle: the guest cannot go on.
     Failed(VcpuId, FaultKind),
+    /// Not from a vCPU: the engine's [`machine::RunWaker`] was called.
+    Wake,
 }
 
 /// A vCPU's file descriptor, shared between its thread (while running)
