@@ -488,7 +488,12 @@ pub(super) fn kill_and_recover(
             .status(survivor)
             .is_some_and(|s| s.role == "primary" && s.running)
     })?;
-    let took_over_unix_ns = unix_ns();
+    // When the survivor began to run the guest, as it says: the status
+    // file trails that by up to its interval and our polling.
+    let took_over_unix_ns = layout
+        .status(survivor)
+        .and_then(|s| s.primary_since_unix_ns)
+        .unwrap_or_else(unix_ns);
     nodes.0[primary] = Some(respawn(victim)?);
     let restarted = Instant::now();
     wait_for(stop, "re-protection", || {
@@ -504,8 +509,8 @@ pub(super) fn kill_and_recover(
 /// Figures of one kill.
 pub(super) struct KillFigures {
     pub(super) at_unix_ns: u64,
-    /// When the survivor was first seen running as primary: replies before
-    /// it were still in flight from the killed one.
+    /// When the survivor began to run the guest as primary: replies
+    /// before it were still in flight from the killed one.
     pub(super) took_over_unix_ns: u64,
     pub(super) reprotect: Duration,
 }

@@ -167,6 +167,10 @@ pub struct Status {
     /// (a capture, a copy round, an apply), µs: the guest's longest pause
     /// is at most this.
     pub longest_step_us: u64,
+    /// Since when (Unix time, ns) this host runs the guest as primary, if
+    /// it does: every reply after it is this host's.
+    #[serde(default)]
+    pub primary_since_unix_ns: Option<u64>,
 }
 
 /// A disk label from a checkpoint id, and back.
@@ -303,6 +307,8 @@ struct RealSeam<E: Engine> {
     next_status: Instant,
     last_status: Option<Status>,
     longest_step: Duration,
+    /// Since when this host runs the guest as primary (Unix ns).
+    primary_since: Option<u64>,
     /// Inputs taken since the last wake.
     inputs_since_wake: u32,
 }
@@ -376,6 +382,7 @@ impl<E: Engine> RealSeam<E> {
             next_status: Instant::now(),
             last_status: None,
             longest_step: Duration::ZERO,
+            primary_since: None,
             inputs_since_wake: 0,
         })
     }
@@ -452,6 +459,7 @@ impl<E: Engine> RealSeam<E> {
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
             longest_step_us: u64::try_from(self.longest_step.as_micros()).unwrap_or(u64::MAX),
+            primary_since_unix_ns: self.primary_since,
         })
     }
 
@@ -482,6 +490,13 @@ impl<E: Engine> RealSeam<E> {
     }
 }
 
+/// Now, as Unix time in ns (0 before 1970).
+fn unix_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
+}
+
 async fn stop_on_signal(stop: Arc<AtomicBool>, wake: net::Inbox) {
     super::stop_signal().await;
     stop.store(true, Ordering::SeqCst);
@@ -506,6 +521,12 @@ impl<E: Engine> Seam for RealSeam<E> {
         let took = started.elapsed();
         if host.is_running() {
             self.longest_step = self.longest_step.max(took);
+        }
+        let primary = host.is_running() && host.role() == RoleKind::Primary;
+        match (primary, self.primary_since) {
+            (true, None) => self.primary_since = Some(unix_ns()),
+            (false, Some(_)) => self.primary_since = None,
+            _ => {}
         }
         if took >= LONG_STEP {
             // Longer than a peer's patience allows for long: worth a line.
