@@ -309,3 +309,30 @@ fn at_ha_the_oracle_sees_lost_replies() {
         "expected lost replies, got {violations:?}"
     );
 }
+
+#[test]
+fn a_burst_beyond_the_guest_nic_waits_for_it_instead_of_being_dropped() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_ms(20);
+    // Three times what the guest's NIC holds, all at one instant: the
+    // client has no more to send, so only the host's backlog can save the
+    // packets past the NIC's room from a retry.
+    let burst = 3 * machine::devices::RX_QUEUE_MAX as u64;
+    c.client.next_id = ledger().requests + 1;
+    let at = c.now.add_ns(LATENCY_NS);
+    for id in 1..=burst {
+        let request = Request {
+            id,
+            from: (id % 16) as u32,
+            to: ((id * 5 + 1) % 16) as u32,
+            amount: 1 + id % 300,
+        };
+        c.network
+            .push_back((at, Payload::Request(A, request.encode())));
+    }
+    c.run_ms(300);
+    let a = c.hosts[0].as_ref().expect("a");
+    assert_eq!(a.stats().inputs_dropped, 0, "{:?}", a.stats());
+    let answered = c.client.replies.keys().filter(|id| **id <= burst).count() as u64;
+    assert_eq!(answered, burst, "every request of the burst answered once");
+}

@@ -32,7 +32,7 @@ pub struct ClusterBenchArgs {
     /// for replies, sets the throughput.
     #[arg(long, default_value_t = 16)]
     clients: u16,
-    #[arg(long, default_value_t = 16)]
+    #[arg(long, default_value_t = 64)]
     window: u64,
     /// SIGKILLs of the primary for the failover figures.
     #[arg(long, default_value_t = 20)]

@@ -35,7 +35,7 @@ pub use bus::{DeviceBus, IoContext};
 pub use disk::{BlockStore, MemStore, SharedStore, StoreError, BLOCK_BYTES};
 pub use file::{FileStore, FileStoreError, LABEL_BYTES};
 pub use integrity::{IntegrityStats, IntegrityStore, Verify};
-pub use nic::{Packet, PACKET_BYTES_MAX};
+pub use nic::{Packet, PACKET_BYTES_MAX, RX_QUEUE_MAX};
 
 /// Console output port.
 pub const PORT_CONSOLE: u16 = 0x3f8;

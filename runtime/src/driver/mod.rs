@@ -15,7 +15,7 @@ pub use outputs::HELD_PACKETS_MAX;
 pub use witness::WitnessHost;
 
 use copy::{CopyStream, FirstRound};
-use machine::devices::Packet;
+use machine::devices::{Packet, RX_QUEUE_MAX};
 use machine::{
     Checkpoint, CheckpointRef, Engine, Instructions, Kind, Machine, MachineError, RunExit,
     CHECKPOINT_BYTES_MAX,
@@ -123,7 +123,8 @@ pub struct HostStats {
     pub outputs_released: u64,
     /// Outputs discarded unreleased at the end of a term.
     pub outputs_discarded: u64,
-    /// Client packets dropped (not primary, guest stopped, NIC full).
+    /// Client packets dropped (not primary, guest stopped, its NIC and
+    /// the backlog before it full).
     pub inputs_dropped: u64,
     /// Deltas captured (shipped or not).
     pub captures: u64,
@@ -151,6 +152,10 @@ pub struct HostStats {
 /// Per-delta page counts kept in [`HostStats::delta_pages`].
 pub const DELTA_PAGES_KEPT: usize = 4096;
 
+/// Client packets held for a guest whose NIC is full, at most; beyond it
+/// they are dropped (and counted) and the client retries.
+pub const INPUT_BACKLOG_MAX: usize = 4096;
+
 /// Pages of a copy session's round 0 read at a time (1 MiB): round 0 of a
 /// large guest is read while the guest runs, this much at a time.
 pub const COPY_PART_PAGES: u32 = 256;
@@ -176,6 +181,9 @@ pub struct VmHost<E: Engine> {
     guest: Guest,
     paused: bool,
     outputs: Outputs,
+    /// Client packets the guest's NIC had no room for, oldest first: they
+    /// go in as the guest drains it (a host's tap queue), not to the floor.
+    backlog: VecDeque<Packet>,
     copy: Option<CopyStream>,
     /// What to do, in order, each not before its time (an ack waits for
     /// the disk writes of what it acknowledges).
@@ -232,6 +240,7 @@ impl<E: Engine> VmHost<E> {
             guest,
             paused: false,
             outputs: Outputs::default(),
+            backlog: VecDeque::new(),
             copy: None,
             effects: VecDeque::new(),
             pace: Pace::Lockstep,
@@ -360,10 +369,36 @@ impl<E: Engine> VmHost<E> {
     /// it; elsewhere it is dropped, as the client will retry.
     pub fn handle_client_packet(&mut self, now: Time, packet: Packet) -> Result<(), HostError> {
         self.catch_up(now)?;
-        if self.guest != Guest::Running || self.machine.bus().nic.deliver(packet).is_err() {
+        if self.guest != Guest::Running {
+            self.stats.inputs_dropped += 1;
+            return Ok(());
+        }
+        self.feed_nic();
+        if self.backlog.is_empty() && self.machine.bus().nic.rx_len() < RX_QUEUE_MAX {
+            self.deliver(packet);
+        } else if self.backlog.len() < INPUT_BACKLOG_MAX {
+            self.backlog.push_back(packet);
+        } else {
             self.stats.inputs_dropped += 1;
         }
         Ok(())
+    }
+
+    /// Moves held client packets into the guest's NIC while it has room.
+    fn feed_nic(&mut self) {
+        while self.machine.bus().nic.rx_len() < RX_QUEUE_MAX {
+            let Some(packet) = self.backlog.pop_front() else {
+                return;
+            };
+            self.deliver(packet);
+        }
+    }
+
+    fn deliver(&mut self, packet: Packet) {
+        if self.machine.bus().nic.deliver(packet).is_err() {
+            // Longer than the NIC takes.
+            self.stats.inputs_dropped += 1;
+        }
     }
 
     /// Before an input: in lockstep the guest and the timers catch up to
@@ -398,6 +433,7 @@ impl<E: Engine> VmHost<E> {
             self.machine.settle()?;
         }
         if may_run && now > from {
+            self.feed_nic();
             let budget = match self.pace {
                 Pace::Lockstep => now.0 - from.0,
                 Pace::Slices { slice_ns } => (now.0 - from.0).min(slice_ns),
@@ -748,6 +784,8 @@ impl<E: Engine> VmHost<E> {
 
     fn end_term(&mut self) {
         self.stats.outputs_discarded += self.outputs.discard() as u64;
+        self.stats.inputs_dropped += self.backlog.len() as u64;
+        self.backlog.clear();
         self.copy = None;
         self.copy_reading = None;
         let _ = self.machine.bus().nic.take_tx();
