@@ -336,3 +336,49 @@ fn a_burst_beyond_the_guest_nic_waits_for_it_instead_of_being_dropped() {
     let answered = c.client.replies.keys().filter(|id| **id <= burst).count() as u64;
     assert_eq!(answered, burst, "every request of the burst answered once");
 }
+
+#[test]
+fn on_a_real_host_an_idle_guest_lets_the_host_wait_until_an_input() {
+    let mut host = VmHost::new(
+        config(A, Level::Ft),
+        Codec::plain(),
+        Start::Primary {
+            generation: Generation(1),
+        },
+        machine(1),
+        Time(0),
+    )
+    .expect("host");
+    host.set_pace(runtime::Pace::Slices { slice_ns: MS });
+    let mut now = Time(0);
+    let mut idle = None;
+    for _ in 0..200 {
+        now = now.add_ns(MS);
+        host.advance(now).expect("runs");
+        idle = host.guest_idle_until();
+        if idle.is_some() {
+            break;
+        }
+    }
+    let until = idle.expect("a ledger with no requests goes to sleep");
+    assert!(until > now, "nothing is due before a later time");
+    let request = Request {
+        id: 1,
+        from: 1,
+        to: 2,
+        amount: 5,
+    };
+    host.handle_client_packet(now, request.encode())
+        .expect("takes it");
+    assert_eq!(
+        host.guest_idle_until(),
+        None,
+        "a request is work for the guest"
+    );
+    host.advance(now.add_ns(MS)).expect("runs");
+    assert_eq!(
+        host.machine().bus().nic.rx_len(),
+        0,
+        "the guest ran and took the request"
+    );
+}

@@ -129,13 +129,17 @@ pub async fn serve<S: Seam>(seam: &mut S) -> Ended {
 }
 
 /// When the loop must wake at the latest: the driver's next deadline, and
-/// at least every `quantum_ns` while the guest runs.
+/// at least every `quantum_ns` while the guest runs, unless it sleeps with
+/// nothing due (then its next device deadline; an input wakes the loop
+/// anyway).
 fn wake_time<E: Engine>(host: &VmHost<E>, now: Time, quantum_ns: u64) -> Time {
     let deadline = host.next_deadline();
-    if host.is_running() {
-        deadline.min(now.add_ns(quantum_ns))
-    } else {
-        deadline
+    if !host.is_running() {
+        return deadline;
+    }
+    match host.guest_idle_until() {
+        Some(until) => deadline.min(until),
+        None => deadline.min(now.add_ns(quantum_ns)),
     }
 }
 

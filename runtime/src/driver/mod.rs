@@ -184,6 +184,10 @@ pub struct VmHost<E: Engine> {
     /// Client packets the guest's NIC had no room for, oldest first: they
     /// go in as the guest drains it (a host's tap queue), not to the floor.
     backlog: VecDeque<Packet>,
+    /// In slices: the last run found every vCPU asleep with nothing due
+    /// before this (host time); until an input or then, running the guest
+    /// again would only spin.
+    idle_until: Option<Time>,
     copy: Option<CopyStream>,
     /// What to do, in order, each not before its time (an ack waits for
     /// the disk writes of what it acknowledges).
@@ -241,6 +245,7 @@ impl<E: Engine> VmHost<E> {
             paused: false,
             outputs: Outputs::default(),
             backlog: VecDeque::new(),
+            idle_until: None,
             copy: None,
             effects: VecDeque::new(),
             pace: Pace::Lockstep,
@@ -317,6 +322,14 @@ impl<E: Engine> VmHost<E> {
         self.guest == Guest::Running
     }
 
+    /// On a real host (see [`Pace::Slices`]): the guest sleeps with nothing
+    /// due before this time, so the host may wait for an input until then
+    /// instead of running it. `None`: it may have work now (or the host
+    /// keeps lockstep with the guest, as the simulator does).
+    pub fn guest_idle_until(&self) -> Option<Time> {
+        self.idle_until
+    }
+
     /// The next thing to do at `now`: the oldest effect that is due (an
     /// ack whose disk writes are still under way waits; a later heartbeat
     /// does not wait for it). Only frames ever wait, so an effect that
@@ -360,6 +373,7 @@ impl<E: Engine> VmHost<E> {
 
     /// A frame arrived from another host.
     pub fn handle_frame(&mut self, now: Time, bytes: &[u8]) -> Result<(), HostError> {
+        self.idle_until = None;
         self.catch_up(now)?;
         self.node.handle_bytes(now, bytes);
         self.carry_out(now)
@@ -368,6 +382,7 @@ impl<E: Engine> VmHost<E> {
     /// A packet from a client for the guest. Only a running primary takes
     /// it; elsewhere it is dropped, as the client will retry.
     pub fn handle_client_packet(&mut self, now: Time, packet: Packet) -> Result<(), HostError> {
+        self.idle_until = None;
         self.catch_up(now)?;
         if self.guest != Guest::Running {
             self.stats.inputs_dropped += 1;
@@ -419,6 +434,7 @@ impl<E: Engine> VmHost<E> {
     /// that passed fire at the next [`VmHost::advance`].
     pub fn thaw(&mut self, now: Time) {
         assert!(now >= self.last_run, "time does not go backwards");
+        self.idle_until = None;
         self.last_run = now;
     }
 
@@ -440,6 +456,16 @@ impl<E: Engine> VmHost<E> {
             };
             let started = self.machine.engine().now();
             let exit = self.machine.run(Instructions(budget))?;
+            self.idle_until = match (exit, self.pace) {
+                (RunExit::Idle, Pace::Slices { .. }) => {
+                    let guest_now = self.machine.engine().now().0;
+                    Some(match self.machine.bus().next_deadline() {
+                        Some(at) => now.add_ns(at.0.saturating_sub(guest_now)),
+                        None => Time(u64::MAX),
+                    })
+                }
+                _ => None,
+            };
             self.stats.guest_ns += match exit {
                 // Woken for an input: it ran what the engine's clock says.
                 RunExit::Woken => self.machine.engine().now().0 - started.0,
