@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 pub use html::write_html;
 pub use jsonl::{read_jsonl, JsonlWriter};
 pub use junit::write_junit;
-pub use result::{replay_command, DiskFigures, Oracle, RunResult, TraceHash, Violation};
+pub use result::{
+    replay_command, DiskFigures, Oracle, RunResult, TraceHash, Violation, ViolationKind,
+};
 pub use summary::Summary;
 
 /// Error writing or reading a report.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use faults::Level;
 use quick_xml::events::Event;
 use reports::{
-    read_jsonl, replay_command, write_all, Oracle, RunResult, Summary, TraceHash, Violation,
+    read_jsonl, replay_command, write_all, RunResult, Summary, TraceHash, Violation, ViolationKind,
 };
 
 fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
@@ -42,14 +42,14 @@ fn sample() -> Vec<RunResult> {
         "oneway-partition",
         7,
         vec![
-            Violation {
-                oracle: Oracle::ONE_RELEASER,
-                message: "hosts a and b both released output in generation 4 <&\"'>".into(),
-            },
-            Violation {
-                oracle: Oracle::REPLIES,
-                message: "reply to request 12 changed\u{0}\u{7} after failover".into(),
-            },
+            Violation::new(
+                ViolationKind::TwoReleasers,
+                "hosts a and b both released output in generation 4 <&\"'>",
+            ),
+            Violation::new(
+                ViolationKind::ReplyContradictsJournal,
+                "reply to request 12 changed\u{0}\u{7} after failover",
+            ),
         ],
     ));
     results
@@ -200,10 +200,7 @@ fn any_message_makes_well_formed_xml() {
         let results = vec![run(
             "s",
             1,
-            vec![Violation {
-                oracle: Oracle::STATE,
-                message,
-            }],
+            vec![Violation::new(ViolationKind::WrongDecision, message)],
         )];
         let mut xml = Vec::new();
         reports::write_junit(&mut xml, &results).unwrap();

@@ -3,25 +3,10 @@
 //! run that panics is judged, not lost.
 
 use faults::load_dir;
+use sim::trace::{Kind, Side};
 use sim::{run, run_catching, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// The host named after " on " in a fault's trace line, and the fault's
-/// number (`id: N` of a beginning, `Struck(N)` of an end).
-fn fault_line(what: &str) -> Option<(u32, String)> {
-    let (event, host) = what.rsplit_once(" on ")?;
-    let id = if let Some(rest) = event.split("Struck(").nth(1) {
-        rest.split(')').next()?
-    } else {
-        event
-            .split("id: ")
-            .nth(1)?
-            .split([' ', ','].as_ref())
-            .next()?
-    };
-    Some((id.parse().ok()?, host.to_string()))
-}
 
 #[test]
 fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults() {
@@ -33,16 +18,20 @@ fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults(
         let outcome = run(&spec, true);
         assert!(outcome.passed(), "seed {seed}: {:#?}", outcome.violations);
         let (mut began, mut ended) = (BTreeMap::new(), BTreeMap::new());
-        for event in outcome.trace.iter().filter(|e| e.host == "faults") {
-            let Some((id, host)) = fault_line(&event.what) else {
+        for event in &outcome.trace {
+            let Kind::Fault {
+                fault: Some(id),
+                side,
+                on,
+            } = &event.kind
+            else {
                 continue;
             };
-            let side = if event.what.contains("Struck(") {
-                &mut ended
-            } else {
-                &mut began
+            let side = match side {
+                Side::Begins => &mut began,
+                Side::Ends => &mut ended,
             };
-            side.insert(id, host);
+            side.insert(*id, on.clone());
         }
         // The pause struck the first primary, the NIC failure the one that
         // promoted meanwhile: two hosts, overlapping.
@@ -56,7 +45,7 @@ fn client_replies(outcome: &sim::RunOutcome, client: &str) -> Vec<u64> {
     outcome
         .trace
         .iter()
-        .filter(|e| e.host == client && e.what.starts_with("reply"))
+        .filter(|e| e.host == client && e.kind == Kind::Reply)
         .map(|e| e.at_ns / 1_000_000)
         .collect()
 }
@@ -115,6 +104,7 @@ fn a_panicking_run_is_a_violation_with_its_replay_line_and_the_reports_are_writt
         outcomes[0].violations
     );
     let violation = &outcomes[0].violations[0];
+    assert_eq!(violation.kind, sim::ViolationKind::RunPanicked);
     assert!(
         violation
             .message
@@ -141,6 +131,8 @@ fn a_panicking_run_is_a_violation_with_its_replay_line_and_the_reports_are_writt
     let jsonl = std::fs::read_to_string(&paths.jsonl).unwrap();
     assert_eq!(jsonl.lines().count(), 2);
     assert!(jsonl.contains("the run panicked"), "{jsonl}");
+    let read = reports::read_jsonl(jsonl.as_bytes()).expect("results read back");
+    assert_eq!(read[0].violations[0].kind, sim::ViolationKind::RunPanicked);
     assert!(std::fs::read_to_string(&paths.junit)
         .unwrap()
         .contains("the run panicked"));
