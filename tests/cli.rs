@@ -336,3 +336,32 @@ fn four_shards_merged_equal_the_unsharded_suite() {
     );
     let _ = std::fs::remove_dir_all(&root);
 }
+
+#[test]
+fn first_seed_moves_every_suite_run_to_its_seeds() {
+    let (out, code, stdout, stderr) =
+        run_smoke("first-seed", &["--seeds", "2", "--first-seed", "40"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let jsonl = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    let mut seeds = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for line in jsonl.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let scenario = value["scenario"].as_str().expect("a scenario").to_string();
+        seeds
+            .entry(scenario)
+            .or_default()
+            .push(value["seed"].as_u64().expect("a seed"));
+    }
+    // Each of smoke's scenarios ran seeds 40 and 41 (and the regressions
+    // kept for it, run first, their own seeds).
+    for scenario in [
+        "baseline",
+        "primary-crash-mid-epoch",
+        "backup-crash-reprotect",
+    ] {
+        let runs = &seeds[scenario];
+        assert!(runs.ends_with(&[40, 41]), "{scenario}: {runs:?}");
+    }
+    assert_eq!(seeds["baseline"], [40, 41]);
+    let _ = std::fs::remove_dir_all(&out);
+}

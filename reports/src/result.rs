@@ -238,6 +238,10 @@ pub struct RunResult {
     /// failure the system survives): not judged for liveness or state.
     #[serde(default)]
     pub vm_lost: bool,
+    /// Why the VM was lost: which host held what at the end of the safety
+    /// phase, and what the witness granted (when `vm_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_lost_reason: Option<String>,
     /// Disk faults injected in the run and what caught them.
     #[serde(default)]
     pub disk: DiskFigures,

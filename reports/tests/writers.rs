@@ -28,6 +28,7 @@ fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
         requests_sent: 80,
         replies_received: 80,
         vm_lost: false,
+        vm_lost_reason: None,
         disk: reports::DiskFigures::default(),
     }
 }

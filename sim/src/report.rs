@@ -49,6 +49,7 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
         requests_sent: outcome.requests_sent,
         replies_received: outcome.replies_received,
         vm_lost: outcome.vm_lost.is_some(),
+        vm_lost_reason: outcome.vm_lost.clone(),
         disk: reports::DiskFigures {
             injected: d.eio + d.torn_writes + d.lost_writes + d.corrupted_reads,
             repaired: d.read_retries + d.write_retries,

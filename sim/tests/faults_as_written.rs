@@ -139,3 +139,30 @@ fn a_panicking_run_is_a_violation_with_its_replay_line_and_the_reports_are_writt
     assert!(paths.html.exists());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_lost_vm_is_kept_in_the_results_with_its_reason() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let catalogue = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let scenario = &catalogue.scenarios["lone-primary-dies"];
+    let spec = sim::scenario::resolve(scenario, 0, None).unwrap();
+    let outcome = run(&spec, false);
+    assert!(outcome.passed(), "{:#?}", outcome.violations);
+    let reason = outcome
+        .vm_lost
+        .clone()
+        .expect("the lone primary's death loses the VM");
+    let result = sim::report::to_result(&outcome, 1);
+    assert!(result.vm_lost);
+    assert_eq!(result.vm_lost_reason.as_deref(), Some(reason.as_str()));
+    assert!(reason.starts_with("no host holds the VM"), "{reason}");
+    let line = serde_json::to_string(&result).unwrap();
+    let back: reports::RunResult = serde_json::from_str(&line).unwrap();
+    assert_eq!(back.vm_lost_reason, Some(reason));
+    // A run that kept its VM writes no reason at all.
+    let kept = sim::report::to_result(&run(&RunSpec::baseline("baseline", 1), false), 1);
+    assert_eq!(kept.vm_lost_reason, None);
+    assert!(!serde_json::to_string(&kept)
+        .unwrap()
+        .contains("vm_lost_reason"));
+}
