@@ -36,6 +36,14 @@ pub enum ReportError {
         /// Why.
         source: serde_json::Error,
     },
+    /// A results line that disagrees with itself: `passed` with
+    /// violations, failover times that are not one per failover, or a
+    /// violation whose oracle is not its kind's.
+    #[error("results line {line}: the run disagrees with itself (passed, failovers or a violation's oracle)")]
+    Inconsistent {
+        /// 1-based line.
+        line: u64,
+    },
     /// plotters could not draw a figure.
     #[error("plot: {0}")]
     Plot(String),

@@ -87,6 +87,32 @@ fn jsonl_reads_back_equal() {
 }
 
 #[test]
+fn a_line_that_disagrees_with_itself_is_refused_with_its_number() {
+    let lines: Vec<String> = sample()
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let last = lines.len() - 1;
+    let mut value: serde_json::Value = serde_json::from_str(&lines[last]).unwrap();
+    // The kind says oracle 2, the line says 3.
+    value["violations"][0]["oracle"] = serde_json::json!(3);
+    let mut edited = lines.clone();
+    edited[last] = value.to_string();
+    let error = read_jsonl(edited.join("\n").as_bytes()).unwrap_err();
+    assert!(
+        matches!(error, reports::ReportError::Inconsistent { line } if line == last as u64 + 1),
+        "{error}"
+    );
+    // Passed, yet with violations.
+    let mut value: serde_json::Value = serde_json::from_str(&lines[last]).unwrap();
+    value["passed"] = serde_json::json!(true);
+    edited[last] = value.to_string();
+    assert!(read_jsonl(edited.join("\n").as_bytes()).is_err());
+    // Unedited, the same lines read.
+    assert_eq!(read_jsonl(lines.join("\n").as_bytes()).unwrap(), sample());
+}
+
+#[test]
 fn junit_is_well_formed_with_one_testcase_per_run() {
     let dir = out_dir("junit");
     let results = sample();

@@ -235,7 +235,7 @@ pub async fn client(world: Rc<RefCell<World>>, index: u16) -> turmoil::Result {
             let client = &mut w.clients[usize::from(index)];
             let packets = client.sends(t);
             let next = client.next_retry();
-            (w.client_sends(index, packets), next)
+            (w.client_sends(index, t, packets), next)
         };
         send_all(&socket, sends).await;
         let wake = next.unwrap_or(t.add_ns(50_000_000));

@@ -530,7 +530,7 @@ impl World {
         self.trace.record(now.0, me, Kind::Frame, || {
             format!("to {name}: {}", describe_frame(&bytes))
         });
-        self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
+        self.push_through_link(now, me, name, FRAME_PORT, bytes, &mut sends);
         sends
     }
 
@@ -556,7 +556,7 @@ impl World {
             format!("output to {client} {:016x}", digest(&packet))
         });
         let mut sends = Vec::new();
-        self.push_through_link(me, client, CLIENT_PORT, packet, &mut sends);
+        self.push_through_link(now, me, client, CLIENT_PORT, packet, &mut sends);
         sends
     }
 
@@ -577,7 +577,7 @@ impl World {
                 .record(now.0, "witness", Kind::WitnessAnswer, || {
                     format!("to {name}: {}", describe_frame(&bytes))
                 });
-            self.push_through_link("witness", name, FRAME_PORT, bytes, &mut sends);
+            self.push_through_link(now, "witness", name, FRAME_PORT, bytes, &mut sends);
         }
         sends
     }
@@ -588,6 +588,7 @@ impl World {
     pub fn client_sends(
         &mut self,
         index: u16,
+        now: Time,
         packets: Vec<Vec<u8>>,
     ) -> Vec<(String, u16, Vec<u8>)> {
         let mut sends = Vec::new();
@@ -597,6 +598,7 @@ impl World {
         let me = client_name(index);
         for packet in packets {
             self.push_through_link(
+                now,
                 &me,
                 HOST_NAMES[owner].to_string(),
                 SERVICE_PORT,
@@ -609,6 +611,7 @@ impl World {
 
     fn push_through_link(
         &mut self,
+        now: Time,
         from: &str,
         to: String,
         port: u16,
@@ -622,7 +625,7 @@ impl World {
             .unwrap_or_default();
         if fault.loss > 0.0 && self.draw() < fault.loss {
             self.trace
-                .record(0, from, Kind::Lost, || format!("lost frame to {to}"));
+                .record(now.0, from, Kind::Lost, || format!("lost frame to {to}"));
             return;
         }
         if fault.duplicate > 0.0 && self.draw() < fault.duplicate {

@@ -82,6 +82,21 @@ fn a_lossy_client_link_loses_requests_and_replies() {
         client0.iter().any(|ms| *ms >= 450),
         "client 0 is served after the heal"
     );
+    // Both ways: the client's requests and the primary's replies are lost,
+    // each traced when it was lost.
+    for from in ["client0", "a"] {
+        let lost: Vec<u64> = outcome
+            .trace
+            .iter()
+            .filter(|e| e.kind == Kind::Lost && e.host == from)
+            .map(|e| e.at_ns / 1_000_000)
+            .collect();
+        assert!(!lost.is_empty(), "{from} lost nothing");
+        assert!(
+            lost.iter().all(|ms| (150..450).contains(ms)),
+            "{from}: {lost:?}"
+        );
+    }
 }
 
 #[test]
