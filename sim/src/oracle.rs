@@ -160,6 +160,35 @@ mod tests {
     use protocol::Time;
 
     #[test]
+    fn ledger_problems_are_sorted_into_oracles_by_kind_whatever_their_text() {
+        use reports::Oracle;
+        // Text that a substring match would have put under oracle 1.
+        let text = "journal record 3 does not match: answered, unsent, sent as";
+        let v = ledger_violation(LedgerProblem::new(ProblemKind::WrongDecision, text));
+        assert_eq!(
+            (v.kind, v.oracle),
+            (ViolationKind::WrongDecision, Oracle::STATE)
+        );
+        assert_eq!(v.message, text);
+        let sorted = [
+            (ProblemKind::ReplyUnreadable, Oracle::REPLIES),
+            (ProblemKind::ReplyToUnsentId, Oracle::REPLIES),
+            (ProblemKind::AnsweredTwice, Oracle::REPLIES),
+            (ProblemKind::SentTwice, Oracle::REPLIES),
+            (ProblemKind::ReplyContradictsJournal, Oracle::REPLIES),
+            (ProblemKind::JournalOutOfSequence, Oracle::STATE),
+            (ProblemKind::JournaledTwice, Oracle::STATE),
+            (ProblemKind::BalanceDisagrees, Oracle::STATE),
+            (ProblemKind::MoneyNotConserved, Oracle::STATE),
+            (ProblemKind::IdsJournaledWrong, Oracle::STATE),
+        ];
+        for (kind, oracle) in sorted {
+            let v = ledger_violation(LedgerProblem::new(kind, "reply does not match"));
+            assert_eq!(v.oracle, oracle, "{kind:?}");
+        }
+    }
+
+    #[test]
     fn every_vcpu_listing_ends_its_lines_so_listings_can_be_printed_one_after_another() {
         let mut world = World::new(RunSpec::baseline("listing", 1), false);
         world.boot_host(0, Time(0));

@@ -421,7 +421,8 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
 }
 
 /// Traces a fault event as it fires, with the hosts its targets resolve
-/// to now (which is where it strikes).
+/// to now (which is where it strikes), or, for a repair or link heal, the
+/// hosts its fault began on.
 fn trace_fault(w: &mut World, event: Event, at_ns: u64) {
     let on: Vec<String> = if let Some(host) = event.host() {
         vec![HOST_NAMES[w.resolve(host)].to_string()]
@@ -429,6 +430,18 @@ fn trace_fault(w: &mut World, event: Event, at_ns: u64) {
         vec![w.endpoint_name(from), w.endpoint_name(to)]
     } else if let Event::Isolate { endpoint, .. } = event {
         vec![w.endpoint_name(endpoint)]
+    } else if let Event::Repair { id } = event {
+        // The hosts the partition's ends resolved to when it began; an
+        // isolation cut its one host from everyone.
+        match w.partitions.get(&id).map(Vec::as_slice) {
+            Some([(a, b)]) => vec![a.clone(), b.clone()],
+            Some([(me, _), ..]) => vec![me.clone()],
+            _ => Vec::new(),
+        }
+    } else if let Event::LinkHeal { id } = event {
+        w.link_faults
+            .get(&id)
+            .map_or(Vec::new(), |(a, b, _)| vec![a.clone(), b.clone()])
     } else {
         Vec::new()
     };

@@ -8,6 +8,29 @@ use sim::{run, run_catching, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 
+/// The hosts each numbered fault's beginning and end were traced on, by
+/// fault number.
+type FaultHosts = BTreeMap<u32, Vec<String>>;
+
+fn fault_hosts(outcome: &sim::RunOutcome) -> (FaultHosts, FaultHosts) {
+    let (mut began, mut ended) = (BTreeMap::new(), BTreeMap::new());
+    for event in &outcome.trace {
+        if let Kind::Fault {
+            fault: Some(id),
+            side,
+            on,
+        } = &event.kind
+        {
+            let side = match side {
+                Side::Begins => &mut began,
+                Side::Ends => &mut ended,
+            };
+            side.insert(*id, on.clone());
+        }
+    }
+    (began, ended)
+}
+
 #[test]
 fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
@@ -17,28 +40,56 @@ fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults(
         let spec = sim::scenario::resolve(scenario, seed, None).unwrap();
         let outcome = run(&spec, true);
         assert!(outcome.passed(), "seed {seed}: {:#?}", outcome.violations);
-        let (mut began, mut ended) = (BTreeMap::new(), BTreeMap::new());
-        for event in &outcome.trace {
-            let Kind::Fault {
-                fault: Some(id),
-                side,
-                on,
-            } = &event.kind
-            else {
-                continue;
-            };
-            let side = match side {
-                Side::Begins => &mut began,
-                Side::Ends => &mut ended,
-            };
-            side.insert(*id, on.clone());
-        }
+        let (began, ended) = fault_hosts(&outcome);
         // The pause struck the first primary, the NIC failure the one that
         // promoted meanwhile: two hosts, overlapping.
         assert_eq!(began.len(), 2, "seed {seed}: {began:?}");
         assert_ne!(began[&0], began[&1], "seed {seed}: {began:?}");
         assert_eq!(ended, began, "seed {seed}: every end on its own host");
     }
+}
+
+#[test]
+fn a_repair_and_a_link_heal_are_traced_on_the_hosts_their_faults_began_on() {
+    let mut spec = RunSpec::baseline("repairs", 2);
+    spec.events = vec![
+        (
+            150,
+            Event::Partition {
+                id: 0,
+                from: Endpoint::Host(HostRef::Backup),
+                to: Endpoint::Witness,
+                oneway: false,
+            },
+        ),
+        (
+            160,
+            Event::Link {
+                id: 1,
+                from: Endpoint::Client(1),
+                to: Endpoint::Host(HostRef::Primary),
+                fault: LinkFaultKind::Loss(0.3),
+            },
+        ),
+        (
+            170,
+            Event::Isolate {
+                endpoint: Endpoint::Client(0),
+                id: 2,
+            },
+        ),
+        (300, Event::Repair { id: 0 }),
+        (310, Event::LinkHeal { id: 1 }),
+        (320, Event::Repair { id: 2 }),
+    ];
+    let outcome = run(&spec, true);
+    assert!(outcome.passed(), "{:#?}", outcome.violations);
+    let (began, ended) = fault_hosts(&outcome);
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(began[&0], names(&["b", "witness"]));
+    assert_eq!(began[&1], names(&["client1", "a"]));
+    assert_eq!(began[&2], names(&["client0"]));
+    assert_eq!(ended, began, "every end names the hosts its fault began on");
 }
 
 fn client_replies(outcome: &sim::RunOutcome, client: &str) -> Vec<u64> {
