@@ -46,12 +46,14 @@ fn scenarios_dir() -> String {
     concat!(env!("CARGO_MANIFEST_DIR"), "/scenarios").to_string()
 }
 
-#[test]
-fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
-    let out = std::env::temp_dir().join(format!("lockstep-smoke-{}", std::process::id()));
+/// `lockstep run --suite smoke` on the repository's scenarios with
+/// `extra` arguments, into a fresh directory named after `name`: that
+/// directory, the exit code, stdout and stderr.
+fn run_smoke(name: &str, extra: &[&str]) -> (std::path::PathBuf, i32, String, String) {
+    let out = std::env::temp_dir().join(format!("lockstep-smoke-{name}-{}", std::process::id()));
     let out_arg = out.display().to_string();
     let dir = scenarios_dir();
-    let (code, stdout, stderr) = lockstep(&[
+    let mut args = vec![
         "run",
         "--suite",
         "smoke",
@@ -59,17 +61,29 @@ fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
         &dir,
         "--out",
         &out_arg,
-        "--jobs",
-        "2",
-    ]);
-    assert_eq!(code, 0, "{stdout}\n{stderr}");
-    // 15 suite runs plus the regressions kept in scenarios/regressions.toml.
-    let planned: usize = stdout
+    ];
+    args.extend_from_slice(extra);
+    let (code, stdout, stderr) = lockstep(&args);
+    (out, code, stdout, stderr)
+}
+
+/// The runs `lockstep run --suite smoke` says it plans.
+fn planned_runs(stdout: &str) -> usize {
+    stdout
         .split("suite smoke: ")
         .nth(1)
         .and_then(|r| r.split(' ').next())
         .and_then(|n| n.parse().ok())
-        .expect("the plan is printed");
+        .expect("the plan is printed")
+}
+
+#[test]
+fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
+    let dir = scenarios_dir();
+    let (out, code, stdout, stderr) = run_smoke("pass", &["--jobs", "2"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    // 15 suite runs plus the regressions kept in scenarios/regressions.toml.
+    let planned = planned_runs(&stdout);
     assert!(planned >= 15, "{stdout}");
     assert!(
         stdout.contains(&format!("{planned} runs: {planned} passed, 0 failed")),
@@ -122,20 +136,8 @@ fn smoke_suite_passes_writes_reports_and_replays_to_the_same_hash() {
 
 #[test]
 fn at_ha_the_smoke_suite_loses_replies_and_fails() {
-    let out = std::env::temp_dir().join(format!("lockstep-smoke-ha-{}", std::process::id()));
-    let out_arg = out.display().to_string();
     let dir = scenarios_dir();
-    let (code, stdout, _) = lockstep(&[
-        "run",
-        "--suite",
-        "smoke",
-        "--level",
-        "ha",
-        "--scenarios",
-        &dir,
-        "--out",
-        &out_arg,
-    ]);
+    let (out, code, stdout, _) = run_smoke("ha", &["--level", "ha"]);
     assert_eq!(code, 1, "{stdout}");
     assert!(
         stdout.contains("violations of oracle 1 (replies)"),
@@ -145,6 +147,45 @@ fn at_ha_the_smoke_suite_loses_replies_and_fails() {
         stdout.contains("replay with: lockstep replay --scenario"),
         "{stdout}"
     );
+    // The scenarios are not in the default directory: every replay line
+    // says where they are, printed and in the results.
+    let fail = stdout
+        .lines()
+        .find(|l| l.starts_with("  replay: "))
+        .expect("a failing run's replay line");
+    assert!(
+        fail.ends_with(&format!(" --level ha --scenarios {dir}")),
+        "{fail}"
+    );
+    let jsonl = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    for line in jsonl.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let replay = value["replay_command"].as_str().expect("a replay command");
+        assert!(replay.ends_with(&format!("--scenarios {dir}")), "{replay}");
+        for v in value["violations"].as_array().expect("violations") {
+            assert!(v["kind"].is_string(), "a typed kind: {v}");
+        }
+    }
+    let _ = std::fs::remove_dir_all(&out);
+}
+
+#[test]
+fn run_refuses_zero_seeds_and_zero_jobs_and_caps_too_many_jobs() {
+    let (_, code, _, stderr) = run_smoke("jobs", &["--seeds", "0"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--seeds must be at least 1"), "{stderr}");
+    let (_, code, _, stderr) = run_smoke("jobs", &["--seeds", "1", "--jobs", "0"]);
+    assert_ne!(code, 0);
+    assert!(stderr.contains("--jobs must be at least 1"), "{stderr}");
+    let (out, code, stdout, stderr) = run_smoke("jobs", &["--seeds", "1", "--jobs", "100000"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    assert!(
+        stdout.contains("--jobs 100000 is more than 256: running 256 at once"),
+        "{stdout}"
+    );
+    // No more workers than runs.
+    let runs = planned_runs(&stdout);
+    assert!(stdout.contains(&format!("on {runs} jobs")), "{stdout}");
     let _ = std::fs::remove_dir_all(&out);
 }
 
@@ -294,4 +335,33 @@ fn four_shards_merged_equal_the_unsharded_suite() {
         "{stderr}"
     );
     let _ = std::fs::remove_dir_all(&root);
+}
+
+#[test]
+fn first_seed_moves_every_suite_run_to_its_seeds() {
+    let (out, code, stdout, stderr) =
+        run_smoke("first-seed", &["--seeds", "2", "--first-seed", "40"]);
+    assert_eq!(code, 0, "{stdout}\n{stderr}");
+    let jsonl = std::fs::read_to_string(out.join("results.jsonl")).expect("results.jsonl");
+    let mut seeds = std::collections::BTreeMap::<String, Vec<u64>>::new();
+    for line in jsonl.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        let scenario = value["scenario"].as_str().expect("a scenario").to_string();
+        seeds
+            .entry(scenario)
+            .or_default()
+            .push(value["seed"].as_u64().expect("a seed"));
+    }
+    // Each of smoke's scenarios ran seeds 40 and 41 (and the regressions
+    // kept for it, run first, their own seeds).
+    for scenario in [
+        "baseline",
+        "primary-crash-mid-epoch",
+        "backup-crash-reprotect",
+    ] {
+        let runs = &seeds[scenario];
+        assert!(runs.ends_with(&[40, 41]), "{scenario}: {runs:?}");
+    }
+    assert_eq!(seeds["baseline"], [40, 41]);
+    let _ = std::fs::remove_dir_all(&out);
 }

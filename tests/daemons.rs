@@ -84,6 +84,17 @@ fn a_malformed_node_config_names_file_line_and_field() {
         stderr.contains("protocol.transfer_mib_per_s") && stderr.contains("must be positive"),
         "{stderr}"
     );
+
+    // The level is read as the protocol's one Level, with its message.
+    let text = node_config(&dir, 0, 40_000, "") + "[protocol]\nlevel = \"fault-tolerant\"\n";
+    std::fs::write(&file, text).unwrap();
+    let (code, _, stderr) = lockstep(&["node", "--config", &file.display().to_string()]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("protocol.level")
+            && stderr.contains("unknown protection level `fault-tolerant` (expected ft or ha)"),
+        "{stderr}"
+    );
     let _ = std::fs::remove_dir_all(&dir);
 }
 

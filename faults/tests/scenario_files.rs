@@ -88,6 +88,34 @@ fn suites_have_the_sizes_the_issue_asks() {
 }
 
 #[test]
+fn nightly_starts_where_ci_s_seeds_stop() {
+    let catalogue = load_dir(&dir()).unwrap();
+    let ci = &catalogue.suites["ci"];
+    let Seeds::Count(ci_seeds) = ci.seeds else {
+        panic!("ci is bounded: {:?}", ci.seeds)
+    };
+    let nightly = &catalogue.suites["nightly"];
+    assert_eq!(nightly.first_seed, ci.first_seed + ci_seeds);
+    let ci_max = ci
+        .runs(&catalogue)
+        .filter(|r| r.origin == Origin::Suite)
+        .map(|r| r.seed)
+        .max()
+        .unwrap();
+    let nightly_min = nightly
+        .runs(&catalogue)
+        .take(10_000)
+        .filter(|r| r.origin == Origin::Suite)
+        .map(|r| r.seed)
+        .min()
+        .unwrap();
+    assert!(
+        nightly_min > ci_max,
+        "nightly from {nightly_min}, ci to {ci_max}"
+    );
+}
+
+#[test]
 fn regressions_run_first() {
     let mut catalogue = load_dir(&dir()).unwrap();
     catalogue.regressions.push(faults::Regression {

@@ -34,8 +34,12 @@ pub struct CheckpointId {
     pub epoch: Epoch,
 }
 
-/// How a VM is protected.
+/// How a VM is protected (ARCHITECTURE.md, protocol point 8): the one
+/// notion of protection level, read from scenario and node files, given
+/// on the command line and written into reports as `ft` or `ha`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+#[cfg_attr(feature = "serde", serde(rename_all = "snake_case"))]
 pub enum Level {
     /// Fault tolerance: output of epoch N is released only once the backup
     /// holds epoch N. No output a client saw is ever lost.

@@ -49,8 +49,8 @@ impl<W: Write> JsonlWriter<W> {
     }
 }
 
-/// Reads runs back, naming the line of any that does not parse. Blank lines
-/// are skipped.
+/// Reads runs back, naming the line of any that does not parse or does
+/// not agree with itself. Blank lines are skipped.
 pub fn read_jsonl(input: impl BufRead) -> Result<Vec<RunResult>, ReportError> {
     let mut results = Vec::new();
     for (i, line) in input.lines().enumerate() {
@@ -58,10 +58,16 @@ pub fn read_jsonl(input: impl BufRead) -> Result<Vec<RunResult>, ReportError> {
         if line.trim().is_empty() {
             continue;
         }
-        let result = serde_json::from_str(&line).map_err(|source| ReportError::Json {
-            line: i as u64 + 1,
-            source,
-        })?;
+        let result: RunResult =
+            serde_json::from_str(&line).map_err(|source| ReportError::Json {
+                line: i as u64 + 1,
+                source,
+            })?;
+        // The writers assert consistency: a line that lacks it (edited, or
+        // from elsewhere) is refused here, not a panic later.
+        if !result.is_consistent() {
+            return Err(ReportError::Inconsistent { line: i as u64 + 1 });
+        }
         results.push(result);
     }
     Ok(results)

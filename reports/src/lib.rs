@@ -17,7 +17,9 @@ use std::path::{Path, PathBuf};
 pub use html::write_html;
 pub use jsonl::{read_jsonl, JsonlWriter};
 pub use junit::write_junit;
-pub use result::{replay_command, DiskFigures, Oracle, RunResult, TraceHash, Violation};
+pub use result::{
+    replay_command, DiskFigures, Oracle, RunResult, TraceHash, Violation, ViolationKind,
+};
 pub use summary::Summary;
 
 /// Error writing or reading a report.
@@ -33,6 +35,14 @@ pub enum ReportError {
         line: u64,
         /// Why.
         source: serde_json::Error,
+    },
+    /// A results line that disagrees with itself: `passed` with
+    /// violations, failover times that are not one per failover, or a
+    /// violation whose oracle is not its kind's.
+    #[error("results line {line}: the run disagrees with itself (passed, failovers or a violation's oracle)")]
+    Inconsistent {
+        /// 1-based line.
+        line: u64,
     },
     /// plotters could not draw a figure.
     #[error("plot: {0}")]

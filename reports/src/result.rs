@@ -63,18 +63,106 @@ impl fmt::Display for Oracle {
     }
 }
 
+/// What kind of thing the oracle found wrong. Each kind belongs to one
+/// oracle; readers of `results.jsonl` sort violations by this, never by
+/// their message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ViolationKind {
+    /// 1: a reply a client received does not parse.
+    ReplyUnreadable,
+    /// 1: a reply to an id that was never sent.
+    ReplyToUnsentId,
+    /// 1: an id answered with two different replies.
+    AnsweredTwice,
+    /// 1: a request id sent with two different contents.
+    SentTwice,
+    /// 1: a reply that the survivor's journal contradicts.
+    ReplyContradictsJournal,
+    /// 2: two hosts released output in one generation.
+    TwoReleasers,
+    /// 3: a host hit an error (a guest fault, an inconsistent standby).
+    HostError,
+    /// 3: a journal record out of sequence.
+    JournalOutOfSequence,
+    /// 3: an id in the journal twice.
+    JournaledTwice,
+    /// 3: a journaled decision the ledger's rules do not make.
+    WrongDecision,
+    /// 3: an account's balance disagrees with the journal.
+    BalanceDisagrees,
+    /// 3: money not conserved.
+    MoneyNotConserved,
+    /// 3: the journal holds more or fewer ids than requests were answered.
+    IdsJournaledWrong,
+    /// 3: the survivor's memory or disk cannot be read.
+    SurvivorUnreadable,
+    /// 3: the run panicked: nothing of its state can be judged.
+    RunPanicked,
+    /// 4: requests still unanswered at the end of the liveness phase.
+    Unanswered,
+    /// 4: the host the witness grants is down at the end.
+    HolderDown,
+    /// 4: the host the witness grants is not its running primary at the end.
+    HolderNotPrimary,
+    /// 5: the same seed gave two different traces.
+    Nondeterministic,
+}
+
+impl ViolationKind {
+    /// The oracle a violation of this kind breaks.
+    pub fn oracle(self) -> Oracle {
+        use ViolationKind::*;
+        match self {
+            ReplyUnreadable
+            | ReplyToUnsentId
+            | AnsweredTwice
+            | SentTwice
+            | ReplyContradictsJournal => Oracle::REPLIES,
+            TwoReleasers => Oracle::ONE_RELEASER,
+            HostError | JournalOutOfSequence | JournaledTwice | WrongDecision
+            | BalanceDisagrees | MoneyNotConserved | IdsJournaledWrong | SurvivorUnreadable
+            | RunPanicked => Oracle::STATE,
+            Unanswered | HolderDown | HolderNotPrimary => Oracle::LIVENESS,
+            Nondeterministic => Oracle::DETERMINISM,
+        }
+    }
+}
+
 /// What the oracle found wrong.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Violation {
-    /// Which judgement failed.
+    /// Which judgement failed (always `kind.oracle()`; written for readers
+    /// that sort by oracle).
     pub oracle: Oracle,
+    /// What kind of thing went wrong.
+    pub kind: ViolationKind,
     /// What it saw, for people.
     pub message: String,
 }
 
+impl Violation {
+    /// A violation of `kind`, described by `message`.
+    pub fn new(kind: ViolationKind, message: impl Into<String>) -> Violation {
+        Violation {
+            oracle: kind.oracle(),
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ViolationKind {
+    /// The kind as `results.jsonl` spells it (`answered_twice`).
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = serde_json::to_value(self).expect("a unit variant serialises");
+        f.write_str(name.as_str().expect("unit variants serialise as strings"))
+    }
+}
+
 impl fmt::Display for Violation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}: {}", self.oracle, self.message)
+        write!(f, "{} {}: {}", self.oracle, self.kind, self.message)
     }
 }
 
@@ -150,6 +238,10 @@ pub struct RunResult {
     /// failure the system survives): not judged for liveness or state.
     #[serde(default)]
     pub vm_lost: bool,
+    /// Why the VM was lost: which host held what at the end of the safety
+    /// phase, and what the witness granted (when `vm_lost`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vm_lost_reason: Option<String>,
     /// Disk faults injected in the run and what caught them.
     #[serde(default)]
     pub disk: DiskFigures,
@@ -189,6 +281,7 @@ impl RunResult {
     pub fn is_consistent(&self) -> bool {
         self.passed == self.violations.is_empty()
             && self.failover_ms.len() == self.failovers as usize
+            && self.violations.iter().all(|v| v.oracle == v.kind.oracle())
     }
 }
 
@@ -211,5 +304,39 @@ mod tests {
         assert!(Oracle::try_from(6).is_err());
         assert_eq!(Oracle::try_from(4), Ok(Oracle::LIVENESS));
         assert_eq!(Oracle::STATE.to_string(), "oracle 3 (state)");
+    }
+
+    const KINDS: &str = r#"["reply_unreadable", "reply_to_unsent_id", "answered_twice",
+        "sent_twice", "reply_contradicts_journal", "two_releasers", "host_error",
+        "journal_out_of_sequence", "journaled_twice", "wrong_decision", "balance_disagrees",
+        "money_not_conserved", "ids_journaled_wrong", "survivor_unreadable", "run_panicked",
+        "unanswered", "holder_down", "holder_not_primary", "nondeterministic"]"#;
+
+    #[test]
+    fn a_violation_is_written_with_its_kind_and_its_kind_s_oracle() {
+        let v = Violation::new(ViolationKind::AnsweredTwice, "id 5 answered twice");
+        assert_eq!(v.oracle, Oracle::REPLIES);
+        let json = serde_json::to_value(&v).expect("serialises");
+        assert_eq!(json["kind"], "answered_twice");
+        assert_eq!(json["oracle"], 1);
+        let back: Violation = serde_json::from_value(json).expect("reads back");
+        assert_eq!(back, v);
+        assert_eq!(
+            v.to_string(),
+            "oracle 1 (replies) answered_twice: id 5 answered twice"
+        );
+        assert_eq!(ViolationKind::HolderDown.oracle(), Oracle::LIVENESS);
+        assert_eq!(ViolationKind::RunPanicked.oracle(), Oracle::STATE);
+        assert_eq!(
+            ViolationKind::Nondeterministic.oracle(),
+            Oracle::DETERMINISM
+        );
+        // Every kind's oracle is one of the five, and each oracle has a
+        // kind (the table is complete).
+        let kinds: Vec<ViolationKind> =
+            serde_json::from_str(KINDS).expect("every kind's name reads back");
+        let oracles: std::collections::BTreeSet<u8> =
+            kinds.iter().map(|k| k.oracle().number()).collect();
+        assert_eq!(oracles.into_iter().collect::<Vec<_>>(), [1, 2, 3, 4, 5]);
     }
 }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use faults::Level;
 use quick_xml::events::Event;
 use reports::{
-    read_jsonl, replay_command, write_all, Oracle, RunResult, Summary, TraceHash, Violation,
+    read_jsonl, replay_command, write_all, RunResult, Summary, TraceHash, Violation, ViolationKind,
 };
 
 fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
@@ -28,6 +28,7 @@ fn run(scenario: &str, seed: u64, violations: Vec<Violation>) -> RunResult {
         requests_sent: 80,
         replies_received: 80,
         vm_lost: false,
+        vm_lost_reason: None,
         disk: reports::DiskFigures::default(),
     }
 }
@@ -42,14 +43,14 @@ fn sample() -> Vec<RunResult> {
         "oneway-partition",
         7,
         vec![
-            Violation {
-                oracle: Oracle::ONE_RELEASER,
-                message: "hosts a and b both released output in generation 4 <&\"'>".into(),
-            },
-            Violation {
-                oracle: Oracle::REPLIES,
-                message: "reply to request 12 changed\u{0}\u{7} after failover".into(),
-            },
+            Violation::new(
+                ViolationKind::TwoReleasers,
+                "hosts a and b both released output in generation 4 <&\"'>",
+            ),
+            Violation::new(
+                ViolationKind::ReplyContradictsJournal,
+                "reply to request 12 changed\u{0}\u{7} after failover",
+            ),
         ],
     ));
     results
@@ -83,6 +84,32 @@ fn jsonl_reads_back_equal() {
         "{error}"
     );
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn a_line_that_disagrees_with_itself_is_refused_with_its_number() {
+    let lines: Vec<String> = sample()
+        .iter()
+        .map(|r| serde_json::to_string(r).unwrap())
+        .collect();
+    let last = lines.len() - 1;
+    let mut value: serde_json::Value = serde_json::from_str(&lines[last]).unwrap();
+    // The kind says oracle 2, the line says 3.
+    value["violations"][0]["oracle"] = serde_json::json!(3);
+    let mut edited = lines.clone();
+    edited[last] = value.to_string();
+    let error = read_jsonl(edited.join("\n").as_bytes()).unwrap_err();
+    assert!(
+        matches!(error, reports::ReportError::Inconsistent { line } if line == last as u64 + 1),
+        "{error}"
+    );
+    // Passed, yet with violations.
+    let mut value: serde_json::Value = serde_json::from_str(&lines[last]).unwrap();
+    value["passed"] = serde_json::json!(true);
+    edited[last] = value.to_string();
+    assert!(read_jsonl(edited.join("\n").as_bytes()).is_err());
+    // Unedited, the same lines read.
+    assert_eq!(read_jsonl(lines.join("\n").as_bytes()).unwrap(), sample());
 }
 
 #[test]
@@ -200,10 +227,7 @@ fn any_message_makes_well_formed_xml() {
         let results = vec![run(
             "s",
             1,
-            vec![Violation {
-                oracle: Oracle::STATE,
-                message,
-            }],
+            vec![Violation::new(ViolationKind::WrongDecision, message)],
         )];
         let mut xml = Vec::new();
         reports::write_junit(&mut xml, &results).unwrap();

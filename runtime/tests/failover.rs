@@ -7,7 +7,9 @@
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger::STATUS_APPLIED;
-use machine::guests::ledger_load::{check_ledger, LedgerConfig, Reply, Request};
+use machine::guests::ledger_load::{
+    check_ledger, LedgerConfig, LedgerProblem, ProblemKind, Reply, Request,
+};
 use machine::guests::Guest;
 use machine::layout::MEMORY_BYTES_MIN;
 use machine::{Machine, Shape};
@@ -69,7 +71,7 @@ struct Client {
     next_id: u64,
     outstanding: BTreeMap<u64, (Request, Time)>,
     replies: BTreeMap<u64, Reply>,
-    bad: Vec<String>,
+    bad: Vec<LedgerProblem>,
 }
 
 impl Client {
@@ -100,12 +102,16 @@ impl Client {
     fn receive(&mut self, packet: &[u8]) {
         let reply = match Reply::decode(packet) {
             Ok(reply) => reply,
-            Err(problem) => return self.bad.push(problem),
+            Err(problem) => {
+                return self
+                    .bad
+                    .push(LedgerProblem::new(ProblemKind::ReplyUnreadable, problem))
+            }
         };
         match self.replies.get(&reply.id) {
-            Some(first) if *first != reply => self
-                .bad
-                .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+            Some(first) if *first != reply => {
+                self.bad.push(LedgerProblem::answered_twice(first, &reply))
+            }
             Some(_) => {}
             None => {
                 self.replies.insert(reply.id, reply);
@@ -229,7 +235,7 @@ impl Cluster {
 
     /// The ledger oracle on host `i`: money conserved, journal replayed,
     /// and every reply the client received matches the survivor's journal.
-    fn check(&mut self, i: usize) -> Vec<String> {
+    fn check(&mut self, i: usize) -> Vec<LedgerProblem> {
         let host = self.hosts[i].as_mut().expect("survivor");
         let expected =
             (self.client.replies.len() as u64 == ledger().requests).then_some(ledger().requests);
@@ -262,7 +268,7 @@ fn no_fault_every_request_answered_and_ledger_consistent() {
         .replies
         .values()
         .any(|r| r.status == u64::from(STATUS_APPLIED)));
-    assert_eq!(c.check(0), Vec::<String>::new());
+    assert_eq!(c.check(0), Vec::<LedgerProblem>::new());
     let a = c.hosts[0].as_ref().expect("a");
     assert!(a.stats().captures > 10, "epochs closed: {:?}", a.stats());
     assert!(c.hosts[1].as_ref().expect("b").stats().applied > 10);
@@ -288,7 +294,7 @@ fn primary_crash_under_load_loses_no_acknowledged_transfer_at_ft() {
     );
     assert_eq!(
         c.check(1),
-        Vec::<String>::new(),
+        Vec::<LedgerProblem>::new(),
         "every reply the client saw is in the survivor"
     );
 }
@@ -305,7 +311,7 @@ fn at_ha_the_oracle_sees_lost_replies() {
     assert!(
         violations
             .iter()
-            .any(|v| v.contains("does not match the journal")),
+            .any(|v| v.kind == ProblemKind::ReplyContradictsJournal),
         "expected lost replies, got {violations:?}"
     );
 }

@@ -2,7 +2,7 @@
 //! retries what is unanswered, and records what it sent and what it saw.
 
 use machine::guests::ledger::TABLE_ENTRIES;
-use machine::guests::ledger_load::{Reply, Request};
+use machine::guests::ledger_load::{LedgerProblem, ProblemKind, Reply, Request};
 use machine::rng::SplitMix64;
 use protocol::Time;
 use std::collections::BTreeMap;
@@ -43,7 +43,7 @@ pub struct Client {
     pub answered_at: BTreeMap<u64, Time>,
     /// Replies that contradicted an earlier one, or answered an id never
     /// sent, or did not parse.
-    pub bad: Vec<String>,
+    pub bad: Vec<LedgerProblem>,
     /// Packets sent, retries included.
     pub sent: u64,
 }
@@ -162,21 +162,26 @@ impl Client {
     pub fn receive(&mut self, now: Time, packet: &[u8]) {
         let reply = match Reply::decode(packet) {
             Ok(reply) => reply,
-            Err(problem) => return self.bad.push(format!("client {}: {problem}", self.index)),
+            Err(problem) => {
+                return self.bad.push(LedgerProblem::new(
+                    ProblemKind::ReplyUnreadable,
+                    format!("client {}: {problem}", self.index),
+                ))
+            }
         };
         let ours = reply.id >= 1
             && Client::owner(reply.id, self.clients) == self.index
             && self.ordinal(reply.id) < self.next;
         if !ours {
-            return self.bad.push(format!(
-                "client {}: reply to unsent id {}",
-                self.index, reply.id
+            return self.bad.push(LedgerProblem::new(
+                ProblemKind::ReplyToUnsentId,
+                format!("client {}: reply to unsent id {}", self.index, reply.id),
             ));
         }
         match self.replies.get(&reply.id) {
-            Some(first) if *first != reply => self
-                .bad
-                .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+            Some(first) if *first != reply => {
+                self.bad.push(LedgerProblem::answered_twice(first, &reply))
+            }
             Some(_) => {}
             None => {
                 self.replies.insert(reply.id, reply);

@@ -6,7 +6,9 @@
 //! never sent) and hands them to the same ledger check the oracle uses.
 
 use crate::oracle::Violation;
-use machine::guests::ledger_load::{check_ledger, LedgerConfig, LedgerReport, Reply, Request};
+use machine::guests::ledger_load::{
+    check_ledger, LedgerConfig, LedgerProblem, LedgerReport, ProblemKind, Reply, Request,
+};
 use machine::{Engine, Machine, MachineError};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -65,7 +67,7 @@ pub struct History {
     pub sent_at: BTreeMap<u64, u64>,
     /// Replies that contradict an earlier one, answer an id never sent, or
     /// do not parse.
-    pub bad: Vec<String>,
+    pub bad: Vec<LedgerProblem>,
     /// Packets sent, retries included.
     pub sends: u64,
     /// Wall-clock time the load began, if the history says.
@@ -150,8 +152,10 @@ impl History {
                 };
                 let first = *self.requests.entry(id).or_insert(request);
                 if first != request {
-                    self.bad
-                        .push(format!("id {id} sent as {first:?} and as {request:?}"));
+                    self.bad.push(LedgerProblem::new(
+                        ProblemKind::SentTwice,
+                        format!("id {id} sent as {first:?} and as {request:?}"),
+                    ));
                 }
                 self.sent_at.entry(id).or_insert(t_ns);
             }
@@ -162,21 +166,30 @@ impl History {
             } => {
                 self.reply_times_ns.push(t_ns);
                 let Some(bytes) = unhex(&packet) else {
-                    return self.bad.push(format!("client {client}: reply not hex"));
+                    return self.bad.push(LedgerProblem::new(
+                        ProblemKind::ReplyUnreadable,
+                        format!("client {client}: reply not hex"),
+                    ));
                 };
                 let reply = match Reply::decode(&bytes) {
                     Ok(reply) => reply,
-                    Err(why) => return self.bad.push(format!("client {client}: {why}")),
+                    Err(why) => {
+                        return self.bad.push(LedgerProblem::new(
+                            ProblemKind::ReplyUnreadable,
+                            format!("client {client}: {why}"),
+                        ))
+                    }
                 };
                 if !self.requests.contains_key(&reply.id) {
-                    return self
-                        .bad
-                        .push(format!("client {client}: reply to unsent id {}", reply.id));
+                    return self.bad.push(LedgerProblem::new(
+                        ProblemKind::ReplyToUnsentId,
+                        format!("client {client}: reply to unsent id {}", reply.id),
+                    ));
                 }
                 match self.replies.get(&reply.id) {
-                    Some((first, _)) if *first != reply => self
-                        .bad
-                        .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+                    Some((first, _)) if *first != reply => {
+                        self.bad.push(LedgerProblem::answered_twice(first, &reply))
+                    }
                     Some(_) => {}
                     None => {
                         self.replies.insert(reply.id, (reply, t_ns));
@@ -221,10 +234,7 @@ pub fn judge<E: Engine>(
     let report = match checked {
         Ok(report) => Some(report),
         Err(problems) => {
-            violations.extend(problems.into_iter().map(|problem| Violation {
-                oracle: crate::oracle::ledger_oracle(&problem),
-                message: problem,
-            }));
+            violations.extend(problems.into_iter().map(crate::oracle::ledger_violation));
             None
         }
     };
@@ -272,7 +282,13 @@ mod tests {
         .join("\n");
         let history = History::read(text.as_bytes()).expect("reads");
         assert_eq!(history.replies.len(), 1);
-        assert_eq!(history.bad.len(), 2, "{:?}", history.bad);
+        let kinds: Vec<ProblemKind> = history.bad.iter().map(|b| b.kind).collect();
+        assert_eq!(
+            kinds,
+            [ProblemKind::AnsweredTwice, ProblemKind::ReplyToUnsentId],
+            "{:?}",
+            history.bad
+        );
         assert_eq!(history.latencies_ns(), vec![4]);
     }
 

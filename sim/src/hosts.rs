@@ -2,6 +2,7 @@
 //! the clients. Each is a loop over its sockets and a timer; all state lives
 //! in the shared [`World`], borrowed only between awaits.
 
+use crate::trace::Kind;
 use crate::world::{
     client_name, World, CLAIM_PORT, CLIENT_PORT, FRAME_PORT, HOST_NAMES, SERVICE_PORT,
 };
@@ -215,7 +216,7 @@ pub async fn switch(world: Rc<RefCell<World>>) -> turmoil::Result {
         let mut w = world.borrow_mut();
         if owner.is_some() && w.switch_owner != owner {
             let t = now();
-            w.trace.record(t.0, "switch", || {
+            w.trace.record(t.0, "switch", Kind::ServiceAddress, || {
                 format!("service address now at {owner:?}")
             });
             w.switch_owner = owner;
@@ -234,7 +235,7 @@ pub async fn client(world: Rc<RefCell<World>>, index: u16) -> turmoil::Result {
             let client = &mut w.clients[usize::from(index)];
             let packets = client.sends(t);
             let next = client.next_retry();
-            (w.client_sends(index, packets), next)
+            (w.client_sends(index, t, packets), next)
         };
         send_all(&socket, sends).await;
         let wake = next.unwrap_or(t.add_ns(50_000_000));
@@ -245,7 +246,7 @@ pub async fn client(world: Rc<RefCell<World>>, index: u16) -> turmoil::Result {
                 let t = now();
                 let mut w = world.borrow_mut();
                 let name = client_name(index);
-                w.trace.record(t.0, &name, || format!("reply {:016x}", crate::trace::digest(&buf[..n])));
+                w.trace.record(t.0, &name, Kind::Reply, || format!("reply {:016x}", crate::trace::digest(&buf[..n])));
                 w.clients[usize::from(index)].receive(t, &buf[..n]);
             }
             () = sleep_until(wake) => {}

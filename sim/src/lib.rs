@@ -16,6 +16,6 @@ pub mod spec;
 pub mod trace;
 pub mod world;
 
-pub use oracle::Violation;
+pub use oracle::{Violation, ViolationKind};
 pub use run::{run, run_catching, DiskCounts, RunOutcome};
 pub use spec::{DiskFault, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};

@@ -9,26 +9,12 @@
 //! 5. The same seed gives the same trace hash (checked by running twice).
 
 use crate::world::{World, HOST_NAMES};
-use machine::guests::ledger_load::check_ledger;
+use machine::guests::ledger_load::{check_ledger, LedgerProblem, ProblemKind};
 use machine::Engine as _;
 use protocol::RoleKind;
 use std::collections::BTreeMap;
 
-/// A broken property of a run.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Violation {
-    /// Which oracle (1 to 5).
-    pub oracle: u8,
-    /// What it saw.
-    pub message: String,
-}
-
-fn violation(oracle: u8, message: impl Into<String>) -> Violation {
-    Violation {
-        oracle,
-        message: message.into(),
-    }
-}
+pub use reports::{Violation, ViolationKind};
 
 /// Each vCPU of host `index` at the end: its rip and the instructions
 /// there, for the report of a failed run.
@@ -66,18 +52,26 @@ pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
         .collect()
 }
 
-/// Which oracle a problem of the ledger check breaks: a reply that the
-/// journal contradicts, answered twice, for an id never sent, or a request
-/// sent twice with different contents is oracle 1; the rest (the ledger
-/// does not replay) oracle 3. The real-world judge (`history::judge`)
-/// sorts its problems the same way.
-pub(crate) fn ledger_oracle(problem: &str) -> u8 {
-    let replies = ["does not match", "answered", "unsent", "sent as"];
-    if replies.iter().any(|r| problem.contains(r)) {
-        1
-    } else {
-        3
-    }
+/// The violation a problem of the ledger check is: a reply that the
+/// journal contradicts, answered twice, for an id never sent or unreadable,
+/// or a request sent twice with different contents breaks oracle 1; the
+/// rest (the ledger does not replay) oracle 3. The real-world judge
+/// (`history::judge`) sorts its problems the same way.
+pub(crate) fn ledger_violation(problem: LedgerProblem) -> Violation {
+    let kind = match problem.kind {
+        ProblemKind::ReplyUnreadable => ViolationKind::ReplyUnreadable,
+        ProblemKind::ReplyToUnsentId => ViolationKind::ReplyToUnsentId,
+        ProblemKind::AnsweredTwice => ViolationKind::AnsweredTwice,
+        ProblemKind::SentTwice => ViolationKind::SentTwice,
+        ProblemKind::ReplyContradictsJournal => ViolationKind::ReplyContradictsJournal,
+        ProblemKind::JournalOutOfSequence => ViolationKind::JournalOutOfSequence,
+        ProblemKind::JournaledTwice => ViolationKind::JournaledTwice,
+        ProblemKind::WrongDecision => ViolationKind::WrongDecision,
+        ProblemKind::BalanceDisagrees => ViolationKind::BalanceDisagrees,
+        ProblemKind::MoneyNotConserved => ViolationKind::MoneyNotConserved,
+        ProblemKind::IdsJournaledWrong => ViolationKind::IdsJournaledWrong,
+    };
+    Violation::new(kind, problem.message)
 }
 
 /// Judges the world at the end of a run.
@@ -85,28 +79,31 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
     let mut violations = Vec::new();
     for (generation, hosts) in &world.releases {
         if hosts.len() > 1 {
-            violations.push(violation(
-                2,
+            violations.push(Violation::new(
+                ViolationKind::TwoReleasers,
                 format!("hosts {hosts:?} both released output in {generation}"),
             ));
         }
     }
     for error in &world.host_errors {
-        violations.push(violation(3, format!("host error: {error}")));
+        violations.push(Violation::new(
+            ViolationKind::HostError,
+            format!("host error: {error}"),
+        ));
     }
     if world.vm_lost.is_some() {
         // Beyond the fault model: nobody can answer, and there is no
         // survivor to judge. Replies already seen must still agree.
         for client in &world.clients {
-            violations.extend(client.bad.iter().map(|b| violation(1, b.clone())));
+            violations.extend(client.bad.iter().cloned().map(ledger_violation));
         }
         return violations;
     }
     let total = world.spec.requests_total();
     let answered: u64 = world.clients.iter().map(|c| c.replies.len() as u64).sum();
     if answered < total {
-        violations.push(violation(
-            4,
+        violations.push(Violation::new(
+            ViolationKind::Unanswered,
             format!("{answered} of {total} requests answered by the end of the liveness phase"),
         ));
     }
@@ -120,8 +117,8 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         bad.extend(client.bad.iter().cloned());
     }
     let Some(host) = world.hosts[survivor].host.as_mut() else {
-        violations.push(violation(
-            4,
+        violations.push(Violation::new(
+            ViolationKind::HolderDown,
             format!(
                 "the witness's holder {} is down at the end",
                 HOST_NAMES[survivor]
@@ -130,8 +127,8 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         return violations;
     };
     if host.role() != RoleKind::Primary || host.node().generation() != grant.generation {
-        violations.push(violation(
-            4,
+        violations.push(Violation::new(
+            ViolationKind::HolderNotPrimary,
             format!(
                 "the witness's holder {} is {:?} in {} at the end, grant {}",
                 HOST_NAMES[survivor],
@@ -146,11 +143,79 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
     match check_ledger(host.machine(), &ledger, &replies, &bad, expected) {
         Ok(Ok(_)) => {}
         Ok(Err(problems)) => {
-            for problem in problems {
-                violations.push(violation(ledger_oracle(&problem), problem));
-            }
+            violations.extend(problems.into_iter().map(ledger_violation));
         }
-        Err(e) => violations.push(violation(3, format!("survivor unreadable: {e}"))),
+        Err(e) => violations.push(Violation::new(
+            ViolationKind::SurvivorUnreadable,
+            format!("survivor unreadable: {e}"),
+        )),
     }
     violations
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::RunSpec;
+    use protocol::Time;
+
+    #[test]
+    fn ledger_problems_are_sorted_into_oracles_by_kind_whatever_their_text() {
+        use reports::Oracle;
+        // Text that a substring match would have put under oracle 1.
+        let text = "journal record 3 does not match: answered, unsent, sent as";
+        let v = ledger_violation(LedgerProblem::new(ProblemKind::WrongDecision, text));
+        assert_eq!(
+            (v.kind, v.oracle),
+            (ViolationKind::WrongDecision, Oracle::STATE)
+        );
+        assert_eq!(v.message, text);
+        let sorted = [
+            (ProblemKind::ReplyUnreadable, Oracle::REPLIES),
+            (ProblemKind::ReplyToUnsentId, Oracle::REPLIES),
+            (ProblemKind::AnsweredTwice, Oracle::REPLIES),
+            (ProblemKind::SentTwice, Oracle::REPLIES),
+            (ProblemKind::ReplyContradictsJournal, Oracle::REPLIES),
+            (ProblemKind::JournalOutOfSequence, Oracle::STATE),
+            (ProblemKind::JournaledTwice, Oracle::STATE),
+            (ProblemKind::BalanceDisagrees, Oracle::STATE),
+            (ProblemKind::MoneyNotConserved, Oracle::STATE),
+            (ProblemKind::IdsJournaledWrong, Oracle::STATE),
+        ];
+        for (kind, oracle) in sorted {
+            let v = ledger_violation(LedgerProblem::new(kind, "reply does not match"));
+            assert_eq!(v.oracle, oracle, "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn every_vcpu_listing_ends_its_lines_so_listings_can_be_printed_one_after_another() {
+        let mut world = World::new(RunSpec::baseline("listing", 1), false);
+        world.boot_host(0, Time(0));
+        let up = vcpu_listings(&mut world, 0);
+        let down = vcpu_listings(&mut world, 1);
+        assert_eq!(up.len(), 2, "one listing per vCPU: {up:?}");
+        assert_eq!(down, ["b is down\n"]);
+        for (vcpu, listing) in up.iter().enumerate() {
+            assert!(listing.ends_with('\n'), "{listing:?}");
+            let header = listing.lines().next().expect("a header line");
+            assert!(
+                header.starts_with(&format!("a vCPU {vcpu} rip 0x")),
+                "{header}"
+            );
+            assert!(
+                listing.lines().nth(1).is_some_and(|l| l.starts_with("=> ")),
+                "{listing}"
+            );
+        }
+        let printed: String = up.iter().chain(&down).cloned().collect();
+        assert_eq!(
+            printed
+                .lines()
+                .filter(|l| l.contains(" vCPU ") || l.ends_with("is down"))
+                .count(),
+            3,
+            "{printed}"
+        );
+    }
 }

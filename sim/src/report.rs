@@ -1,7 +1,7 @@
 //! A run's outcome as the reports crate records it.
 
 use crate::run::RunOutcome;
-use reports::{Oracle, RunResult, TraceHash};
+use reports::{RunResult, TraceHash};
 
 /// Guest pause per captured page, modelled: the emulated engine's capture
 /// takes no simulated time, so pause figures are modelled from the pages a
@@ -21,10 +21,7 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
 
 /// The record of `outcome`, which took `wall_ms` of wall time.
 pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
-    let level = match outcome.level {
-        protocol::Level::Ft => faults::scenario::Level::Ft,
-        protocol::Level::Ha => faults::scenario::Level::Ha,
-    };
+    let level = outcome.level;
     let mut pauses: Vec<u64> = outcome
         .capture_pages
         .iter()
@@ -38,14 +35,7 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
         seed: outcome.seed,
         level,
         passed: outcome.passed(),
-        violations: outcome
-            .violations
-            .iter()
-            .map(|v| reports::Violation {
-                oracle: Oracle::try_from(v.oracle).expect("oracles are 1 to 5"),
-                message: v.message.clone(),
-            })
-            .collect(),
+        violations: outcome.violations.clone(),
         trace_hash: TraceHash(outcome.trace_hash),
         replay_command: reports::replay_command(&outcome.scenario, outcome.seed, level),
         sim_ms: outcome.sim_ms,
@@ -59,6 +49,7 @@ pub fn to_result(outcome: &RunOutcome, wall_ms: u64) -> RunResult {
         requests_sent: outcome.requests_sent,
         replies_received: outcome.replies_received,
         vm_lost: outcome.vm_lost.is_some(),
+        vm_lost_reason: outcome.vm_lost.clone(),
         disk: reports::DiskFigures {
             injected: d.eio + d.torn_writes + d.lost_writes + d.corrupted_reads,
             repaired: d.read_retries + d.write_retries,

@@ -1,9 +1,9 @@
 //! One run: build the turmoil simulation, inject the events, heal, judge.
 
 use crate::hosts;
-use crate::oracle::{judge, Violation};
+use crate::oracle::{judge, Violation, ViolationKind};
 use crate::spec::{Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
-use crate::trace::TraceEvent;
+use crate::trace::{Kind, TraceEvent};
 use crate::world::{client_name, World, HOST_NAMES};
 use protocol::Generation;
 use std::cell::RefCell;
@@ -115,10 +115,10 @@ impl RunOutcome {
             trace_hash: 0,
             trace_events: 0,
             trace: Vec::new(),
-            violations: vec![Violation {
-                oracle: 3,
-                message: format!("the run panicked: {why}"),
-            }],
+            violations: vec![Violation::new(
+                ViolationKind::RunPanicked,
+                format!("the run panicked: {why}"),
+            )],
             sim_ms: 0,
             failover_ms: Vec::new(),
             epochs: 0,
@@ -277,22 +277,7 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
             w.primary_lost = Some((at_ns, generation));
         }
     };
-    if let Some(host) = event.host() {
-        let i = w.resolve(host);
-        w.trace.record(at_ns, "faults", || {
-            format!("{event:?} on {}", HOST_NAMES[i])
-        });
-    } else if let Some((from, to)) = event.ends() {
-        let (a, b) = (w.endpoint_name(from), w.endpoint_name(to));
-        w.trace
-            .record(at_ns, "faults", || format!("{event:?} between {a} and {b}"));
-    } else if let Event::Isolate { endpoint, .. } = event {
-        let me = w.endpoint_name(endpoint);
-        w.trace
-            .record(at_ns, "faults", || format!("{event:?} of {me}"));
-    } else {
-        w.trace.record(at_ns, "faults", || format!("{event:?}"));
-    }
+    trace_fault(&mut w, event, at_ns);
     let names =
         |w: &World, from: Endpoint, to: Endpoint| (w.endpoint_name(from), w.endpoint_name(to));
     match event {
@@ -435,6 +420,42 @@ fn apply(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, event: Event, n
     }
 }
 
+/// Traces a fault event as it fires, with the hosts its targets resolve
+/// to now (which is where it strikes), or, for a repair or link heal, the
+/// hosts its fault began on.
+fn trace_fault(w: &mut World, event: Event, at_ns: u64) {
+    let on: Vec<String> = if let Some(host) = event.host() {
+        vec![HOST_NAMES[w.resolve(host)].to_string()]
+    } else if let Some((from, to)) = event.ends() {
+        vec![w.endpoint_name(from), w.endpoint_name(to)]
+    } else if let Event::Isolate { endpoint, .. } = event {
+        vec![w.endpoint_name(endpoint)]
+    } else if let Event::Repair { id } = event {
+        // The hosts the partition's ends resolved to when it began; an
+        // isolation cut its one host from everyone.
+        match w.partitions.get(&id).map(Vec::as_slice) {
+            Some([(a, b)]) => vec![a.clone(), b.clone()],
+            Some([(me, _), ..]) => vec![me.clone()],
+            _ => Vec::new(),
+        }
+    } else if let Event::LinkHeal { id } = event {
+        w.link_faults
+            .get(&id)
+            .map_or(Vec::new(), |(a, b, _)| vec![a.clone(), b.clone()])
+    } else {
+        Vec::new()
+    };
+    let text = match on.as_slice() {
+        [host] if event.host().is_some() => format!("{event:?} on {host}"),
+        [a, b] => format!("{event:?} between {a} and {b}"),
+        [me] => format!("{event:?} of {me}"),
+        _ => format!("{event:?}"),
+    };
+    let (side, fault) = event.side();
+    w.trace
+        .record(at_ns, "faults", Kind::fault(fault, side, on), || text);
+}
+
 /// Puts `fault` on the link between hosts `a` and `b`, both ways.
 fn set_link(
     sim: &mut turmoil::Sim<'_>,
@@ -490,7 +511,9 @@ fn heal(sim: &mut turmoil::Sim<'_>, world: &Rc<RefCell<World>>, now_ms: u64) {
     }
     let mut w = world.borrow_mut();
     w.trace
-        .record(now_ms * 1_000_000, "faults", || "heal".to_string());
+        .record(now_ms * 1_000_000, "faults", Kind::Heal, || {
+            "heal".to_string()
+        });
     w.note_if_vm_lost();
     w.links.clear();
     w.partitions.clear();

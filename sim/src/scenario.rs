@@ -3,7 +3,7 @@
 //! primitive events that start and end it.
 
 use crate::spec::{DiskFault, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
-use faults::scenario::{Level as FileLevel, Scenario};
+use faults::scenario::Scenario;
 use faults::{FaultKind, Phase, ScheduledFault, Target};
 use protocol::Level;
 
@@ -23,15 +23,11 @@ pub fn resolve(
     seed: u64,
     level: Option<Level>,
 ) -> Result<RunSpec, Unsupported> {
-    let file_level = match scenario.protection.level {
-        FileLevel::Ft => Level::Ft,
-        FileLevel::Ha => Level::Ha,
-    };
     let requests = u64::from(scenario.workload.requests);
     let mut spec = RunSpec {
         scenario: scenario.name.clone(),
         seed,
-        level: level.unwrap_or(file_level),
+        level: level.unwrap_or(scenario.protection.level),
         vcpus: scenario.guest.vcpus,
         accounts: u64::from(scenario.guest.accounts),
         clients: scenario.workload.clients,

@@ -2,6 +2,7 @@
 //! fault events to inject, all resolved (a scenario file plus a seed
 //! resolve to one of these).
 
+use crate::trace::Side;
 use protocol::Level;
 
 /// A VM host, named by what it is when an event fires.
@@ -218,6 +219,31 @@ impl Event {
             | Event::NicUp(host)
             | Event::DiskHeal(host) => Some(host),
             _ => None,
+        }
+    }
+
+    /// Whether the event begins a fault or ends one, and the fault's
+    /// number when the event names it.
+    pub fn side(&self) -> (Side, Option<u32>) {
+        match *self {
+            Event::Crash { id, .. }
+            | Event::Pause { id, .. }
+            | Event::NicDown { id, .. }
+            | Event::Disk { id, .. }
+            | Event::VcpuStall { id, .. }
+            | Event::Partition { id, .. }
+            | Event::Isolate { id, .. }
+            | Event::Link { id, .. } => (Side::Begins, Some(id)),
+            Event::WitnessCrash => (Side::Begins, None),
+            Event::Restart(host)
+            | Event::Resume(host)
+            | Event::NicUp(host)
+            | Event::DiskHeal(host) => match host {
+                HostRef::Struck(id) => (Side::Ends, Some(id)),
+                _ => (Side::Ends, None),
+            },
+            Event::Repair { id } | Event::LinkHeal { id } => (Side::Ends, Some(id)),
+            Event::WitnessRestart => (Side::Ends, None),
         }
     }
 

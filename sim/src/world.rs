@@ -5,7 +5,7 @@
 
 use crate::client::Client;
 use crate::spec::{Endpoint, HostRef, LinkFaultKind, RunSpec};
-use crate::trace::{digest, Trace};
+use crate::trace::{digest, Kind, Trace};
 use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
 use machine::devices::{BlockStore, IntegrityStore, MemStore, SharedStore};
@@ -283,12 +283,16 @@ impl World {
         let lost = disk.borrow_mut().inner_mut().crash();
         match lost {
             Ok(blocks) if blocks.is_empty() => {}
-            Ok(blocks) => self.trace.record(now_ns, HOST_NAMES[index], || {
-                format!("crash lost unsynced writes to blocks {blocks:?}")
-            }),
-            Err(e) => self.trace.record(now_ns, HOST_NAMES[index], || {
-                format!("crash: disk failed reverting writes: {e}")
-            }),
+            Ok(blocks) => self
+                .trace
+                .record(now_ns, HOST_NAMES[index], Kind::CrashDisk, || {
+                    format!("crash lost unsynced writes to blocks {blocks:?}")
+                }),
+            Err(e) => self
+                .trace
+                .record(now_ns, HOST_NAMES[index], Kind::CrashDisk, || {
+                    format!("crash: disk failed reverting writes: {e}")
+                }),
         }
     }
 
@@ -307,19 +311,23 @@ impl World {
         match scrubbed {
             Ok(bad) if bad.is_empty() => {
                 self.trace
-                    .record(now.0, name, || format!("scrub clean, disk holds {claim:?}"));
+                    .record(now.0, name, Kind::Scrub { clean: true }, || {
+                        format!("scrub clean, disk holds {claim:?}")
+                    });
                 Some(claim)
             }
             Ok(bad) => {
-                self.trace.record(now.0, name, || {
-                    format!("scrub found bad blocks {bad:?}: disk claims nothing")
-                });
+                self.trace
+                    .record(now.0, name, Kind::Scrub { clean: false }, || {
+                        format!("scrub found bad blocks {bad:?}: disk claims nothing")
+                    });
                 None
             }
             Err(e) => {
-                self.trace.record(now.0, name, || {
-                    format!("scrub failed ({e}): disk claims nothing")
-                });
+                self.trace
+                    .record(now.0, name, Kind::Scrub { clean: false }, || {
+                        format!("scrub failed ({e}): disk claims nothing")
+                    });
                 None
             }
         }
@@ -346,8 +354,9 @@ impl World {
                 now,
             )
         });
-        self.trace
-            .record(now.0, HOST_NAMES[index], || format!("boot {start:?}"));
+        self.trace.record(now.0, HOST_NAMES[index], Kind::Boot, || {
+            format!("boot {start:?}")
+        });
         let slot = &mut self.hosts[index];
         slot.booted = true;
         slot.paused = false;
@@ -363,7 +372,7 @@ impl World {
     pub fn boot_witness(&mut self, now: Time) {
         let grant = self.witness.grant;
         self.trace
-            .record(now.0, "witness", || format!("boot {grant:?}"));
+            .record(now.0, "witness", Kind::Boot, || format!("boot {grant:?}"));
         self.witness.host = Some(WitnessHost::new(
             WITNESS,
             [NodeId(0), NodeId(1)],
@@ -472,7 +481,9 @@ impl World {
             Err(HostError::DiskFailed(why)) => {
                 // Fail-stop, by design: the host is gone as if it crashed.
                 self.trace
-                    .record(now.0, HOST_NAMES[index], || format!("fail-stop: {why}"));
+                    .record(now.0, HOST_NAMES[index], Kind::FailStop, || {
+                        format!("fail-stop: {why}")
+                    });
                 if was_primary && self.primary_lost.is_none() {
                     self.primary_lost = Some((now.0, generation));
                 }
@@ -489,7 +500,7 @@ impl World {
         let role = (host.role(), host.node().generation());
         if slot.last_role != Some(role) {
             slot.last_role = Some(role);
-            self.trace.record(now.0, HOST_NAMES[index], || {
+            self.trace.record(now.0, HOST_NAMES[index], Kind::Role, || {
                 format!("role {:?} {}", role.0, role.1)
             });
         }
@@ -516,10 +527,10 @@ impl World {
         } else {
             HOST_NAMES[usize::from(to.0)].to_string()
         };
-        self.trace.record(now.0, me, || {
+        self.trace.record(now.0, me, Kind::Frame, || {
             format!("to {name}: {}", describe_frame(&bytes))
         });
-        self.push_through_link(me, name, FRAME_PORT, bytes, &mut sends);
+        self.push_through_link(now, me, name, FRAME_PORT, bytes, &mut sends);
         sends
     }
 
@@ -541,11 +552,11 @@ impl World {
             .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8")));
         let client = client_name(crate::client::Client::owner(id, self.spec.clients));
         let me = HOST_NAMES[index];
-        self.trace.record(now.0, me, || {
+        self.trace.record(now.0, me, Kind::Output, || {
             format!("output to {client} {:016x}", digest(&packet))
         });
         let mut sends = Vec::new();
-        self.push_through_link(me, client, CLIENT_PORT, packet, &mut sends);
+        self.push_through_link(now, me, client, CLIENT_PORT, packet, &mut sends);
         sends
     }
 
@@ -562,10 +573,11 @@ impl World {
         self.witness.grant = witness.persisted();
         for (to, bytes) in frames {
             let name = HOST_NAMES[usize::from(to.0)].to_string();
-            self.trace.record(now.0, "witness", || {
-                format!("to {name}: {}", describe_frame(&bytes))
-            });
-            self.push_through_link("witness", name, FRAME_PORT, bytes, &mut sends);
+            self.trace
+                .record(now.0, "witness", Kind::WitnessAnswer, || {
+                    format!("to {name}: {}", describe_frame(&bytes))
+                });
+            self.push_through_link(now, "witness", name, FRAME_PORT, bytes, &mut sends);
         }
         sends
     }
@@ -576,6 +588,7 @@ impl World {
     pub fn client_sends(
         &mut self,
         index: u16,
+        now: Time,
         packets: Vec<Vec<u8>>,
     ) -> Vec<(String, u16, Vec<u8>)> {
         let mut sends = Vec::new();
@@ -585,6 +598,7 @@ impl World {
         let me = client_name(index);
         for packet in packets {
             self.push_through_link(
+                now,
                 &me,
                 HOST_NAMES[owner].to_string(),
                 SERVICE_PORT,
@@ -597,6 +611,7 @@ impl World {
 
     fn push_through_link(
         &mut self,
+        now: Time,
         from: &str,
         to: String,
         port: u16,
@@ -609,7 +624,8 @@ impl World {
             .copied()
             .unwrap_or_default();
         if fault.loss > 0.0 && self.draw() < fault.loss {
-            self.trace.record(0, from, || format!("lost frame to {to}"));
+            self.trace
+                .record(now.0, from, Kind::Lost, || format!("lost frame to {to}"));
             return;
         }
         if fault.duplicate > 0.0 && self.draw() < fault.duplicate {

@@ -3,24 +3,32 @@
 //! run that panics is judged, not lost.
 
 use faults::load_dir;
+use sim::trace::{Kind, Side};
 use sim::{run, run_catching, Endpoint, Event, HostRef, LinkFaultKind, RunSpec};
 use std::collections::BTreeMap;
 use std::path::Path;
 
-/// The host named after " on " in a fault's trace line, and the fault's
-/// number (`id: N` of a beginning, `Struck(N)` of an end).
-fn fault_line(what: &str) -> Option<(u32, String)> {
-    let (event, host) = what.rsplit_once(" on ")?;
-    let id = if let Some(rest) = event.split("Struck(").nth(1) {
-        rest.split(')').next()?
-    } else {
-        event
-            .split("id: ")
-            .nth(1)?
-            .split([' ', ','].as_ref())
-            .next()?
-    };
-    Some((id.parse().ok()?, host.to_string()))
+/// The hosts each numbered fault's beginning and end were traced on, by
+/// fault number.
+type FaultHosts = BTreeMap<u32, Vec<String>>;
+
+fn fault_hosts(outcome: &sim::RunOutcome) -> (FaultHosts, FaultHosts) {
+    let (mut began, mut ended) = (BTreeMap::new(), BTreeMap::new());
+    for event in &outcome.trace {
+        if let Kind::Fault {
+            fault: Some(id),
+            side,
+            on,
+        } = &event.kind
+        {
+            let side = match side {
+                Side::Begins => &mut began,
+                Side::Ends => &mut ended,
+            };
+            side.insert(*id, on.clone());
+        }
+    }
+    (began, ended)
 }
 
 #[test]
@@ -32,18 +40,7 @@ fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults(
         let spec = sim::scenario::resolve(scenario, seed, None).unwrap();
         let outcome = run(&spec, true);
         assert!(outcome.passed(), "seed {seed}: {:#?}", outcome.violations);
-        let (mut began, mut ended) = (BTreeMap::new(), BTreeMap::new());
-        for event in outcome.trace.iter().filter(|e| e.host == "faults") {
-            let Some((id, host)) = fault_line(&event.what) else {
-                continue;
-            };
-            let side = if event.what.contains("Struck(") {
-                &mut ended
-            } else {
-                &mut began
-            };
-            side.insert(id, host);
-        }
+        let (began, ended) = fault_hosts(&outcome);
         // The pause struck the first primary, the NIC failure the one that
         // promoted meanwhile: two hosts, overlapping.
         assert_eq!(began.len(), 2, "seed {seed}: {began:?}");
@@ -52,11 +49,54 @@ fn a_fault_s_end_reaches_the_host_its_beginning_struck_under_overlapping_faults(
     }
 }
 
+#[test]
+fn a_repair_and_a_link_heal_are_traced_on_the_hosts_their_faults_began_on() {
+    let mut spec = RunSpec::baseline("repairs", 2);
+    spec.events = vec![
+        (
+            150,
+            Event::Partition {
+                id: 0,
+                from: Endpoint::Host(HostRef::Backup),
+                to: Endpoint::Witness,
+                oneway: false,
+            },
+        ),
+        (
+            160,
+            Event::Link {
+                id: 1,
+                from: Endpoint::Client(1),
+                to: Endpoint::Host(HostRef::Primary),
+                fault: LinkFaultKind::Loss(0.3),
+            },
+        ),
+        (
+            170,
+            Event::Isolate {
+                endpoint: Endpoint::Client(0),
+                id: 2,
+            },
+        ),
+        (300, Event::Repair { id: 0 }),
+        (310, Event::LinkHeal { id: 1 }),
+        (320, Event::Repair { id: 2 }),
+    ];
+    let outcome = run(&spec, true);
+    assert!(outcome.passed(), "{:#?}", outcome.violations);
+    let (began, ended) = fault_hosts(&outcome);
+    let names = |n: &[&str]| n.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(began[&0], names(&["b", "witness"]));
+    assert_eq!(began[&1], names(&["client1", "a"]));
+    assert_eq!(began[&2], names(&["client0"]));
+    assert_eq!(ended, began, "every end names the hosts its fault began on");
+}
+
 fn client_replies(outcome: &sim::RunOutcome, client: &str) -> Vec<u64> {
     outcome
         .trace
         .iter()
-        .filter(|e| e.host == client && e.what.starts_with("reply"))
+        .filter(|e| e.host == client && e.kind == Kind::Reply)
         .map(|e| e.at_ns / 1_000_000)
         .collect()
 }
@@ -93,6 +133,21 @@ fn a_lossy_client_link_loses_requests_and_replies() {
         client0.iter().any(|ms| *ms >= 450),
         "client 0 is served after the heal"
     );
+    // Both ways: the client's requests and the primary's replies are lost,
+    // each traced when it was lost.
+    for from in ["client0", "a"] {
+        let lost: Vec<u64> = outcome
+            .trace
+            .iter()
+            .filter(|e| e.kind == Kind::Lost && e.host == from)
+            .map(|e| e.at_ns / 1_000_000)
+            .collect();
+        assert!(!lost.is_empty(), "{from} lost nothing");
+        assert!(
+            lost.iter().all(|ms| (150..450).contains(ms)),
+            "{from}: {lost:?}"
+        );
+    }
 }
 
 #[test]
@@ -115,6 +170,7 @@ fn a_panicking_run_is_a_violation_with_its_replay_line_and_the_reports_are_writt
         outcomes[0].violations
     );
     let violation = &outcomes[0].violations[0];
+    assert_eq!(violation.kind, sim::ViolationKind::RunPanicked);
     assert!(
         violation
             .message
@@ -141,9 +197,38 @@ fn a_panicking_run_is_a_violation_with_its_replay_line_and_the_reports_are_writt
     let jsonl = std::fs::read_to_string(&paths.jsonl).unwrap();
     assert_eq!(jsonl.lines().count(), 2);
     assert!(jsonl.contains("the run panicked"), "{jsonl}");
+    let read = reports::read_jsonl(jsonl.as_bytes()).expect("results read back");
+    assert_eq!(read[0].violations[0].kind, sim::ViolationKind::RunPanicked);
     assert!(std::fs::read_to_string(&paths.junit)
         .unwrap()
         .contains("the run panicked"));
     assert!(paths.html.exists());
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_lost_vm_is_kept_in_the_results_with_its_reason() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../scenarios");
+    let catalogue = load_dir(&dir).unwrap_or_else(|e| panic!("{e}"));
+    let scenario = &catalogue.scenarios["lone-primary-dies"];
+    let spec = sim::scenario::resolve(scenario, 0, None).unwrap();
+    let outcome = run(&spec, false);
+    assert!(outcome.passed(), "{:#?}", outcome.violations);
+    let reason = outcome
+        .vm_lost
+        .clone()
+        .expect("the lone primary's death loses the VM");
+    let result = sim::report::to_result(&outcome, 1);
+    assert!(result.vm_lost);
+    assert_eq!(result.vm_lost_reason.as_deref(), Some(reason.as_str()));
+    assert!(reason.starts_with("no host holds the VM"), "{reason}");
+    let line = serde_json::to_string(&result).unwrap();
+    let back: reports::RunResult = serde_json::from_str(&line).unwrap();
+    assert_eq!(back.vm_lost_reason, Some(reason));
+    // A run that kept its VM writes no reason at all.
+    let kept = sim::report::to_result(&run(&RunSpec::baseline("baseline", 1), false), 1);
+    assert_eq!(kept.vm_lost_reason, None);
+    assert!(!serde_json::to_string(&kept)
+        .unwrap()
+        .contains("vm_lost_reason"));
 }

@@ -4,6 +4,7 @@
 
 use faults::scenario::{load_dir, Catalogue};
 use protocol::{Config, Mutant};
+use reports::Oracle;
 use sim::{run, RunSpec};
 use std::path::Path;
 
@@ -21,7 +22,7 @@ fn catalogue() -> Catalogue {
 
 /// Runs the scenarios over a few seeds with `hook`; returns the violations'
 /// oracles and a description of each failing run.
-fn failures(hook: Option<fn(&mut Config)>) -> Vec<(String, Vec<u8>)> {
+fn failures(hook: Option<fn(&mut Config)>) -> Vec<(String, Vec<Oracle>)> {
     let catalogue = catalogue();
     let mut failed = Vec::new();
     for name in SCENARIOS {
@@ -41,7 +42,7 @@ fn failures(hook: Option<fn(&mut Config)>) -> Vec<(String, Vec<u8>)> {
 
 #[test]
 fn the_correct_protocol_passes_these_scenarios() {
-    assert_eq!(failures(None), Vec::<(String, Vec<u8>)>::new());
+    assert_eq!(failures(None), Vec::<(String, Vec<Oracle>)>::new());
 }
 
 #[test]
@@ -53,7 +54,9 @@ fn no_generation_fence_is_caught() {
         "a backup promoting itself without the witness went unnoticed"
     );
     assert!(
-        failed.iter().any(|(_, o)| o.contains(&2) || o.contains(&1)),
+        failed
+            .iter()
+            .any(|(_, o)| o.contains(&Oracle::ONE_RELEASER) || o.contains(&Oracle::REPLIES)),
         "{failed:?}"
     );
 }
@@ -77,7 +80,7 @@ fn releasing_before_the_ack_is_caught() {
         "output released before its ack went unnoticed"
     );
     assert!(
-        failed.iter().any(|(_, o)| o.contains(&1)),
+        failed.iter().any(|(_, o)| o.contains(&Oracle::REPLIES)),
         "lost replies expected: {failed:?}"
     );
 }

@@ -38,7 +38,10 @@ fn primary_crash_at_ft_passes_and_fails_over() {
 fn primary_crash_at_ha_loses_replies() {
     let lost = (1..=3).any(|seed| {
         let outcome = run(&crash_primary(seed, Level::Ha), false);
-        outcome.violations.iter().any(|v| v.oracle == 1)
+        outcome
+            .violations
+            .iter()
+            .any(|v| v.oracle == reports::Oracle::REPLIES)
     });
     assert!(lost, "ha must lose a released reply on some seed");
 }

@@ -272,16 +272,11 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
             ))
         }
     };
-    let level = match f.protocol.level.as_str() {
-        "ft" => Level::Ft,
-        "ha" => Level::Ha,
-        other => {
-            return Err(file.error(
-                &["protocol", "level"],
-                format!("\"ft\" or \"ha\", not {other:?}"),
-            ))
-        }
-    };
+    let level: Level = f
+        .protocol
+        .level
+        .parse()
+        .map_err(|why: String| file.error(&["protocol", "level"], why))?;
     let mut protocol = Config::new(
         NodeId(f.node.id),
         NodeId(f.node.peer_id),

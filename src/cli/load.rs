@@ -336,7 +336,7 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
         );
     }
     for v in &violations {
-        println!("violation (oracle {}): {}", v.oracle, v.message);
+        println!("violation: {v}");
     }
     if violations.is_empty() {
         println!("check passed: nothing acknowledged was lost, duplicated or contradicted");

@@ -74,6 +74,8 @@ pub struct ReplayArgs {
 /// Most runs at once: more threads than this only contend (each run is
 /// single-threaded).
 const JOBS_MAX: usize = 256;
+/// Decisive events a failed replay prints (the last ones).
+const DECISIVE_SHOWN: usize = 20;
 /// The scenario directory when `--scenarios` is not given.
 const SCENARIOS_DEFAULT: &str = "scenarios";
 
@@ -114,11 +116,25 @@ fn parse_shard(text: &str) -> Result<Shard, String> {
 /// The replay command of a run, naming the scenario directory when it is
 /// not the default.
 fn replay_line(scenario: &str, seed: u64, level: Level, scenarios: &Path) -> String {
-    let line = reports::replay_command(scenario, seed, level_of(level));
+    let line = reports::replay_command(scenario, seed, level);
     if scenarios == Path::new(SCENARIOS_DEFAULT) {
         line
     } else {
-        format!("{line} --scenarios {}", scenarios.display())
+        format!(
+            "{line} --scenarios {}",
+            shell_word(&scenarios.display().to_string())
+        )
+    }
+}
+
+/// `word` as a shell reads it back as one word: as it is when it holds
+/// nothing the shell treats specially, else in single quotes.
+fn shell_word(word: &str) -> String {
+    let plain = |c: char| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c);
+    if !word.is_empty() && word.chars().all(plain) {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
     }
 }
 
@@ -411,7 +427,7 @@ fn run_parallel(
                 outcome
                     .violations
                     .iter()
-                    .map(|v| format!("[{}] {}", v.oracle, v.message))
+                    .map(ToString::to_string)
                     .collect::<Vec<_>>()
                     .join("; "),
                 replay_line(
@@ -481,13 +497,6 @@ fn record_failures(
     Ok(added)
 }
 
-fn level_of(level: Level) -> faults::scenario::Level {
-    match level {
-        Level::Ft => faults::scenario::Level::Ft,
-        Level::Ha => faults::scenario::Level::Ha,
-    }
-}
-
 fn one_run(job: &Job, level: Option<Level>, check_determinism: bool) -> RunOutcome {
     let spec = sim::scenario::resolve(&job.scenario, job.seed, level).expect("resolved before");
     // A panic is caught per run: the run is a violation with its seed and
@@ -496,9 +505,10 @@ fn one_run(job: &Job, level: Option<Level>, check_determinism: bool) -> RunOutco
     if check_determinism && outcome.trace_events > 0 {
         let again = sim::run_catching(&spec, true);
         if let Some(message) = first_difference(&outcome, &again) {
-            outcome
-                .violations
-                .push(sim::Violation { oracle: 5, message });
+            outcome.violations.push(sim::Violation::new(
+                sim::ViolationKind::Nondeterministic,
+                message,
+            ));
         }
         outcome.trace.clear();
     }
@@ -574,22 +584,12 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
     }
     println!("VIOLATIONS:");
     for v in &outcome.violations {
-        println!("  [{}] {}", v.oracle, v.message);
+        println!("  {v}");
     }
-    println!("decisive events (the last role changes, faults and witness answers):");
-    let decisive: Vec<_> = outcome
-        .trace
-        .iter()
-        .filter(|e| {
-            e.host == "faults"
-                || e.what.starts_with("role")
-                || e.what.starts_with("fail-stop")
-                || e.what.starts_with("crash")
-                || e.what.contains("WitnessState")
-                || e.what.starts_with("boot")
-        })
-        .collect();
-    for event in decisive.iter().rev().take(20).rev() {
+    println!(
+        "decisive events (the last faults, boots, role changes, fail-stops, crash disk losses and witness answers):"
+    );
+    for event in sim::trace::decisive(&outcome.trace, DECISIVE_SHOWN) {
         println!(
             "  {:>10.3} ms {:<8} {}",
             event.at_ns as f64 / 1e6,
@@ -602,4 +602,29 @@ pub fn replay(args: ReplayArgs) -> anyhow::Result<ExitCode> {
         print!("{listing}");
     }
     Ok(ExitCode::FAILURE)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_replay_line_names_the_scenario_directory_only_when_it_is_not_the_default() {
+        let default = replay_line("baseline", 7, Level::Ha, Path::new(SCENARIOS_DEFAULT));
+        assert_eq!(
+            default,
+            "lockstep replay --scenario baseline --seed 7 --level ha"
+        );
+        let other = replay_line("baseline", 7, Level::Ft, Path::new("/tmp/my scenarios"));
+        assert_eq!(
+            other,
+            "lockstep replay --scenario baseline --seed 7 --level ft --scenarios '/tmp/my scenarios'"
+        );
+        let plain = replay_line("b", 1, Level::Ft, Path::new("/work/x-1/scenarios"));
+        assert!(
+            plain.ends_with(" --scenarios /work/x-1/scenarios"),
+            "{plain}"
+        );
+        assert_eq!(shell_word("it's"), "'it'\\''s'");
+    }
 }

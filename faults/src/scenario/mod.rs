@@ -117,24 +117,9 @@ pub struct Workload {
     pub think_ms: u64,
 }
 
-/// Protection level (ARCHITECTURE.md, protocol point 8).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Level {
-    /// Output commit: no acknowledged output is lost.
-    Ft,
-    /// No output buffering: may lose in-flight outputs on failover.
-    Ha,
-}
-
-impl std::fmt::Display for Level {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(match self {
-            Level::Ft => "ft",
-            Level::Ha => "ha",
-        })
-    }
-}
+/// Protection level: the protocol's own, so that a scenario, the command
+/// line and the reports name one thing.
+pub use protocol::Level;
 
 /// How the VM is protected.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

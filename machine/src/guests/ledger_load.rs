@@ -113,6 +113,68 @@ impl Reply {
     }
 }
 
+/// What the ledger check can find wrong, by kind: the oracle sorts
+/// problems by their kind, never by their text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ProblemKind {
+    /// A reply that does not parse.
+    ReplyUnreadable,
+    /// A reply to an id that was never sent.
+    ReplyToUnsentId,
+    /// An id answered with two different replies.
+    AnsweredTwice,
+    /// A request id sent with two different contents.
+    SentTwice,
+    /// A reply that the journal contradicts.
+    ReplyContradictsJournal,
+    /// A journal record out of sequence.
+    JournalOutOfSequence,
+    /// An id in the journal twice.
+    JournaledTwice,
+    /// A journaled decision the ledger's rules do not make.
+    WrongDecision,
+    /// An account's balance in memory disagrees with the journal.
+    BalanceDisagrees,
+    /// The balances do not add up to the money the ledger began with.
+    MoneyNotConserved,
+    /// The journal holds more or fewer ids than requests were answered.
+    IdsJournaledWrong,
+}
+
+/// One problem the ledger check found: its kind, and what it saw for
+/// people.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LedgerProblem {
+    /// What kind of problem.
+    pub kind: ProblemKind,
+    /// What it saw.
+    pub message: String,
+}
+
+impl LedgerProblem {
+    /// A problem of `kind` described by `message`.
+    pub fn new(kind: ProblemKind, message: impl Into<String>) -> LedgerProblem {
+        LedgerProblem {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// `then` answers an id that `first` already answered differently.
+    pub fn answered_twice(first: &Reply, then: &Reply) -> LedgerProblem {
+        LedgerProblem::new(
+            ProblemKind::AnsweredTwice,
+            format!("id {} answered {first:?} then {then:?}", then.id),
+        )
+    }
+}
+
+impl std::fmt::Display for LedgerProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
 /// Drives requests into the NIC and collects replies.
 #[derive(Debug, Clone)]
 pub struct LedgerLoad {
@@ -124,7 +186,7 @@ pub struct LedgerLoad {
     in_flight: u64,
     /// Replies that differ from an earlier reply to the same id, or that
     /// answer an id never sent, or that do not parse.
-    pub bad_replies: Vec<String>,
+    pub bad_replies: Vec<LedgerProblem>,
 }
 
 impl LedgerLoad {
@@ -197,18 +259,21 @@ impl LedgerLoad {
             let reply = match Reply::decode(&packet) {
                 Ok(reply) => reply,
                 Err(problem) => {
-                    self.bad_replies.push(problem);
+                    self.bad_replies
+                        .push(LedgerProblem::new(ProblemKind::ReplyUnreadable, problem));
                     continue;
                 }
             };
             if !self.requests.contains_key(&reply.id) {
-                self.bad_replies
-                    .push(format!("reply to unsent id {}", reply.id));
+                self.bad_replies.push(LedgerProblem::new(
+                    ProblemKind::ReplyToUnsentId,
+                    format!("reply to unsent id {}", reply.id),
+                ));
             }
             match self.replies.get(&reply.id) {
                 Some(first) if *first != reply => self
                     .bad_replies
-                    .push(format!("id {} answered {first:?} then {reply:?}", reply.id)),
+                    .push(LedgerProblem::answered_twice(first, &reply)),
                 Some(_) => {}
                 None => {
                     self.replies.insert(reply.id, reply);
@@ -296,7 +361,7 @@ fn read_journal<E: Engine>(
 pub fn check<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
-) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
+) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
     let expected_ids = load.done().then_some(load.config.requests);
     check_ledger(
         machine,
@@ -315,9 +380,9 @@ pub fn check_ledger<E: Engine>(
     machine: &mut Machine<E>,
     config: &LedgerConfig,
     replies: &BTreeMap<u64, Reply>,
-    bad_replies: &[String],
+    bad_replies: &[LedgerProblem],
     expected_ids: Option<u64>,
-) -> Result<Result<LedgerReport, Vec<String>>, MachineError> {
+) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
     let config = *config;
     let mut violations = bad_replies.to_vec();
     let records = read_u64(machine, SEQ)?;
@@ -327,13 +392,22 @@ pub fn check_ledger<E: Engine>(
     let mut ids = BTreeSet::new();
     for (k, record) in journal.iter().enumerate() {
         if record.seq != k as u64 + 1 {
-            violations.push(format!("journal record {k} has seq {}", record.seq));
+            violations.push(LedgerProblem::new(
+                ProblemKind::JournalOutOfSequence,
+                format!("journal record {k} has seq {}", record.seq),
+            ));
         }
         if !ids.insert(record.id) {
-            violations.push(format!("id {} journaled twice", record.id));
+            violations.push(LedgerProblem::new(
+                ProblemKind::JournaledTwice,
+                format!("id {} journaled twice", record.id),
+            ));
         }
         if let Err(problem) = replay(&mut balances, record) {
-            violations.push(format!("journal record {k}: {problem}"));
+            violations.push(LedgerProblem::new(
+                ProblemKind::WrongDecision,
+                format!("journal record {k}: {problem}"),
+            ));
         }
         if record.status == u64::from(STATUS_APPLIED) {
             applied += 1;
@@ -347,13 +421,17 @@ pub fn check_ledger<E: Engine>(
         let actual = config.initial_balance.wrapping_add(offset);
         total_money = total_money.wrapping_add(actual);
         if actual != *expected {
-            violations.push(format!(
-                "account {account}: memory {actual}, journal {expected}"
+            violations.push(LedgerProblem::new(
+                ProblemKind::BalanceDisagrees,
+                format!("account {account}: memory {actual}, journal {expected}"),
             ));
         }
     }
     if total_money != config.accounts * config.initial_balance {
-        violations.push(format!("money not conserved: {total_money}"));
+        violations.push(LedgerProblem::new(
+            ProblemKind::MoneyNotConserved,
+            format!("money not conserved: {total_money}"),
+        ));
     }
     for reply in replies.values() {
         let matches = reply.seq >= 1
@@ -361,13 +439,16 @@ pub fn check_ledger<E: Engine>(
                 .get(reply.seq as usize - 1)
                 .is_some_and(|r| r.id == reply.id && r.status == reply.status);
         if !matches {
-            violations.push(format!("reply {reply:?} does not match the journal"));
+            violations.push(LedgerProblem::new(
+                ProblemKind::ReplyContradictsJournal,
+                format!("reply {reply:?} does not match the journal"),
+            ));
         }
     }
     if let Some(expected) = expected_ids.filter(|e| ids.len() as u64 != *e) {
-        violations.push(format!(
-            "{} ids journaled for {expected} requests",
-            ids.len()
+        violations.push(LedgerProblem::new(
+            ProblemKind::IdsJournaledWrong,
+            format!("{} ids journaled for {expected} requests", ids.len()),
         ));
     }
     let mut contended = Vec::new();
@@ -551,11 +632,15 @@ mod tests {
             .expect("readable")
             .expect_err("caught");
         assert!(
-            violations.iter().any(|v| v.contains("account 1")),
+            violations
+                .iter()
+                .any(|v| v.kind == ProblemKind::BalanceDisagrees && v.message.contains("account 1")),
             "{violations:?}"
         );
         assert!(
-            violations.iter().any(|v| v.contains("money not conserved")),
+            violations
+                .iter()
+                .any(|v| v.kind == ProblemKind::MoneyNotConserved),
             "{violations:?}"
         );
     }
@@ -581,7 +666,7 @@ mod tests {
         assert!(
             violations
                 .iter()
-                .any(|v| v.contains("does not match the journal")),
+                .any(|v| v.kind == ProblemKind::ReplyContradictsJournal),
             "{violations:?}"
         );
     }
@@ -595,7 +680,10 @@ mod tests {
             .expect("readable")
             .expect_err("caught");
         assert!(
-            violations.iter().any(|v| v.contains("id 5 answered")),
+            violations
+                .iter()
+                .any(|v| v.kind == ProblemKind::AnsweredTwice
+                    && v.message.starts_with("id 5 answered")),
             "{violations:?}"
         );
     }
