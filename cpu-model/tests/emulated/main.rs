@@ -2,6 +2,7 @@
 //! unicorn is linked once.
 
 mod checkpoint;
+mod exceptions;
 mod guests;
 mod ledger;
 mod stall;
