@@ -8,49 +8,13 @@ use std::cell::RefCell;
 use std::rc::Rc;
 
 use iced_x86::code_asm::*;
-use iced_x86::BlockEncoderOptions;
-use unicorn_engine::unicorn_const::{uc_error, Arch, Mode, Prot, X86CpuModel};
+use unicorn_engine::unicorn_const::uc_error;
 use unicorn_engine::{RegisterX86, Unicorn};
 
-const RAM_BYTES: u64 = 4 << 20;
-const PML4: u64 = 0x1000;
-const PDPT: u64 = 0x2000;
-const PD: u64 = 0x3000;
-/// Two page tables: 0..2 MiB and 2..4 MiB, 4 KiB pages.
-const PT: u64 = 0x4000;
-const GDT: u64 = 0x6000;
-const KERNEL_STACK_TOP: u64 = 0x9_0000;
-const KERNEL_CODE: u64 = 0x10_0000;
-const USER_CODE: u64 = 0x20_0000;
-/// The user stack is the page below this, user-writable.
-const USER_STACK_TOP: u64 = 0x21_1000;
-/// Supervisor, writable.
-const DATA: u64 = 0x30_0000;
-/// Not present; DATA is the page below it.
-const ABSENT: u64 = 0x30_1000;
-/// Present, supervisor, read-only.
-const READ_ONLY: u64 = 0x30_2000;
-
-const PRESENT: u64 = 0x1;
-const WRITABLE: u64 = 0x2;
-const USER: u64 = 0x4;
-/// Accessed and dirty, so the walker never writes the tables.
-const ACCESSED_DIRTY: u64 = 0x60;
-
-const KERNEL_CS: u16 = 0x08;
-const KERNEL_SS: u16 = 0x10;
-const USER_SS: u16 = 0x2b;
-const USER_CS: u16 = 0x33;
-/// null, kernel code, kernel data, unused, unused, user data, user code.
-const GDT_ENTRIES: [u64; 7] = [
-    0,
-    0x00AF_9A00_0000_FFFF,
-    0x00CF_9200_0000_FFFF,
-    0,
-    0,
-    0x00CF_F200_0000_FFFF,
-    0x00AF_FA00_0000_FFFF,
-];
+use crate::longmode::{
+    self, enter_user, msr, ABSENT, DATA, KERNEL_CODE, KERNEL_CS, KERNEL_SS, READ_ONLY, USER_CODE,
+    USER_CS, USER_STACK_TOP,
+};
 
 const MSR_EFER: u32 = 0xc000_0080;
 const MSR_STAR: u32 = 0xc000_0081;
@@ -76,86 +40,22 @@ struct Guest {
     user_mark: Option<u64>,
 }
 
-/// Assembles `emit` at `ip`; returns the code and the marked instruction.
-fn assemble(ip: u64, emit: Code) -> (Vec<u8>, Option<u64>) {
+/// Assembles `emit` at `ip` into `memory`; returns the marked instruction.
+fn assemble(memory: &mut [u8], ip: u64, emit: Code) -> Option<u64> {
     let mut a = CodeAssembler::new(64).expect("64-bit");
     let mut mark = a.create_label();
     emit(&mut a, &mut mark).expect("assembles");
-    let result = a
-        .assemble_options(ip, BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS)
-        .expect("assembles");
-    let marked = result.label_ip(&mark).ok();
-    (result.inner.code_buffer, marked)
-}
-
-fn page_tables(memory: &mut [u8]) {
-    let put = |memory: &mut [u8], at: u64, value: u64| {
-        let at = at as usize;
-        memory[at..at + 8].copy_from_slice(&value.to_le_bytes());
-    };
-    let upper = PRESENT | WRITABLE | USER | ACCESSED_DIRTY;
-    put(memory, PML4, PDPT | upper);
-    put(memory, PDPT, PD | upper);
-    put(memory, PD, PT | upper);
-    put(memory, PD + 8, (PT + 0x1000) | upper);
-    for page in 0..RAM_BYTES / 0x1000 {
-        let gpa = page * 0x1000;
-        let user = (USER_CODE..USER_STACK_TOP).contains(&gpa);
-        let entry = match gpa {
-            ABSENT => 0,
-            READ_ONLY => gpa | PRESENT | ACCESSED_DIRTY,
-            _ if user => gpa | PRESENT | WRITABLE | USER | ACCESSED_DIRTY,
-            _ => gpa | PRESENT | WRITABLE | ACCESSED_DIRTY,
-        };
-        put(memory, PT + 8 * page, entry);
-    }
-    for (i, entry) in GDT_ENTRIES.iter().enumerate() {
-        put(memory, GDT + 8 * i as u64, *entry);
-    }
-}
-
-/// uc_x86_mmr: selector u16, base u64 at 8, limit u32 at 16, flags u32.
-fn mmr(base: u64, limit: u32) -> [u8; 24] {
-    let mut bytes = [0u8; 24];
-    bytes[8..16].copy_from_slice(&base.to_le_bytes());
-    bytes[16..20].copy_from_slice(&limit.to_le_bytes());
-    bytes
-}
-
-/// uc_x86_msr: rid u32, value u64 at 8.
-fn msr(id: u32, value: u64) -> [u8; 16] {
-    let mut bytes = [0u8; 16];
-    bytes[0..4].copy_from_slice(&id.to_le_bytes());
-    bytes[8..16].copy_from_slice(&value.to_le_bytes());
-    bytes
+    longmode::assemble_into(memory, ip, a).label_ip(&mark).ok()
 }
 
 impl Guest {
     /// Kernel code at KERNEL_CODE in ring 0 (where the run starts), user
     /// code at USER_CODE (reached by `enter_user`).
     fn new(kernel: Code, user: Code) -> Guest {
-        let mut memory = vec![0u8; RAM_BYTES as usize];
-        page_tables(&mut memory);
-        let (kernel_code, kernel_mark) = assemble(KERNEL_CODE, kernel);
-        let (user_code, user_mark) = assemble(USER_CODE, user);
-        let at = KERNEL_CODE as usize;
-        memory[at..at + kernel_code.len()].copy_from_slice(&kernel_code);
-        let at = USER_CODE as usize;
-        memory[at..at + user_code.len()].copy_from_slice(&user_code);
-
-        let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).expect("instance");
-        uc.ctl_set_cpu_model(X86CpuModel::QEMU64 as i32)
-            .expect("cpu model");
-        uc.mem_map(0, RAM_BYTES, Prot::ALL).expect("maps");
-        uc.mem_write(0, &memory).expect("writes");
-        uc.reg_write_long(RegisterX86::GDTR, &mmr(GDT, 8 * 7 - 1))
-            .expect("gdtr");
-        uc.reg_write(RegisterX86::CR3, PML4).expect("cr3");
-        uc.reg_write(RegisterX86::CR4, 0x620).expect("cr4");
-        uc.reg_write(RegisterX86::CR0, 0x8001_0033).expect("cr0");
-        uc.reg_write(RegisterX86::RSP, KERNEL_STACK_TOP)
-            .expect("rsp");
-        uc.reg_write(RegisterX86::RIP, KERNEL_CODE).expect("rip");
+        let mut memory = longmode::memory(&[]);
+        let kernel_mark = assemble(&mut memory, KERNEL_CODE, kernel);
+        let user_mark = assemble(&mut memory, USER_CODE, user);
+        let mut uc = longmode::instance(&memory);
 
         let traps = Rc::new(RefCell::new(Vec::new()));
         let t = traps.clone();
@@ -212,16 +112,6 @@ impl Guest {
     fn user_mark(&self) -> u64 {
         self.user_mark.expect("the user code marks an instruction")
     }
-}
-
-/// iretq to USER_CODE in ring 3, interrupts off.
-fn enter_user(a: &mut CodeAssembler) -> Result<(), IcedError> {
-    a.push(i32::from(USER_SS))?;
-    a.push(USER_STACK_TOP as i32)?;
-    a.push(0x2)?;
-    a.push(i32::from(USER_CS))?;
-    a.push(USER_CODE as i32)?;
-    a.iretq()
 }
 
 fn no_user(a: &mut CodeAssembler, _: &mut CodeLabel) -> Result<(), IcedError> {

@@ -5,5 +5,6 @@ mod checkpoint;
 mod exceptions;
 mod guests;
 mod ledger;
+mod longmode;
 mod stall;
 mod traps;
