@@ -2,7 +2,9 @@
 //! unicorn is linked once.
 
 mod checkpoint;
+mod exceptions;
 mod guests;
 mod ledger;
+mod longmode;
 mod stall;
 mod traps;
