@@ -22,6 +22,6 @@ pub use config::Mutant;
 pub use config::{Config, ConfigError};
 pub use node::{Assembling, Node, Protection, RoleKind, Start, COUNTER_MAX, ROUND_MAX};
 pub use stats::Stats;
-pub use types::{BlockIndex, CheckpointId, Epoch, Generation, Level, NodeId, Time};
+pub use types::{BlockIndex, CheckpointId, Digest, Epoch, Generation, Level, NodeId, Time};
 pub use wire::{Codec, DecodeError, Envelope, Message};
 pub use witness::Witness;

@@ -33,6 +33,10 @@ pub struct Stats {
     /// Assemblies of a delta or copy round started over because a chunk
     /// contradicted them (a forged or stale chunk spoiled them).
     pub assemblies_replaced: u64,
+    /// Deltas or copy rounds whose chunks, all there, did not have the
+    /// digest the transfer announced: dropped unapplied, to be assembled
+    /// again from the sender's retransmission.
+    pub transfers_spoiled: u64,
     /// Epochs the primary closed.
     pub epochs: u64,
     /// Deltas shipped to a backup (first sends).

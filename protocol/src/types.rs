@@ -34,6 +34,41 @@ pub struct CheckpointId {
     pub epoch: Epoch,
 }
 
+/// SHA-256 of the whole of one transfer (a delta or a copy round): every
+/// chunk carries it, the receiver checks the assembled bytes against it
+/// before it applies them, and the acknowledgement names it, so the sender
+/// knows the receiver holds what it sent and not some other content that
+/// claimed the same epoch or round.
+#[derive(Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// The digest of `bytes`.
+    pub fn of(bytes: &[u8]) -> Digest {
+        Digest::of_parts([bytes])
+    }
+
+    /// The digest of the concatenation of `parts`.
+    pub fn of_parts<'a>(parts: impl IntoIterator<Item = &'a [u8]>) -> Digest {
+        use sha2::Digest as _;
+        let mut hasher = sha2::Sha256::new();
+        for part in parts {
+            hasher.update(part);
+        }
+        Digest(hasher.finalize().into())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Digest(")?;
+        for byte in &self.0[..6] {
+            write!(f, "{byte:02x}")?;
+        }
+        write!(f, "..)")
+    }
+}
+
 /// How a VM is protected (ARCHITECTURE.md, protocol point 8): the one
 /// notion of protection level, read from scenario and node files, given
 /// on the command line and written into reports as `ft` or `ha`.

@@ -10,7 +10,7 @@
 #![allow(clippy::unwrap_used)]
 
 use protocol::wire::{Chunk, PeerRole, Stamp, VERSION};
-use protocol::{CheckpointId, Codec, Envelope, Epoch, Generation, Message, NodeId};
+use protocol::{CheckpointId, Codec, Digest, Envelope, Epoch, Generation, Message, NodeId};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -21,12 +21,18 @@ fn checkpoint(g: u64, e: u64) -> Option<CheckpointId> {
     })
 }
 
+/// A digest of 32 distinct bytes from `first` on.
+fn digest(first: u8) -> Digest {
+    Digest(std::array::from_fn(|i| first + i as u8))
+}
+
 /// One message of each kind, with fields that tell apart their order and
 /// width (no two equal, none zero, some above 2^32).
 fn samples() -> Vec<(&'static str, Message)> {
     let chunk = Chunk {
         index: 2,
         count: 5,
+        digest: digest(0x40),
         data: b"golden chunk".to_vec(),
     };
     vec![
@@ -51,6 +57,7 @@ fn samples() -> Vec<(&'static str, Message)> {
             Message::DeltaAck {
                 generation: Generation(4),
                 epoch: Epoch(0x2_0000_0022),
+                digest: digest(0x60),
             },
         ),
         (
@@ -69,6 +76,7 @@ fn samples() -> Vec<(&'static str, Message)> {
                 generation: Generation(8),
                 session: Epoch(10),
                 round: 11,
+                digest: digest(0x80),
             },
         ),
         (

@@ -35,8 +35,8 @@ mod common;
 use common::*;
 use protocol::wire::{Chunk, PeerRole};
 use protocol::{
-    CheckpointId, Codec, Envelope, Epoch, Generation, Level, Message, NodeId, Protection, RoleKind,
-    COUNTER_MAX, ROUND_MAX,
+    CheckpointId, Codec, Digest, Envelope, Epoch, Generation, Level, Message, NodeId, Protection,
+    RoleKind, COUNTER_MAX, ROUND_MAX,
 };
 use std::panic::AssertUnwindSafe;
 
@@ -113,12 +113,35 @@ fn node_id(rng: &mut Rng) -> Option<NodeId> {
     rng.pick(&[None, Some(A), Some(B), Some(W), Some(NodeId(9))])
 }
 
+fn digest(rng: &mut Rng) -> Digest {
+    if rng.below(4) == 0 {
+        return Digest::default();
+    }
+    let mut bytes = [0; 32];
+    for chunk in bytes.chunks_mut(8) {
+        chunk.copy_from_slice(&rng.next().to_le_bytes());
+    }
+    Digest(bytes)
+}
+
 fn chunk(rng: &mut Rng) -> Chunk {
     let count = rng.pick(&[1, 1, 2, 3, 3, 4, 256, 257, u32::MAX]);
     let index = rng.pick(&[0, 1, 2, count - 1, count, u32::MAX]);
     let len = rng.pick(&[0, 1, 2, 4, 4, 5, 64]);
-    let data = (0..len).map(|_| rng.next() as u8).collect();
-    Chunk { index, count, data }
+    let data: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+    // A keyholder can make a whole transfer of its own consistent: one
+    // chunk of these bytes carrying their digest.
+    let digest = if rng.below(2) == 0 {
+        Digest::of(&data)
+    } else {
+        digest(rng)
+    };
+    Chunk {
+        index,
+        count,
+        digest,
+        data,
+    }
 }
 
 fn checkpoint(rng: &mut Rng, aim: &Aim) -> Option<CheckpointId> {
@@ -147,6 +170,7 @@ fn message(rng: &mut Rng, aim: &Aim) -> Message {
         2 => Message::DeltaAck {
             generation: generation(rng, aim),
             epoch: epoch(rng, aim),
+            digest: digest(rng),
         },
         3 => Message::Copy {
             generation: generation(rng, aim),
@@ -159,6 +183,7 @@ fn message(rng: &mut Rng, aim: &Aim) -> Message {
             generation: generation(rng, aim),
             session: epoch(rng, aim),
             round: round(rng),
+            digest: digest(rng),
         },
         5 => Message::Join {
             generation: generation(rng, aim),
@@ -364,6 +389,9 @@ fn recovers(c: &mut Cluster) -> Result<u64, String> {
                     )
                 })
             };
+            if std::env::var_os("LOCKSTEP_HOSTILE_TRACE").is_some() {
+                eprintln!("{:#?}", c.nodes);
+            }
             return Err(format!(
                 "not recovered after {waited_ms} ms: A {:?}, B {:?}, witness {:?}",
                 describe(A),

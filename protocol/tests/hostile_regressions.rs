@@ -9,15 +9,18 @@ mod common;
 use common::*;
 use protocol::wire::{Chunk, PeerRole};
 use protocol::{
-    Action, CheckpointId, Codec, Envelope, Epoch, Generation, Level, Message, Node, NodeId,
+    Action, CheckpointId, Codec, Digest, Envelope, Epoch, Generation, Level, Message, Node, NodeId,
     Protection, RoleKind, Start, Time,
 };
 use std::collections::BTreeMap;
 
+/// A chunk carrying the digest of its own bytes: with `count` 1, a whole
+/// transfer that is consistent in itself.
 fn chunk(index: u32, count: u32, data: &[u8]) -> Chunk {
     Chunk {
         index,
         count,
+        digest: Digest::of(data),
         data: data.to_vec(),
     }
 }
@@ -171,6 +174,7 @@ fn an_epoch_at_the_end_of_its_counter_is_refused() {
     let ack = Message::DeltaAck {
         generation: Generation(1),
         epoch: Epoch(u64::MAX - 1),
+        digest: Digest::default(),
     };
     let mut a = node(
         A,
@@ -344,4 +348,175 @@ fn a_replayed_frame_is_dropped_and_counted() {
     b.handle_bytes(Time(4), &old);
     assert_eq!(b.stats().dropped_replayed, 2);
     assert_eq!(b.stats().deltas_applied, 2);
+}
+
+/// The copy rounds `A` sent, newest last: (session, round, base).
+fn copies_sent(c: &Cluster) -> Vec<(Epoch, u32, Option<CheckpointId>)> {
+    c.log[A.0 as usize]
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg:
+                    Message::Copy {
+                        session,
+                        round,
+                        base,
+                        chunk,
+                        ..
+                    },
+                ..
+            } if chunk.index == 0 => Some((*session, *round, *base)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The 100 M-event run, seeds 1438 and 4526: a keyholder's final copy
+/// round, whole and consistent in itself, named the session and round the
+/// primary had in flight. The joiner became a backup of a checkpoint the
+/// primary never made, its ack moved the primary on, and the primary
+/// stayed in Certifying for good. The ack now names the digest of the
+/// round applied, and the primary takes only the one it sent.
+#[test]
+fn a_forged_final_copy_round_is_not_taken_for_the_primarys() {
+    let mut c = Cluster::new(Level::Ft);
+    c.crash(B);
+    c.run_for_ms(1000);
+    c.cut.insert((A, B));
+    c.restart(B, Generation(1));
+    c.run_for_ms(10);
+    let (session, round, _) = *copies_sent(&c).last().expect("A began a copy");
+    let generation = c.node(A).generation();
+    let forged = Message::Copy {
+        generation,
+        session,
+        round,
+        base: Some(CheckpointId {
+            generation,
+            epoch: Epoch(session.0 + 3),
+        }),
+        chunk: chunk(0, 1, b"evil"),
+    };
+    let captures_before = c.count(A, |a| matches!(a, Action::CaptureCopy { .. }));
+    c.inject(B, A, forged);
+    c.run_for_ms(10);
+    assert_eq!(c.node(B).role(), RoleKind::Backup, "B took it");
+    assert_eq!(
+        c.count(A, |a| matches!(a, Action::CaptureCopy { .. })),
+        captures_before,
+        "its ack moved A's copy on"
+    );
+    assert_eq!(c.node(A).stats().dropped_contradicting, 1);
+    assert_eq!(c.node(A).protection(), Some(Protection::Resyncing));
+    // A's own round, sent again, tells B it is not A's backup; B joins
+    // again, is copied for real and certified.
+    c.cut.clear();
+    c.run_for_ms(3000);
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+    assert_eq!(c.node(B).role(), RoleKind::Backup);
+    assert_eq!(c.node(B).generation(), c.node(A).generation());
+    let released = c.released(A).unwrap();
+    c.run_for_ms(200);
+    assert!(c.released(A).unwrap().0 >= released.0 + 5, "releasing");
+}
+
+/// The chunks of `bytes` in chunks of `size`, as a sender splits them.
+fn chunks_of(bytes: &[u8], size: usize) -> Vec<Chunk> {
+    let count = bytes.len().div_ceil(size) as u32;
+    bytes
+        .chunks(size)
+        .enumerate()
+        .map(|(i, data)| Chunk {
+            index: i as u32,
+            count,
+            digest: Digest::of(bytes),
+            data: data.to_vec(),
+        })
+        .collect()
+}
+
+/// A chunk with the right index, count and transfer digest but other
+/// bytes (a keyholder's bug, or an authentic chunk of another transfer
+/// of that name) completed the count and the delta was applied with its
+/// bytes. The assembled bytes are now checked against the digest first.
+#[test]
+fn chunks_of_other_content_with_the_right_count_are_not_applied() {
+    let mut b = node(
+        B,
+        Start::Backup {
+            generation: Generation(1),
+        },
+    );
+    let bytes = b"delta of epoch one".to_vec();
+    let honest = chunks_of(&bytes, 4);
+    let mut spoiled = honest[2].clone();
+    spoiled.data = b"EVIL".to_vec();
+    let delta = |chunk: &Chunk| Message::Delta {
+        generation: Generation(1),
+        epoch: Epoch(1),
+        chunk: chunk.clone(),
+    };
+    b.handle_message(Time(1), A, delta(&spoiled));
+    for (i, chunk) in honest.iter().enumerate().filter(|(i, _)| *i != 2) {
+        b.handle_message(Time(2 + i as u64), A, delta(chunk));
+    }
+    let applied = |b: &mut Node| {
+        drain(b)
+            .into_iter()
+            .filter_map(|a| match a {
+                Action::ApplyDelta { delta, .. } => Some(delta),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(applied(&mut b), Vec::<Vec<u8>>::new(), "nothing applied");
+    assert_eq!(b.stats().transfers_spoiled, 1);
+    assert_eq!(b.applied().unwrap().epoch, Epoch(0));
+    assert_eq!(b.assembling().chunks, 0, "the spoiled chunks are dropped");
+    // The retransmission assembles the delta the primary sent.
+    for chunk in &honest {
+        b.handle_message(Time(20), A, delta(chunk));
+    }
+    assert_eq!(applied(&mut b), vec![bytes]);
+    assert_eq!(b.applied().unwrap().epoch, Epoch(1));
+}
+
+/// The delta ack named only an epoch: a forged or stale one released the
+/// output of epochs the backup never held. It names the digest of the
+/// delta now, and only the one the primary shipped for that epoch counts.
+#[test]
+fn an_ack_that_names_other_content_releases_nothing() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    c.cut.insert((B, A));
+    c.run_for_ms(60);
+    let released = c.released(A).unwrap();
+    let open = c.node(A).epoch().unwrap();
+    let shipped: Vec<(Epoch, Digest)> = c.log[A.0 as usize]
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Message::Delta { epoch, chunk, .. },
+                ..
+            } if chunk.index == 0 => Some((*epoch, chunk.digest)),
+            _ => None,
+        })
+        .collect();
+    let newest = Epoch(open.0 - 1);
+    let ack = |epoch, digest| Message::DeltaAck {
+        generation: Generation(1),
+        epoch,
+        digest,
+    };
+    // Forged (no digest the primary made), and stale (the digest of
+    // another epoch's delta).
+    let other = shipped.iter().find(|(e, _)| *e != newest).unwrap().1;
+    c.inject(A, B, ack(newest, Digest::default()));
+    c.inject(A, B, ack(newest, other));
+    assert_eq!(c.released(A), Some(released), "released early");
+    assert_eq!(c.node(A).stats().dropped_contradicting, 2);
+    // The real ack releases.
+    let real = shipped.iter().rev().find(|(e, _)| *e == newest).unwrap().1;
+    c.inject(A, B, ack(newest, real));
+    assert_eq!(c.released(A), Some(newest));
 }

@@ -11,7 +11,8 @@ use common::*;
 use hmac::{Hmac, Mac};
 use protocol::wire::{Chunk, PeerRole, Stamp, MAGIC, VERSION};
 use protocol::{
-    CheckpointId, Codec, DecodeError, Envelope, Epoch, Generation, Level, Message, NodeId, Time,
+    CheckpointId, Codec, DecodeError, Digest, Envelope, Epoch, Generation, Level, Message, NodeId,
+    Time,
 };
 use quickcheck::{quickcheck, Arbitrary, Gen, TestResult};
 use std::collections::BTreeMap;
@@ -30,11 +31,16 @@ fn checkpoint(g: &mut Gen) -> Option<CheckpointId> {
     })
 }
 
+fn digest(g: &mut Gen) -> Digest {
+    Digest(std::array::from_fn(|_| u8::arbitrary(g)))
+}
+
 fn chunk(g: &mut Gen) -> Chunk {
     let count = u32::arbitrary(g) % 8 + 1;
     Chunk {
         index: u32::arbitrary(g) % count,
         count,
+        digest: digest(g),
         data: Vec::<u8>::arbitrary(g),
     }
 }
@@ -78,6 +84,7 @@ impl Arbitrary for AnyMessage {
             2 => Message::DeltaAck {
                 generation,
                 epoch: Epoch(gen_u64(g)),
+                digest: digest(g),
             },
             3 => Message::Copy {
                 generation,
@@ -90,6 +97,7 @@ impl Arbitrary for AnyMessage {
                 generation,
                 session: Epoch(gen_u64(g)),
                 round: u32::arbitrary(g),
+                digest: digest(g),
             },
             5 => Message::Join {
                 generation,

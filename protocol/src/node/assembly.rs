@@ -1,14 +1,17 @@
 //! Reassembly of a delta or copy round from its chunks, and the splitting
 //! that produces them.
 
+use crate::types::Digest;
 use crate::wire::Chunk;
 use std::collections::BTreeMap;
 
 /// Chunks received so far of one transfer. Complete only when every index
-/// in `0..count` arrived; an incomplete transfer is never handed out.
+/// in `0..count` arrived and their bytes have the transfer's digest; an
+/// incomplete transfer is never handed out.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Assembly {
     count: u32,
+    digest: Digest,
     parts: BTreeMap<u32, Vec<u8>>,
     bytes: u64,
 }
@@ -16,7 +19,8 @@ pub(crate) struct Assembly {
 /// A chunk that does not fit the transfer it claims to belong to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum AssemblyError {
-    /// The chunk count differs from the first chunk's.
+    /// The chunk count or the transfer's digest differs from the first
+    /// chunk's.
     CountMismatch,
     /// A chunk of the same index with other bytes.
     DataMismatch,
@@ -34,13 +38,19 @@ pub(crate) enum Offered {
     Replaced,
     /// Refused: it alone exceeds the size limit.
     Refused,
+    /// It completed the count, but the bytes assembled do not have the
+    /// transfer's digest (a chunk of other content with the right count
+    /// and digest was among them): all were dropped, the sender's
+    /// retransmission assembles it again.
+    Spoiled,
 }
 
 impl Assembly {
-    pub(crate) fn new(count: u32) -> Assembly {
+    pub(crate) fn new(count: u32, digest: Digest) -> Assembly {
         assert!(count > 0, "a transfer has at least one chunk");
         Assembly {
             count,
+            digest,
             parts: BTreeMap::new(),
             bytes: 0,
         }
@@ -48,7 +58,7 @@ impl Assembly {
 
     /// Adds a chunk; a duplicate of one already held is ignored.
     pub(crate) fn add(&mut self, chunk: Chunk, bytes_max: u64) -> Result<(), AssemblyError> {
-        if chunk.count != self.count || chunk.index >= self.count {
+        if chunk.count != self.count || chunk.digest != self.digest || chunk.index >= self.count {
             return Err(AssemblyError::CountMismatch);
         }
         if let Some(held) = self.parts.get(&chunk.index) {
@@ -71,23 +81,31 @@ impl Assembly {
     }
 
     /// Adds a chunk to the transfer, or starts the transfer over from it if
-    /// it contradicts what is held (another count, other bytes at its
-    /// index, or more bytes than the limit): a forged or stale chunk may
-    /// spoil an assembly, but the sender's next consistent retransmission
-    /// always completes it.
+    /// it contradicts what is held (another count or digest, other bytes
+    /// at its index, or more bytes than the limit): a forged or stale chunk
+    /// may spoil an assembly, but the sender's next consistent
+    /// retransmission always completes it. The chunk that completes the
+    /// count has the whole checked against the digest: bytes without it
+    /// are dropped, never handed out.
     pub(crate) fn offer(&mut self, chunk: Chunk, bytes_max: u64) -> Offered {
         if chunk.data.len() as u64 > bytes_max {
             return Offered::Refused;
         }
-        match self.add(chunk.clone(), bytes_max) {
+        let offered = match self.add(chunk.clone(), bytes_max) {
             Ok(()) => Offered::Added,
             Err(_) => {
-                *self = Assembly::new(chunk.count);
+                *self = Assembly::new(chunk.count, chunk.digest);
                 self.add(chunk, bytes_max)
                     .expect("a chunk within the limit starts a transfer");
                 Offered::Replaced
             }
+        };
+        let assembled = || Digest::of_parts(self.parts.values().map(Vec::as_slice));
+        if self.is_complete() && assembled() != self.digest {
+            *self = Assembly::new(self.count, self.digest);
+            return Offered::Spoiled;
         }
+        offered
     }
 
     /// Chunks held.
@@ -112,7 +130,13 @@ impl Assembly {
         self.parts.len() == self.count as usize
     }
 
-    /// The whole transfer; only once complete.
+    /// The transfer's digest.
+    pub(crate) fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The whole transfer; only once complete (and so checked against its
+    /// digest by `offer`).
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         assert!(self.is_complete(), "an incomplete transfer is never used");
         let mut out = Vec::with_capacity(usize::try_from(self.bytes).expect("fits in memory"));
@@ -123,10 +147,46 @@ impl Assembly {
     }
 }
 
+/// One delta or copy round as its sender holds it until acknowledged: the
+/// bytes and their digest, taken once.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Transfer {
+    bytes: Vec<u8>,
+    digest: Digest,
+}
+
+impl Transfer {
+    pub(crate) fn new(bytes: Vec<u8>) -> Transfer {
+        let digest = Digest::of(&bytes);
+        Transfer { bytes, digest }
+    }
+
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    pub(crate) fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    /// The chunks to send it in (see [`split_with`]).
+    pub(crate) fn chunks(&self, chunk_bytes_max: u32) -> Vec<Chunk> {
+        split_with(&self.bytes, self.digest, chunk_bytes_max)
+    }
+}
+
 /// Splits `bytes` into chunks of at most `chunk_bytes_max` (at least one
-/// chunk, even for empty input).
+/// chunk, even for empty input), each carrying the digest of `bytes`.
+#[cfg(test)]
 pub(crate) fn split(bytes: &[u8], chunk_bytes_max: u32) -> Vec<Chunk> {
+    split_with(bytes, Digest::of(bytes), chunk_bytes_max)
+}
+
+/// Splits `bytes`, whose digest is `digest`, into chunks of at most
+/// `chunk_bytes_max` (at least one chunk, even for empty input).
+fn split_with(bytes: &[u8], digest: Digest, chunk_bytes_max: u32) -> Vec<Chunk> {
     assert!(chunk_bytes_max > 0, "chunks carry bytes");
+    debug_assert_eq!(digest, Digest::of(bytes), "the digest is of these bytes");
     let size = chunk_bytes_max as usize;
     let count = bytes.len().div_ceil(size).max(1);
     let count_u32 = u32::try_from(count).expect("transfer_bytes_max bounds the chunk count");
@@ -134,6 +194,7 @@ pub(crate) fn split(bytes: &[u8], chunk_bytes_max: u32) -> Vec<Chunk> {
         .map(|i| Chunk {
             index: u32::try_from(i).expect("below count"),
             count: count_u32,
+            digest,
             data: bytes[(i * size).min(bytes.len())..((i + 1) * size).min(bytes.len())].to_vec(),
         })
         .collect()
@@ -143,17 +204,28 @@ pub(crate) fn split(bytes: &[u8], chunk_bytes_max: u32) -> Vec<Chunk> {
 mod tests {
     use super::*;
 
+    fn chunk(index: u32, count: u32, digest: Digest, data: &[u8]) -> Chunk {
+        Chunk {
+            index,
+            count,
+            digest,
+            data: data.to_vec(),
+        }
+    }
+
     #[test]
     fn split_and_reassemble_in_any_order() {
         let bytes: Vec<u8> = (0..1000u32).map(|i| (i * 7) as u8).collect();
         let mut chunks = split(&bytes, 64);
         assert_eq!(chunks.len(), 16);
+        assert!(chunks.iter().all(|c| c.digest == Digest::of(&bytes)));
         chunks.reverse();
-        let mut assembly = Assembly::new(16);
+        let mut assembly = Assembly::new(16, Digest::of(&bytes));
         for (i, chunk) in chunks.into_iter().enumerate() {
             assert!(!assembly.is_complete(), "complete after {i} chunks");
-            assembly.add(chunk.clone(), 1 << 20).unwrap();
-            assembly.add(chunk, 1 << 20).unwrap(); // duplicates are harmless
+            assert_eq!(assembly.offer(chunk.clone(), 1 << 20), Offered::Added);
+            // Duplicates are harmless.
+            assert_eq!(assembly.offer(chunk, 1 << 20), Offered::Added);
         }
         assert!(assembly.is_complete());
         assert_eq!(assembly.into_bytes(), bytes);
@@ -164,22 +236,21 @@ mod tests {
         let chunks = split(&[], 64);
         assert_eq!(chunks.len(), 1);
         assert!(chunks[0].data.is_empty());
+        assert_eq!(chunks[0].digest, Digest::of(&[]));
     }
 
     #[test]
     fn mismatched_and_oversized_chunks_are_refused() {
-        let mut assembly = Assembly::new(2);
-        let wrong = Chunk {
-            index: 0,
-            count: 3,
-            data: vec![1],
-        };
+        let d = Digest::of(b"whole");
+        let mut assembly = Assembly::new(2, d);
+        let wrong = chunk(0, 3, d, &[1]);
         assert_eq!(assembly.add(wrong, 100), Err(AssemblyError::CountMismatch));
-        let big = Chunk {
-            index: 0,
-            count: 2,
-            data: vec![0; 101],
-        };
+        let other_digest = chunk(0, 2, Digest::of(b"other"), &[1]);
+        assert_eq!(
+            assembly.add(other_digest, 100),
+            Err(AssemblyError::CountMismatch)
+        );
+        let big = chunk(0, 2, d, &[0; 101]);
         assert_eq!(assembly.add(big, 100), Err(AssemblyError::TooLarge));
         assert!(!assembly.is_complete());
     }
@@ -187,14 +258,10 @@ mod tests {
     #[test]
     fn a_consistent_retransmission_replaces_a_poisoned_assembly() {
         let bytes: Vec<u8> = (0..10).collect();
+        let d = Digest::of(&bytes);
         let honest = split(&bytes, 4);
-        let mut assembly = Assembly::new(7);
-        let forged = Chunk {
-            index: 5,
-            count: 7,
-            data: vec![9; 4],
-        };
-        assert_eq!(assembly.offer(forged, 100), Offered::Added);
+        let mut assembly = Assembly::new(7, d);
+        assert_eq!(assembly.offer(chunk(5, 7, d, &[9; 4]), 100), Offered::Added);
         let mut replaced = 0;
         for chunk in honest.iter().cloned() {
             if assembly.offer(chunk, 100) == Offered::Replaced {
@@ -204,13 +271,8 @@ mod tests {
         assert_eq!(replaced, 1, "the first honest chunk starts over");
         assert!(assembly.is_complete());
         assert_eq!(assembly.into_bytes(), bytes);
-        let mut assembly = Assembly::new(3);
-        let other_bytes = Chunk {
-            index: 0,
-            count: 3,
-            data: vec![1],
-        };
-        assert_eq!(assembly.offer(other_bytes, 100), Offered::Added);
+        let mut assembly = Assembly::new(3, d);
+        assert_eq!(assembly.offer(chunk(0, 3, d, &[1]), 100), Offered::Added);
         for chunk in honest {
             assembly.offer(chunk, 100);
         }
@@ -219,13 +281,31 @@ mod tests {
             bytes,
             "other bytes at an index are replaced"
         );
-        let mut assembly = Assembly::new(1);
-        let huge = Chunk {
-            index: 0,
-            count: 1,
-            data: vec![0; 101],
-        };
-        assert_eq!(assembly.offer(huge, 100), Offered::Refused);
+        let mut assembly = Assembly::new(1, d);
+        assert_eq!(
+            assembly.offer(chunk(0, 1, d, &[0; 101]), 100),
+            Offered::Refused
+        );
         assert_eq!(assembly.chunks(), 0);
+    }
+
+    #[test]
+    fn bytes_without_the_transfers_digest_are_never_complete() {
+        let bytes: Vec<u8> = (0..10).collect();
+        let honest = split(&bytes, 4);
+        let d = honest[0].digest;
+        let mut assembly = Assembly::new(3, d);
+        // Other bytes of the right shape, count and digest at index 2,
+        // before the honest chunks 0 and 1 complete the count.
+        assert_eq!(assembly.offer(chunk(2, 3, d, &[7, 7]), 100), Offered::Added);
+        assert_eq!(assembly.offer(honest[0].clone(), 100), Offered::Added);
+        assert_eq!(assembly.offer(honest[1].clone(), 100), Offered::Spoiled);
+        assert!(!assembly.is_complete());
+        assert_eq!(assembly.chunks(), 0, "all dropped");
+        for chunk in honest {
+            assembly.offer(chunk, 100);
+        }
+        assert!(assembly.is_complete(), "the retransmission completes it");
+        assert_eq!(assembly.into_bytes(), bytes);
     }
 }

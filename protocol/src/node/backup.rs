@@ -7,7 +7,7 @@ use super::primary::{Pairing, Primary};
 use super::{Node, Role};
 use crate::action::Action;
 use crate::config::Config;
-use crate::types::{CheckpointId, Epoch, Generation, NodeId, Time};
+use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId, Time};
 use crate::wire::{Chunk, Message, PeerRole};
 use std::collections::BTreeMap;
 
@@ -16,14 +16,18 @@ use std::collections::BTreeMap;
 pub(crate) struct Backup {
     /// The newest complete, applied checkpoint: what a promotion restores.
     pub(super) applied: CheckpointId,
+    /// Digest of the transfer that brought us to `applied` (the delta, or
+    /// the final copy round; none for the boot image): our acks name it.
+    applied_digest: Digest,
     lineage: Lineage,
     /// Deltas being received, at most `deltas_in_flight_max` of them.
     staged: BTreeMap<Epoch, Assembly>,
     /// The generation asked of the witness to promote.
     pub(super) grant_wanted: Option<Generation>,
-    /// The copy session and final round that made us a backup, if a copy
-    /// did: its retransmissions are answered with their ack again.
-    copied: Option<(Epoch, u32)>,
+    /// The copy session, final round and its digest that made us a
+    /// backup, if a copy did: its retransmissions are answered with their
+    /// ack again.
+    copied: Option<(Epoch, u32, Digest)>,
 }
 
 /// A copy being received.
@@ -33,6 +37,9 @@ pub(crate) struct CopyProgress {
     session: Epoch,
     /// The round being assembled; rounds below it are applied.
     round: u32,
+    /// Digest of the last round applied (`round - 1`): a retransmission of
+    /// it (its ack was lost) is acknowledged again.
+    applied_digest: Option<Digest>,
     assembly: Option<Assembly>,
 }
 
@@ -58,9 +65,10 @@ fn check_bounds(assembly: &Assembly, config: &Config) {
 }
 
 impl Backup {
-    pub(super) fn new(applied: CheckpointId) -> Backup {
+    pub(super) fn new(applied: CheckpointId, applied_digest: Digest) -> Backup {
         Backup {
             applied,
+            applied_digest,
             lineage: Lineage::starting_at(applied),
             staged: BTreeMap::new(),
             grant_wanted: None,
@@ -208,8 +216,11 @@ impl Node {
                 generation,
                 session,
                 round,
+                chunk,
                 ..
-            } if generation == self.generation => self.on_copy_as_backup(session, round),
+            } if generation == self.generation => {
+                self.on_copy_as_backup(session, round, chunk.digest)
+            }
             _ => self.stats.dropped_stale += 1,
         }
     }
@@ -224,7 +235,7 @@ impl Node {
             let assembly = b
                 .staged
                 .entry(epoch)
-                .or_insert_with(|| Assembly::new(chunk.count));
+                .or_insert_with(|| Assembly::new(chunk.count, chunk.digest));
             let offered = assembly.offer(chunk, bytes_max);
             if !self.count_offered(offered) {
                 return;
@@ -260,10 +271,11 @@ impl Node {
         {
             let (epoch, assembly) = next.remove_entry();
             b.applied = CheckpointId { generation, epoch };
+            b.applied_digest = assembly.digest();
             b.lineage.extend(generation, epoch);
             applied.push((epoch, assembly.into_bytes()));
         }
-        let acked = b.applied.epoch;
+        let (acked, digest) = (b.applied.epoch, b.applied_digest);
         self.stats.deltas_applied += applied.len() as u64;
         for (epoch, delta) in applied {
             self.push(Action::ApplyDelta { epoch, delta });
@@ -274,19 +286,21 @@ impl Node {
             Message::DeltaAck {
                 generation,
                 epoch: acked,
+                digest,
             },
         );
     }
 
     /// Our primary still copies to us: the final round again (its ack was
-    /// lost) is acknowledged again; any other round means it does not take
-    /// us for the backup we think we are (a forged final round made us
-    /// one), so we join again and are copied for real.
-    fn on_copy_as_backup(&mut self, session: Epoch, round: u32) {
+    /// lost) is acknowledged again; any other round, or the same round with
+    /// other content, means it does not take us for the backup we think we
+    /// are (a forged final round made us one), so we join again and are
+    /// copied for real.
+    fn on_copy_as_backup(&mut self, session: Epoch, round: u32, digest: Digest) {
         let generation = self.generation;
-        if self.backup_mut().copied == Some((session, round)) {
+        if self.backup_mut().copied == Some((session, round, digest)) {
             self.peer_heard = self.now;
-            self.ack_copy(session, round);
+            self.ack_copy(session, round, digest);
         } else if self.backup_mut().grant_wanted.is_some() {
             self.stats.dropped_unexpected += 1;
         } else {
@@ -296,8 +310,9 @@ impl Node {
         }
     }
 
-    /// Tells the primary copy round `round` of `session` is applied.
-    fn ack_copy(&mut self, session: Epoch, round: u32) {
+    /// Tells the primary copy round `round` of `session`, with `digest`,
+    /// is applied.
+    fn ack_copy(&mut self, session: Epoch, round: u32, digest: Digest) {
         let (peer, generation) = (self.config.peer, self.generation);
         self.send(
             peer,
@@ -305,6 +320,7 @@ impl Node {
                 generation,
                 session,
                 round,
+                digest,
             },
         );
     }
@@ -319,6 +335,10 @@ impl Node {
             }
             Offered::Refused => {
                 self.stats.dropped_out_of_range += 1;
+                false
+            }
+            Offered::Spoiled => {
+                self.stats.transfers_spoiled += 1;
                 false
             }
         }
@@ -365,6 +385,16 @@ impl Node {
             self.become_stale(generation);
         } else if generation < self.generation {
             self.stats.dropped_stale += 1;
+        } else if wanted.is_some() && holder == peer && backup != Some(me) {
+            // Our generation, and we are not its certified backup (a copy
+            // made us a backup that was never certified, or a forged one):
+            // the witness grants the next generation only to the holder or
+            // that backup, so our request will never be granted. Stop
+            // asking and listen to the primary again for a suspicion's
+            // time: if it is there, what it sends sorts us out.
+            tracing::info!(node = %me, %generation, "not the certified backup: promotion refused");
+            self.backup_mut().grant_wanted = None;
+            self.peer_heard = self.now;
         }
     }
 
@@ -448,6 +478,7 @@ impl Node {
                 generation,
                 session,
                 round: 0,
+                applied_digest: None,
                 assembly: None,
             });
             // The copy overwrites the disk: whatever checkpoint it held is
@@ -456,8 +487,14 @@ impl Node {
         }
         let copy = j.copy.as_mut().expect("set above");
         if round < copy.round {
-            // A duplicate of a round already applied: ack again.
-            self.ack_copy(session, round);
+            // A duplicate of the round last applied: ack again (the ack was
+            // lost). Of an older one, or with other content: nothing the
+            // primary waits for.
+            if round + 1 == copy.round && copy.applied_digest == Some(chunk.digest) {
+                self.ack_copy(session, round, chunk.digest);
+            } else {
+                self.stats.dropped_stale += 1;
+            }
             return;
         }
         if round > copy.round {
@@ -470,7 +507,7 @@ impl Node {
         }
         let assembly = copy
             .assembly
-            .get_or_insert_with(|| Assembly::new(chunk.count));
+            .get_or_insert_with(|| Assembly::new(chunk.count, chunk.digest));
         let offered = assembly.offer(chunk, bytes_max);
         let complete = assembly.is_complete();
         if !self.count_offered(offered) || !complete {
@@ -480,13 +517,18 @@ impl Node {
             unreachable!("joiner")
         };
         let copy = j.copy.as_mut().expect("set above");
-        let bytes = copy.assembly.take().expect("complete").into_bytes();
+        let assembly = copy.assembly.take().expect("complete");
+        let digest = assembly.digest();
         copy.round += 1;
-        self.push(Action::ApplyCopy { round, copy: bytes });
-        self.ack_copy(session, round);
+        copy.applied_digest = Some(digest);
+        self.push(Action::ApplyCopy {
+            round,
+            copy: assembly.into_bytes(),
+        });
+        self.ack_copy(session, round, digest);
         if let Some(base) = base {
-            let mut backup = Backup::new(base);
-            backup.copied = Some((session, round));
+            let mut backup = Backup::new(base, digest);
+            backup.copied = Some((session, round, digest));
             self.role = Role::Backup(backup);
         }
     }

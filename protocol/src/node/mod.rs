@@ -37,7 +37,7 @@ pub use validate::{COUNTER_MAX, ROUND_MAX};
 use crate::action::{Action, Capture};
 use crate::config::{Config, ConfigError};
 use crate::stats::Stats;
-use crate::types::{CheckpointId, Epoch, Generation, NodeId, Time};
+use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId, Time};
 use crate::wire::{Codec, Envelope, Message, PeerRole};
 use backup::{Backup, Joining};
 use primary::Primary;
@@ -146,7 +146,7 @@ impl Node {
             Start::Primary { .. } => {
                 Role::Primary(Box::new(Primary::bootstrap(&config, boot, now)))
             }
-            Start::Backup { .. } => Role::Backup(Backup::new(boot)),
+            Start::Backup { .. } => Role::Backup(Backup::new(boot, Digest::default())),
             Start::Restart { disk, .. } => Role::Joining(Joining::new(disk)),
         };
         let mut node = Node {

@@ -76,7 +76,9 @@ pub(super) fn check(config: &Config, msg: &Message) -> Result<(), Refusal> {
             epoch,
             chunk,
         } => generation_ok(*generation) && epoch_ok(*epoch) && chunk_ok(config, chunk),
-        Message::DeltaAck { generation, epoch } => generation_ok(*generation) && epoch_ok(*epoch),
+        Message::DeltaAck {
+            generation, epoch, ..
+        } => generation_ok(*generation) && epoch_ok(*epoch),
         Message::Copy {
             generation,
             session,
@@ -94,6 +96,7 @@ pub(super) fn check(config: &Config, msg: &Message) -> Result<(), Refusal> {
             generation,
             session,
             round,
+            ..
         } => generation_ok(*generation) && epoch_ok(*session) && *round <= ROUND_MAX,
         Message::Join { generation, disk } => generation_ok(*generation) && checkpoint_ok(*disk),
         Message::GrantRequest { want, known, .. } => generation_ok(*want) && generation_ok(*known),
@@ -138,6 +141,7 @@ mod tests {
             chunk: Chunk {
                 index: 0,
                 count,
+                digest: crate::types::Digest::default(),
                 data: vec![],
             },
         }
@@ -174,6 +178,7 @@ mod tests {
         let ack = Message::DeltaAck {
             generation: Generation(1),
             epoch: Epoch(COUNTER_MAX + 1),
+            digest: crate::types::Digest::default(),
         };
         assert_eq!(check(&c, &ack), Err(Refusal::OutOfRange));
     }

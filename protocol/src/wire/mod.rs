@@ -23,7 +23,7 @@
 //! against [`BODY_BYTES_MAX`] before allocating, so arbitrary input yields a
 //! [`DecodeError`], never a panic and never an unbounded allocation.
 
-use crate::types::{CheckpointId, Epoch, Generation, NodeId};
+use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId};
 
 mod codec;
 
@@ -32,8 +32,10 @@ pub use codec::{Codec, Opened, Stamp};
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LKSP";
 /// The wire version this code speaks. 2: keys per pair of nodes, the
-/// session and sequence stamp in the header.
-pub const VERSION: u8 = 2;
+/// session and sequence stamp in the header. 3: every chunk carries the
+/// digest of its whole transfer, and the acks of deltas and copy rounds
+/// name the digest of what they acknowledge.
+pub const VERSION: u8 = 3;
 /// Largest body accepted, in bytes (a delta chunk plus its header).
 pub const BODY_BYTES_MAX: usize = (1 << 20) + 256;
 /// Largest data payload of one chunk.
@@ -61,6 +63,9 @@ pub struct Chunk {
     pub index: u32,
     /// Number of chunks of the whole.
     pub count: u32,
+    /// Digest of the whole: the assembled chunks are used only if their
+    /// bytes have it.
+    pub digest: Digest,
     /// The bytes.
     pub data: Vec<u8>,
 }
@@ -94,6 +99,10 @@ pub enum Message {
         generation: Generation,
         /// Highest epoch applied, cumulative.
         epoch: Epoch,
+        /// Digest of the transfer that brought the backup to `epoch` (the
+        /// delta, or the final copy round): an ack releases output only if
+        /// it names what the primary shipped for that epoch.
+        digest: Digest,
     },
     /// Primary to joiner: part of pre-copy round `round`. The final round
     /// carries `base`, the checkpoint the joiner holds once it is applied.
@@ -118,6 +127,9 @@ pub enum Message {
         session: Epoch,
         /// The round applied.
         round: u32,
+        /// Digest of the round applied: the primary takes the ack only if
+        /// it names the round it sent.
+        digest: Digest,
     },
     /// A VM host without usable state asks its peer to re-protect it.
     Join {
@@ -272,10 +284,14 @@ impl Writer<'_> {
             }
         }
     }
+    fn digest(&mut self, d: Digest) {
+        self.0.extend_from_slice(&d.0);
+    }
     fn chunk(&mut self, c: &Chunk) {
         assert!(c.data.len() <= CHUNK_BYTES_MAX, "chunk over the limit");
         self.u32(c.index);
         self.u32(c.count);
+        self.digest(c.digest);
         self.u32(u32::try_from(c.data.len()).expect("bounded by CHUNK_BYTES_MAX"));
         self.0.extend_from_slice(&c.data);
     }
@@ -308,9 +324,14 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) -> u8 {
             w.chunk(chunk);
             kind::DELTA
         }
-        Message::DeltaAck { generation, epoch } => {
+        Message::DeltaAck {
+            generation,
+            epoch,
+            digest,
+        } => {
             w.u64(generation.0);
             w.u64(epoch.0);
+            w.digest(*digest);
             kind::DELTA_ACK
         }
         Message::Copy {
@@ -331,10 +352,12 @@ fn encode_body(msg: &Message, out: &mut Vec<u8>) -> u8 {
             generation,
             session,
             round,
+            digest,
         } => {
             w.u64(generation.0);
             w.u64(session.0);
             w.u32(*round);
+            w.digest(*digest);
             kind::COPY_ACK
         }
         Message::Join { generation, disk } => {
@@ -410,18 +433,27 @@ impl Reader<'_> {
             _ => Err(DecodeError::Malformed("bad option tag")),
         }
     }
+    fn digest(&mut self) -> Result<Digest, DecodeError> {
+        Ok(Digest(self.bytes(32)?.try_into().expect("32")))
+    }
     fn chunk(&mut self) -> Result<Chunk, DecodeError> {
         let index = self.u32()?;
         let count = self.u32()?;
         if count == 0 || index >= count {
             return Err(DecodeError::Malformed("chunk index out of range"));
         }
+        let digest = self.digest()?;
         let len = self.u32()? as usize;
         if len > CHUNK_BYTES_MAX {
             return Err(DecodeError::Malformed("chunk too large"));
         }
         let data = self.bytes(len)?.to_vec();
-        Ok(Chunk { index, count, data })
+        Ok(Chunk {
+            index,
+            count,
+            digest,
+            data,
+        })
     }
     fn finish(self, msg: Message) -> Result<Message, DecodeError> {
         if self.at != self.bytes.len() {
@@ -452,6 +484,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
         kind::DELTA_ACK => Message::DeltaAck {
             generation: r.generation()?,
             epoch: Epoch(r.u64()?),
+            digest: r.digest()?,
         },
         kind::COPY => Message::Copy {
             generation: r.generation()?,
@@ -464,6 +497,7 @@ fn decode_body(kind: u8, body: &[u8]) -> Result<Message, DecodeError> {
             generation: r.generation()?,
             session: Epoch(r.u64()?),
             round: r.u32()?,
+            digest: r.digest()?,
         },
         kind::JOIN => Message::Join {
             generation: r.generation()?,

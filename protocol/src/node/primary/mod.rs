@@ -5,12 +5,12 @@ mod reprotect;
 
 use reprotect::Copy;
 
-use super::assembly::split;
+use super::assembly::Transfer;
 use super::lineage::{DiskHistory, Lineage};
 use super::{Node, Protection, Role};
 use crate::action::{Action, Capture};
 use crate::config::Config;
-use crate::types::{CheckpointId, Epoch, Generation, Level, NodeId, Time};
+use crate::types::{CheckpointId, Digest, Epoch, Generation, Level, NodeId, Time};
 use crate::wire::{Message, PeerRole};
 use std::collections::BTreeMap;
 
@@ -61,7 +61,7 @@ pub(crate) struct Primary {
     /// The generation whose backup may acknowledge deltas (acks from an
     /// older incarnation of the peer carry an older one).
     pairing_generation: Generation,
-    unacked: BTreeMap<Epoch, Vec<u8>>,
+    unacked: BTreeMap<Epoch, Transfer>,
     acked: Epoch,
     last_shipped: Time,
     /// Retransmissions since the peer last acknowledged anything: each
@@ -140,7 +140,10 @@ impl Primary {
         match &self.pairing {
             Pairing::Paired { backup } => Some(*backup),
             Pairing::Copying(copy) | Pairing::Catching(copy) => Some(copy.joiner),
-            // Certifying: the grant request is answered first, whatever the joiner does.
+            // Certifying: once asked, the grant request is answered first,
+            // whatever the joiner does; before, a joiner that stopped
+            // acknowledging is given up as in a copy.
+            Pairing::Certifying { joiner } if self.grant_wanted.is_none() => Some(*joiner),
             Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => None,
         }
     }
@@ -153,10 +156,12 @@ impl Primary {
     /// again before it could have arrived.
     fn retransmit_wait_ns(&self, config: &Config) -> u64 {
         let copy = match &self.pairing {
-            Pairing::Copying(c) | Pairing::Catching(c) => c.in_flight.as_ref().map_or(0, Vec::len),
+            Pairing::Copying(c) | Pairing::Catching(c) => {
+                c.in_flight.as_ref().map_or(0, Transfer::len)
+            }
             _ => 0,
         };
-        let bytes = self.unacked.values().map(Vec::len).sum::<usize>() + copy;
+        let bytes = self.unacked.values().map(Transfer::len).sum::<usize>() + copy;
         let transfer_ns = (bytes as u128 * 1_000_000_000
             / u128::from(config.transfer_bytes_per_sec_min))
         .min(u128::from(u64::MAX)) as u64;
@@ -173,7 +178,7 @@ impl Primary {
     /// nothing but the copy's time.
     fn peer_patience_ns(&self, config: &Config) -> u64 {
         match self.pairing {
-            Pairing::Copying(_) | Pairing::Catching(_) => {
+            Pairing::Copying(_) | Pairing::Catching(_) | Pairing::Certifying { .. } => {
                 config.suspect_after_ns.saturating_mul(JOINER_PATIENCE)
             }
             _ => config.suspect_after_ns,
@@ -358,14 +363,20 @@ impl Node {
                 self.request_grant(want, None);
                 self.hold_output();
             }
-            Pairing::Copying(_) | Pairing::Catching(_) => {
-                // The joiner was never certified: we still hold our
-                // generation alone.
+            Pairing::Copying(_) | Pairing::Catching(_) | Pairing::Certifying { .. }
+                if p.grant_wanted.is_none() =>
+            {
+                // The joiner was never certified (nor asked to be): we
+                // still hold our generation alone.
                 tracing::info!(node = %me, "joiner silent: copy abandoned");
                 p.pairing = Pairing::Solo;
                 p.unacked.clear();
             }
-            Pairing::Certifying { .. } | Pairing::Seceding | Pairing::Solo => {}
+            Pairing::Copying(_)
+            | Pairing::Catching(_)
+            | Pairing::Certifying { .. }
+            | Pairing::Seceding
+            | Pairing::Solo => {}
         }
         // Held for acks that will never come: close the epoch unshipped.
         if self.primary().phase == Phase::Held {
@@ -393,8 +404,8 @@ impl Node {
         p.last_shipped = now;
         let mut sends = Vec::new();
         if let Some(to) = p.shipping_to() {
-            for (epoch, bytes) in &p.unacked {
-                for chunk in split(bytes, chunk_max) {
+            for (epoch, transfer) in &p.unacked {
+                for chunk in transfer.chunks(chunk_max) {
                     sends.push((
                         to,
                         Message::Delta {
@@ -407,8 +418,8 @@ impl Node {
             }
         }
         if let Pairing::Copying(c) | Pairing::Catching(c) = &p.pairing {
-            if let Some(bytes) = &c.in_flight {
-                for chunk in split(bytes, chunk_max) {
+            if let Some(transfer) = &c.in_flight {
+                for chunk in transfer.chunks(chunk_max) {
                     sends.push((
                         c.joiner,
                         Message::Copy {
@@ -487,10 +498,11 @@ impl Node {
         self.stats.epochs += 1;
         let to = p.shipping_to().filter(|_| ship);
         if let Some(to) = to {
-            let chunks = split(&capture.bytes, chunk_max);
             self.stats.deltas_shipped += 1;
             self.stats.delta_bytes_shipped += capture.bytes.len() as u64;
-            p.unacked.insert(epoch, capture.bytes);
+            let transfer = Transfer::new(capture.bytes);
+            let chunks = transfer.chunks(chunk_max);
+            p.unacked.insert(epoch, transfer);
             p.last_shipped = now;
             for chunk in chunks {
                 self.send(
@@ -525,17 +537,19 @@ impl Node {
             Message::DeltaAck {
                 generation: g,
                 epoch,
+                digest,
             } if g >= pairing_generation => {
                 self.peer_heard = self.now;
-                self.on_delta_ack(epoch);
+                self.on_delta_ack(epoch, digest);
             }
             Message::CopyAck {
                 generation: g,
                 session,
                 round,
+                digest,
             } if g >= pairing_generation => {
                 self.peer_heard = self.now;
-                self.on_copy_ack(session, round);
+                self.on_copy_ack(session, round, digest);
             }
             Message::Heartbeat {
                 generation: g,
@@ -567,10 +581,19 @@ impl Node {
         }
     }
 
-    fn on_delta_ack(&mut self, epoch: Epoch) {
+    fn on_delta_ack(&mut self, epoch: Epoch, digest: Digest) {
         let p = self.primary_mut();
         if p.shipping_to().is_none() || epoch >= p.epoch {
             self.stats.dropped_unexpected += 1;
+            return;
+        }
+        // Every epoch past the acknowledged ones is in flight: an ack that
+        // moves on names one of them and the digest of what we shipped for
+        // it. Any other (stale, forged, of content we never sent) releases
+        // nothing.
+        let shipped = p.unacked.get(&epoch).map(Transfer::digest);
+        if epoch > p.acked && shipped != Some(digest) {
+            self.stats.dropped_contradicting += 1;
             return;
         }
         if epoch > p.acked {

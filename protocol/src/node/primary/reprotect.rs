@@ -5,9 +5,9 @@
 
 use super::{Pairing, Phase};
 use crate::action::{Action, Capture, DiskCopy};
-use crate::node::assembly::split;
+use crate::node::assembly::Transfer;
 use crate::node::{Node, Role};
-use crate::types::{CheckpointId, Epoch, Generation, NodeId};
+use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId};
 use crate::wire::Message;
 
 /// A copy session in progress.
@@ -17,8 +17,8 @@ pub(in crate::node) struct Copy {
     pub(super) session: Epoch,
     pub(super) round: u32,
     pub(super) disk: DiskCopy,
-    /// The round's bytes while they await the joiner's ack.
-    pub(super) in_flight: Option<Vec<u8>>,
+    /// The round while it awaits the joiner's ack.
+    pub(super) in_flight: Option<Transfer>,
     /// The checkpoint the final round establishes.
     pub(super) base: Option<CheckpointId>,
     pub(super) capturing: bool,
@@ -66,7 +66,8 @@ impl Node {
             copy.next_is_final = capture.pages <= self.config.precopy_pages_threshold
                 || round + 1 >= self.config.precopy_rounds_max;
         }
-        for chunk in split(&capture.bytes, chunk_max) {
+        let transfer = Transfer::new(capture.bytes);
+        for chunk in transfer.chunks(chunk_max) {
             let msg = Message::Copy {
                 generation,
                 session: copy.session,
@@ -76,7 +77,7 @@ impl Node {
             };
             self.send(copy.joiner, msg);
         }
-        copy.in_flight = Some(capture.bytes);
+        copy.in_flight = Some(transfer);
         let now = self.now;
         let p = self.primary_mut();
         p.last_shipped = now;
@@ -88,14 +89,26 @@ impl Node {
         }
     }
 
-    pub(super) fn on_copy_ack(&mut self, session: Epoch, round: u32) {
+    pub(super) fn on_copy_ack(&mut self, session: Epoch, round: u32, digest: Digest) {
         let p = self.primary_mut();
         let (Pairing::Copying(copy) | Pairing::Catching(copy)) = &mut p.pairing else {
             self.stats.dropped_unexpected += 1;
             return;
         };
-        if copy.session != session || copy.round != round || copy.in_flight.is_none() {
+        let Some(sent) = copy.in_flight.as_ref().map(Transfer::digest) else {
             self.stats.dropped_unexpected += 1;
+            return;
+        };
+        if copy.session != session || copy.round != round {
+            self.stats.dropped_unexpected += 1;
+            return;
+        }
+        if sent != digest {
+            // The joiner applied a round of this name with other content
+            // (a forged one): it holds nothing we sent. It is not our
+            // backup; our retransmission tells it so and it joins again.
+            tracing::info!(node = %self.config.me, %session, round, "copy ack names content we did not send");
+            self.stats.dropped_contradicting += 1;
             return;
         }
         copy.in_flight = None;
@@ -185,14 +198,27 @@ impl Node {
             Pairing::Copying(_) | Pairing::Catching(_) => {
                 // The joiner restarted mid-copy: begin again.
                 tracing::info!(node = %self.config.me, "joiner restarted mid-copy");
-                self.peer_heard = self.now;
-                let p = self.primary_mut();
-                p.pairing = Pairing::Solo;
-                p.unacked.clear();
-                self.start_copy(DiskCopy::Full);
+                self.copy_again();
+            }
+            Pairing::Certifying { .. } if p.grant_wanted.is_none() => {
+                // The joiner does not hold the copy we think it holds (it
+                // restarted, or took a forged round for ours and found
+                // out): begin again. Once certification is asked, its
+                // answer comes first.
+                tracing::info!(node = %self.config.me, "joiner joins again before certification");
+                self.copy_again();
             }
             Pairing::Seceding | Pairing::Certifying { .. } => self.stats.dropped_unexpected += 1,
         }
+    }
+
+    /// The joiner, alive, holds none of the copy under way: a new one.
+    fn copy_again(&mut self) {
+        self.peer_heard = self.now;
+        let p = self.primary_mut();
+        p.pairing = Pairing::Solo;
+        p.unacked.clear();
+        self.start_copy(DiskCopy::Full);
     }
 
     pub(super) fn start_copy(&mut self, disk: DiskCopy) {
