@@ -27,6 +27,8 @@
 //! ```
 //!
 //! and one seed again: `LOCKSTEP_HOSTILE_SEED=<seed>` (the failure names it).
+//! Add `LOCKSTEP_HOSTILE_TRACE=1` to print every change of the hosts' roles
+//! (and the nodes' state when a run does not recover).
 
 #![allow(clippy::unwrap_used)]
 
@@ -36,7 +38,7 @@ use common::*;
 use protocol::wire::{Chunk, PeerRole};
 use protocol::{
     CheckpointId, Codec, Digest, Envelope, Epoch, Generation, Level, Message, NodeId, Protection,
-    RoleKind, COUNTER_MAX, ROUND_MAX,
+    RoleKind, Time, COUNTER_MAX, ROUND_MAX,
 };
 use std::panic::AssertUnwindSafe;
 
@@ -284,7 +286,31 @@ fn hostile_step(
 ) {
     let peer = if target == A { B } else { A };
     let now = c.now;
-    match rng.below(100) {
+    let roles_before = roles(c);
+    let kind = rng.below(100);
+    hostile_event(c, rng, target, wild, recorded, peer, now, kind);
+    if std::env::var_os("LOCKSTEP_HOSTILE_TRACE").is_some() && roles(c) != roles_before {
+        eprintln!(
+            "{} event {kind}: {roles_before:?} -> {:?}",
+            c.now.0 / MS,
+            roles(c)
+        );
+    }
+    check_bounds(c);
+}
+
+#[allow(clippy::too_many_arguments)]
+fn hostile_event(
+    c: &mut Cluster,
+    rng: &mut Rng,
+    target: NodeId,
+    wild: bool,
+    recorded: &mut Vec<(NodeId, Vec<u8>)>,
+    peer: NodeId,
+    now: Time,
+    kind: u64,
+) {
+    match kind {
         0..=34 => {
             let aim = aim(c, wild);
             let msg = message(rng, &aim);
@@ -347,7 +373,6 @@ fn hostile_step(
             c.run_until(until);
         }
     }
-    check_bounds(c);
 }
 
 /// After the hostile frames stop: some node is a protected primary, the

@@ -24,6 +24,10 @@ pub(crate) struct Backup {
     staged: BTreeMap<Epoch, Assembly>,
     /// The generation asked of the witness to promote.
     pub(super) grant_wanted: Option<Generation>,
+    /// A generation asked for that the witness said we cannot have (we are
+    /// not the certified backup): we stopped asking, but should its grant
+    /// come after all, it is ours and taken.
+    grant_refused: Option<Generation>,
     /// The copy session, final round and its digest that made us a
     /// backup, if a copy did: its retransmissions are answered with their
     /// ack again.
@@ -72,6 +76,7 @@ impl Backup {
             lineage: Lineage::starting_at(applied),
             staged: BTreeMap::new(),
             grant_wanted: None,
+            grant_refused: None,
             copied: None,
         }
     }
@@ -367,11 +372,13 @@ impl Node {
         let (me, peer, current) = (self.config.me, self.config.peer, self.generation);
         let b = self.backup_mut();
         let wanted = b.grant_wanted;
-        if wanted == Some(generation) && holder == me && generation <= current {
+        let asked = wanted.or(b.grant_refused);
+        if asked == Some(generation) && holder == me && generation <= current {
             // Granted what we asked for, but we have moved past it since.
             b.grant_wanted = None;
+            b.grant_refused = None;
             self.stats.dropped_contradicting += 1;
-        } else if wanted == Some(generation) && holder == me {
+        } else if asked == Some(generation) && holder == me {
             self.promote(generation);
         } else if generation > self.generation && holder == peer && backup == Some(me) {
             // Certified without having heard it from the primary: adopt, and
@@ -393,7 +400,8 @@ impl Node {
             // asking and listen to the primary again for a suspicion's
             // time: if it is there, what it sends sorts us out.
             tracing::info!(node = %me, %generation, "not the certified backup: promotion refused");
-            self.backup_mut().grant_wanted = None;
+            let b = self.backup_mut();
+            b.grant_refused = b.grant_wanted.take();
             self.peer_heard = self.now;
         }
     }
