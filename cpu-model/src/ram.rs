@@ -25,10 +25,19 @@ impl GuestRam {
         // SAFETY: the layout has a non-zero size (asserted above).
         let raw = unsafe { alloc_zeroed(layout) };
         let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        // SAFETY: `ptr` points to `layout.size()` freshly allocated bytes that
-        // nothing else references yet, and `initial` has exactly that length.
-        unsafe { std::ptr::copy_nonoverlapping(initial.as_ptr(), ptr.as_ptr(), initial.len()) };
-        GuestRam { ptr, layout }
+        let mut ram = GuestRam { ptr, layout };
+        // The buffer is zero already, and a large one has no page of its
+        // own until written: copy only the pages that are not zero, so
+        // that a guest of hundreds of MiB costs its host the memory it
+        // uses, not all of it at once (on a virtualised host each page
+        // first touched costs microseconds).
+        let page = PAGE_SIZE as usize;
+        for (i, bytes) in initial.chunks(page).enumerate() {
+            if bytes.iter().any(|b| *b != 0) {
+                ram.write((i * page) as u64, bytes);
+            }
+        }
+        ram
     }
 
     /// Length in bytes.
@@ -52,10 +61,21 @@ impl GuestRam {
         }
     }
 
-    /// Copies `bytes` into guest memory at `offset`.
+    /// Copies `bytes` into guest memory at `offset`. Bytes already there
+    /// are not written again: restoring a checkpoint onto a standby that
+    /// holds most of it (or zero pages onto memory never touched) then
+    /// costs a read, not a page of the host's for each page of the guest.
     pub(crate) fn write(&mut self, offset: u64, bytes: &[u8]) {
         let end = offset.checked_add(bytes.len() as u64).expect("no overflow");
         assert!(end <= self.len(), "write past guest memory");
+        // SAFETY: as in `read`: the range is inside the allocation, and
+        // nothing writes it while this shared view lives (it ends here).
+        let held = unsafe {
+            std::slice::from_raw_parts(self.ptr.as_ptr().add(offset as usize), bytes.len())
+        };
+        if held == bytes {
+            return;
+        }
         // SAFETY: as in `read`; `&mut self` and the stopped emulator mean
         // no one else touches the bytes meanwhile.
         unsafe {

@@ -2,11 +2,14 @@
 //! engines:
 //!
 //! ```text
-//! magic "LKSTCKPT" | version u16 | kind u8 | 0u8 | payload_len u32 | payload | crc32c u32
+//! magic "LKSTCKPT" | version u16 | kind u8 | 0u8 | payload | payload_len u32 | crc32c u32
 //! ```
 //!
 //! The checksum covers everything before it. Decoding checks the size limit
-//! first, then the checksum, then every field; bad input is an error.
+//! first, then the checksum, then every field; bad input is an error. The
+//! length follows the payload, so every byte is final once written: a
+//! large checkpoint read a part at a time is checksummed and hashed (for
+//! the wire) a part at a time, and its last part costs no more than any.
 
 use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::BLOCK_BYTES;
@@ -17,10 +20,14 @@ use crate::vcpu::VcpuState;
 /// The first bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"LKSTCKPT";
 /// The format version this code writes and reads.
-pub const VERSION: u16 = 1;
+pub const VERSION: u16 = 2;
 /// The default decode limit: 1 GiB of memory plus state.
 pub const CHECKPOINT_BYTES_MAX: usize = (1 << 30) + (64 << 20);
-const HEADER_BYTES: usize = 16;
+const HEADER_BYTES: usize = 12;
+/// The payload's length and the checksum, after the payload.
+const TRAILER_BYTES: usize = 8;
+/// A writer checksums what it wrote once this much is new.
+const SUM_EVERY: usize = 1 << 20;
 
 /// Whole state or changes since the previous checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +67,16 @@ pub struct Checkpoint {
 impl Checkpoint {
     /// Encodes with magic, version, length and checksum.
     pub fn encode(&self) -> Vec<u8> {
+        self.writer(false).finish()
+    }
+
+    /// Encodes, and takes the SHA-256 of the encoding on the way.
+    pub fn encode_hashed(&self) -> (Vec<u8>, [u8; 32]) {
+        let (bytes, digest) = self.writer(true).finish_hashed();
+        (bytes, digest.expect("hashing"))
+    }
+
+    fn writer(&self, hashing: bool) -> CheckpointWriter {
         let pages = u32::try_from(self.pages.len()).expect("pages fit u32");
         let mut w = CheckpointWriter::begin(
             self.kind,
@@ -69,6 +86,9 @@ impl Checkpoint {
             pages,
             encoded_bytes(self),
         );
+        if hashing {
+            w = w.hashing();
+        }
         for (index, bytes) in &self.pages {
             w.page(*index).copy_from_slice(bytes);
         }
@@ -77,7 +97,7 @@ impl Checkpoint {
         for (block, bytes) in &self.blocks {
             w.block(*block).copy_from_slice(bytes);
         }
-        w.finish()
+        w
     }
 
     /// Decodes a checkpoint of at most `limit` bytes.
@@ -115,10 +135,8 @@ fn encoded_bytes(checkpoint: &Checkpoint) -> usize {
         + checkpoint.devices.len()
         + checkpoint.engine.len()
         + checkpoint.blocks.len() * (8 + BLOCK_BYTES)
-        + CRC_BYTES
+        + TRAILER_BYTES
 }
-
-const CRC_BYTES: usize = 4;
 
 /// A checkpoint decoded in place: pages and blocks borrow the encoded
 /// bytes, so applying a large one copies each page once, into the guest.
@@ -174,15 +192,27 @@ impl<'a> CheckpointRef<'a> {
                 "reserved header byte is {reserved}, not 0"
             )));
         }
-        let payload_len = r.u32()? as usize;
-        let payload = r.raw(payload_len)?;
-        let stored = r.u32()?;
-        r.finish()?;
-        let computed = crc32c::crc32c(&bytes[..HEADER_BYTES + payload_len]);
+        let trailer_at = bytes
+            .len()
+            .checked_sub(TRAILER_BYTES)
+            .filter(|at| *at >= HEADER_BYTES)
+            .ok_or(DecodeError::Truncated {
+                offset: bytes.len(),
+                needed: (HEADER_BYTES + TRAILER_BYTES).saturating_sub(bytes.len()),
+            })?;
+        let word = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4 bytes"));
+        let (payload_len, stored) = (word(trailer_at) as usize, word(trailer_at + 4));
+        if payload_len != trailer_at - HEADER_BYTES {
+            return Err(DecodeError::Invalid(format!(
+                "payload length {payload_len}, but {} bytes are there",
+                trailer_at - HEADER_BYTES
+            )));
+        }
+        let computed = crc32c::crc32c(&bytes[..trailer_at + 4]);
         if stored != computed {
             return Err(DecodeError::Checksum { stored, computed });
         }
-        decode_payload(&mut Reader::new(payload), kind)
+        decode_payload(&mut Reader::new(&bytes[HEADER_BYTES..trailer_at]), kind)
     }
 
     /// An owned copy.
@@ -206,11 +236,27 @@ impl<'a> CheckpointRef<'a> {
 /// buffer: the fixed fields, the pages, the vCPU, device and engine state,
 /// the disk blocks; then the length and checksum. A checkpoint taken while
 /// the guest runs (a pre-copy round) is written this way as it is read.
-#[derive(Debug)]
+/// What is written is checksummed (and, if asked, hashed) as the next part
+/// begins, so finishing costs no pass over the whole.
 pub struct CheckpointWriter {
     bytes: Vec<u8>,
     pages_left: u32,
     blocks_left: Option<u32>,
+    /// Bytes checksummed (and hashed) so far.
+    summed: usize,
+    crc: u32,
+    sha: Option<sha2::Sha256>,
+}
+
+impl std::fmt::Debug for CheckpointWriter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CheckpointWriter")
+            .field("bytes", &self.bytes.len())
+            .field("pages_left", &self.pages_left)
+            .field("blocks_left", &self.blocks_left)
+            .field("hashing", &self.sha.is_some())
+            .finish()
+    }
 }
 
 impl CheckpointWriter {
@@ -231,7 +277,6 @@ impl CheckpointWriter {
             Kind::Delta => 1,
         });
         w.u8(0);
-        w.u32(0); // the payload's length, once known
         w.u64(sequence);
         w.u64(base_sequence);
         w.u16(vcpus);
@@ -241,7 +286,29 @@ impl CheckpointWriter {
             bytes: w.into_bytes(),
             pages_left: pages,
             blocks_left: None,
+            summed: 0,
+            crc: 0,
+            sha: None,
         }
+    }
+
+    /// Also takes the SHA-256 of the encoding, as it is written.
+    pub fn hashing(mut self) -> CheckpointWriter {
+        assert_eq!(self.summed, 0, "hashing from the first byte");
+        self.sha = Some(sha2::Sha256::default());
+        self
+    }
+
+    /// Checksums (and hashes) what was written since the last call: every
+    /// slot handed out before is filled by now.
+    fn sum(&mut self) {
+        use sha2::Digest as _;
+        let fresh = &self.bytes[self.summed..];
+        self.crc = crc32c::crc32c_append(self.crc, fresh);
+        if let Some(sha) = &mut self.sha {
+            sha.update(fresh);
+        }
+        self.summed = self.bytes.len();
     }
 
     /// The next page, `index`: its bytes to fill (pages go in ascending order).
@@ -256,6 +323,7 @@ impl CheckpointWriter {
     /// After the pages: the vCPUs', devices' and engine's state.
     pub fn state(&mut self, vcpu_states: &[VcpuState], devices: &[u8], engine: &[u8]) {
         assert_eq!(self.pages_left, 0, "every page is written before the state");
+        self.sum();
         let mut w = Writer::new();
         w.u32(u32::try_from(vcpu_states.len()).expect("few vCPUs"));
         for state in vcpu_states {
@@ -281,6 +349,9 @@ impl CheckpointWriter {
     }
 
     fn slot(&mut self, key: &[u8], len: usize) -> &mut [u8] {
+        if self.bytes.len() - self.summed >= SUM_EVERY {
+            self.sum();
+        }
         self.bytes.extend_from_slice(key);
         let at = self.bytes.len();
         self.bytes.resize(at + len, 0);
@@ -288,14 +359,25 @@ impl CheckpointWriter {
     }
 
     /// The encoded checkpoint.
-    pub fn finish(mut self) -> Vec<u8> {
+    pub fn finish(self) -> Vec<u8> {
+        self.finish_hashed().0
+    }
+
+    /// The encoded checkpoint, and its SHA-256 if [`CheckpointWriter::hashing`].
+    pub fn finish_hashed(mut self) -> (Vec<u8>, Option<[u8; 32]>) {
+        use sha2::Digest as _;
         assert_eq!(self.blocks_left, Some(0), "every block counted is written");
         let payload =
             u32::try_from(self.bytes.len() - HEADER_BYTES).expect("checkpoints are below 4 GiB");
-        self.bytes[HEADER_BYTES - 4..HEADER_BYTES].copy_from_slice(&payload.to_le_bytes());
-        let crc = crc32c::crc32c(&self.bytes);
+        self.bytes.extend_from_slice(&payload.to_le_bytes());
+        self.sum();
+        let crc = self.crc;
         self.bytes.extend_from_slice(&crc.to_le_bytes());
-        self.bytes
+        let digest = self.sha.take().map(|mut sha| {
+            sha.update(crc.to_le_bytes());
+            sha.finalize().into()
+        });
+        (self.bytes, digest)
     }
 }
 
@@ -411,6 +493,22 @@ mod tests {
     }
 
     #[test]
+    fn a_length_that_does_not_span_the_payload_is_refused() {
+        let mut bytes = sample().encode();
+        let at = bytes.len() - TRAILER_BYTES;
+        let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
+        bytes[at..at + 4].copy_from_slice(&(len - 1).to_le_bytes());
+        let crc_at = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        let error = Checkpoint::decode(&bytes, 1 << 24).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Invalid(m) if m.contains("payload length")),
+            "{error}"
+        );
+    }
+
+    #[test]
     fn size_limit_is_checked_first() {
         let bytes = sample().encode();
         assert!(matches!(
@@ -443,8 +541,8 @@ mod tests {
         let mut bytes = MAGIC.to_vec();
         bytes.extend_from_slice(&VERSION.to_le_bytes());
         bytes.extend_from_slice(&[1, 0]);
-        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         bytes.extend_from_slice(payload);
+        bytes.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         let crc = crc32c::crc32c(&bytes);
         bytes.extend_from_slice(&crc.to_le_bytes());
         bytes
@@ -455,7 +553,7 @@ mod tests {
         fn prop(payload: Vec<u8>, flips: Vec<(u16, u8)>) -> bool {
             let _ = Checkpoint::decode(&framed(&payload), CHECKPOINT_BYTES_MAX);
             let good = sample().encode();
-            let mut inner = good[HEADER_BYTES..good.len() - 4].to_vec();
+            let mut inner = good[HEADER_BYTES..good.len() - TRAILER_BYTES].to_vec();
             for (at, mask) in flips {
                 let at = usize::from(at) % inner.len();
                 inner[at] ^= mask;

@@ -198,7 +198,8 @@ impl<E: Engine> Machine<E> {
             (self.shape.vcpus(), self.shape.memory_bytes()),
             pages,
             capacity,
-        );
+        )
+        .hashing();
         Ok(FullStream {
             writer,
             next_page: 0,
@@ -264,10 +265,12 @@ impl<E: Engine> Machine<E> {
             Some(stream.blocks.len()),
             "a stream is finished once read"
         );
+        let (bytes, sha256) = stream.writer.finish_hashed();
         FullCapture {
             pages: u64::from(self.shape.pages()),
             blocks: stream.blocks,
-            bytes: stream.writer.finish(),
+            bytes,
+            sha256: sha256.expect("a stream hashes as it is read"),
         }
     }
 
@@ -379,6 +382,8 @@ pub struct FullStream {
 pub struct FullCapture {
     /// The encoded checkpoint.
     pub bytes: Vec<u8>,
+    /// The SHA-256 of `bytes`, taken a part at a time as they were read.
+    pub sha256: [u8; 32],
     /// Its page count.
     pub pages: u64,
     /// The disk blocks it carries.
@@ -466,6 +471,12 @@ mod tests {
         assert_eq!(capture.pages, 1024);
         assert_eq!(capture.blocks, vec![0, 1, 2, 3]);
         assert!(capture.bytes == whole, "the same bytes, read in parts");
+        use sha2::Digest as _;
+        let sha256: [u8; 32] = sha2::Sha256::digest(&whole).into();
+        assert_eq!(capture.sha256, sha256, "hashed a part at a time");
+        let checkpoint = a.checkpoint(Kind::Full).expect("checkpoint");
+        let (bytes, hashed) = checkpoint.encode_hashed();
+        assert_eq!(hashed, sha2::Sha256::digest(&bytes).as_slice());
     }
 
     #[test]

@@ -696,7 +696,7 @@ fn spoiled(msg: &Message) -> Option<Message> {
             // by making it the new last.
             chunk.index = chunk.count - 1;
             if chunk.data.is_empty() {
-                chunk.data.push(0);
+                chunk.data = vec![0].into();
             }
         }
         _ => return None,

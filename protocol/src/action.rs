@@ -1,6 +1,6 @@
 //! What the protocol asks its driver to do.
 
-use crate::types::{BlockIndex, CheckpointId, Epoch, Generation, NodeId};
+use crate::types::{BlockIndex, CheckpointId, Digest, Epoch, Generation, NodeId};
 use crate::wire::Message;
 
 /// An output of the protocol, polled with `poll_action` and carried out by
@@ -91,6 +91,10 @@ pub enum DiskCopy {
 pub struct Capture {
     /// The encoded state; the protocol treats it as opaque.
     pub bytes: Vec<u8>,
+    /// The digest of `bytes` when the driver took it as it read them (a
+    /// large round, read a part at a time): the protocol does not hash
+    /// them again in one step.
+    pub digest: Option<Digest>,
     /// Disk blocks the guest wrote since the previous capture (not every
     /// block a full round carries): the primary's disk history.
     pub disk_blocks: Vec<BlockIndex>,

@@ -33,7 +33,7 @@ fn samples() -> Vec<(&'static str, Message)> {
         index: 2,
         count: 5,
         digest: digest(0x40),
-        data: b"golden chunk".to_vec(),
+        data: b"golden chunk".to_vec().into(),
     };
     vec![
         (

@@ -142,7 +142,7 @@ fn chunk(rng: &mut Rng) -> Chunk {
         index,
         count,
         digest,
-        data,
+        data: data.into(),
     }
 }
 

@@ -21,7 +21,7 @@ fn chunk(index: u32, count: u32, data: &[u8]) -> Chunk {
         index,
         count,
         digest: Digest::of(data),
-        data: data.to_vec(),
+        data: data.to_vec().into(),
     }
 }
 
@@ -427,7 +427,7 @@ fn chunks_of(bytes: &[u8], size: usize) -> Vec<Chunk> {
             index: i as u32,
             count,
             digest: Digest::of(bytes),
-            data: data.to_vec(),
+            data: data.to_vec().into(),
         })
         .collect()
 }
@@ -442,7 +442,7 @@ fn chunks_of_other_content_with_the_right_count_are_not_applied() {
     let bytes = b"delta of epoch one".to_vec();
     let honest = chunks_of(&bytes, 4);
     let mut spoiled = honest[2].clone();
-    spoiled.data = b"EVIL".to_vec();
+    spoiled.data = b"EVIL".to_vec().into();
     let delta = |chunk: &Chunk| Message::Delta {
         generation: Generation(1),
         epoch: Epoch(1),

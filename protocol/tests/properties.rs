@@ -41,7 +41,7 @@ fn chunk(g: &mut Gen) -> Chunk {
         index: u32::arbitrary(g) % count,
         count,
         digest: digest(g),
-        data: Vec::<u8>::arbitrary(g),
+        data: Vec::<u8>::arbitrary(g).into(),
     }
 }
 

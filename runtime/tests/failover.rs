@@ -208,13 +208,14 @@ impl Cluster {
             host.advance(now).expect("host runs");
             while let Some(t) = host.poll_transmit(now) {
                 self.network.push_back(match t {
-                    Transmit::Frame { to, bytes } => (later, Payload::Frame(to, bytes)),
+                    Transmit::Frame { to, frame } => (later, Payload::Frame(to, frame.seal())),
                     Transmit::Output(packet) => (later, Payload::Reply(packet)),
                 });
             }
         }
-        while let Some(Transmit::Frame { to, bytes }) = self.witness.poll_transmit() {
-            self.network.push_back((later, Payload::Frame(to, bytes)));
+        while let Some(Transmit::Frame { to, frame }) = self.witness.poll_transmit() {
+            self.network
+                .push_back((later, Payload::Frame(to, frame.seal())));
         }
     }
 

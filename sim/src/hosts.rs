@@ -7,6 +7,7 @@ use crate::world::{
     client_name, World, CLAIM_PORT, CLIENT_PORT, FRAME_PORT, HOST_NAMES, SERVICE_PORT,
 };
 use cpu_model::EmuEngine;
+use protocol::wire::Unsealed;
 use protocol::{CheckpointId, Generation, NodeId, Time};
 use runtime::daemon::{Input, Service};
 use runtime::{HostError, VmHost};
@@ -139,11 +140,11 @@ impl runtime::daemon::Seam for SimSeam {
         }
     }
 
-    async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>) {
+    async fn send_frame(&mut self, to: NodeId, frame: Unsealed) {
         let sends = self
             .world
             .borrow_mut()
-            .host_frame(self.index, now(), to, bytes);
+            .host_frame(self.index, now(), to, frame.seal());
         self.send(sends).await;
     }
 

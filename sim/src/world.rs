@@ -567,8 +567,8 @@ impl World {
             return sends;
         };
         let mut frames = Vec::new();
-        while let Some(Transmit::Frame { to, bytes }) = witness.poll_transmit() {
-            frames.push((to, bytes));
+        while let Some(Transmit::Frame { to, frame }) = witness.poll_transmit() {
+            frames.push((to, frame.seal()));
         }
         self.witness.grant = witness.persisted();
         for (to, bytes) in frames {

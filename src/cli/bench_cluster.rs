@@ -40,6 +40,11 @@ pub struct ClusterBenchArgs {
     /// Guest memory for the re-protection figure, MiB.
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
+    /// MiB of it that hold data (seeded pseudo-random bytes), as a guest
+    /// in use has: the copy carries them. Default: all but the first
+    /// 16 MiB (which the ledger's own state lives in).
+    #[arg(long)]
+    data_mib: Option<u64>,
     /// A peer silent this long is suspected, ms.
     #[arg(long, default_value_t = 150)]
     suspect_after_ms: u64,
@@ -86,7 +91,7 @@ fn start(
     name: &str,
     level: &str,
     backup: bool,
-    memory_mib: u64,
+    (memory_mib, data_mib): (u64, u64),
 ) -> anyhow::Result<Running> {
     let dir = args.out.join(name);
     std::fs::create_dir_all(&dir)?;
@@ -99,6 +104,7 @@ fn start(
         level,
         suspect_after_ms: args.suspect_after_ms,
         memory_mib,
+        data_mib,
     };
     write_configs(&shape, &layout)?;
     let config = layout.out.join("witness.toml").display().to_string();
@@ -325,7 +331,7 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
         throughputs(&args, &netns, &stop)?;
     }
     if wants("failover") {
-        let mut running = start(&args, &netns, &stop, "failover", "ft", true, 4)?;
+        let mut running = start(&args, &netns, &stop, "failover", "ft", true, (4, 0))?;
         let ms = failovers(&args, &netns, &stop, &mut running)?;
         println!(
             "    failover: {} SIGKILLs at ft, SIGKILL to the new primary's first reply p50 {:.0} ms, p99 {:.0} ms, max {:.0} ms (suspect_after {} ms; clients retry every {FAILOVER_RETRY_MS} ms)",
@@ -337,6 +343,9 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
         );
     }
     if wants("reprotect") {
+        let data_mib = args
+            .data_mib
+            .unwrap_or(args.memory_mib.saturating_sub(super::daemon::DATA_FROM_MIB));
         let mut running = start(
             &args,
             &netns,
@@ -344,11 +353,11 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
             "reprotect",
             "ft",
             true,
-            args.memory_mib,
+            (args.memory_mib, data_mib),
         )?;
         let (took, longest_us) = reprotection(&netns, &stop, &mut running)?;
         println!(
-            "   reprotect: a {} MiB guest in {:.0} ms; the primary's longest step meanwhile {:.1} ms (epoch 20 ms)",
+            "   reprotect: a {} MiB guest ({data_mib} MiB of it data) in {:.0} ms; the primary's longest step meanwhile {:.1} ms (epoch 20 ms)",
             args.memory_mib,
             took.as_secs_f64() * 1000.0,
             longest_us as f64 / 1000.0
@@ -365,7 +374,7 @@ fn throughputs(args: &ClusterBenchArgs, netns: &Netns, stop: &AtomicBool) -> any
         ("ha", "ha", true),
         ("ft", "ft", true),
     ] {
-        let running = start(args, netns, stop, name, level, backup, 4)?;
+        let running = start(args, netns, stop, name, level, backup, (4, 0))?;
         let figures = throughput(args, netns, &running)?;
         println!(
             "{name:>12}: {:.0} replies/s, latency p50 {:.2} ms, p99 {:.2} ms",

@@ -246,6 +246,8 @@ pub(super) struct Shape<'a> {
     pub(super) level: &'a str,
     pub(super) suspect_after_ms: u64,
     pub(super) memory_mib: u64,
+    /// MiB of that memory holding data at boot (`[guest] data_mib`).
+    pub(super) data_mib: u64,
 }
 
 /// Writes a fresh secret from the OS (this is a real cluster) to `path`,
@@ -295,6 +297,7 @@ service_interface = "eth0"
 
 [guest]
 memory_mib = {memory}
+data_mib = {data}
 
 [protocol]
 level = "{level}"
@@ -311,6 +314,7 @@ suspect_after_ms = {suspect}
             level = args.level,
             suspect = args.suspect_after_ms,
             memory = args.memory_mib,
+            data = args.data_mib,
         );
         std::fs::write(layout.out.join(format!("node-{host}.toml")), config)?;
     }
@@ -390,6 +394,7 @@ fn local(args: &LocalArgs) -> anyhow::Result<ExitCode> {
         level: &args.level,
         suspect_after_ms: args.suspect_after_ms,
         memory_mib: 4,
+        data_mib: 0,
     };
     write_configs(&shape, &layout)?;
     let prefix = format!("ls{}", std::process::id());

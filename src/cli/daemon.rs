@@ -104,6 +104,11 @@ pub struct GuestSection {
     pub disk_blocks: u64,
     /// Seed of the emulated engine's scheduler and rdrand.
     pub seed: u64,
+    /// MiB of guest memory, from `DATA_FROM_MIB` up, that hold data at
+    /// boot (seeded pseudo-random bytes the ledger never touches): a guest
+    /// whose memory is in use, as a real one's is, for re-protection to
+    /// copy; 0 leaves it zero.
+    pub data_mib: u64,
 }
 
 impl Default for GuestSection {
@@ -114,6 +119,7 @@ impl Default for GuestSection {
             accounts: 16,
             disk_blocks: 8192,
             seed: 7,
+            data_mib: 0,
         }
     }
 }
@@ -240,6 +246,8 @@ pub struct NodePlan {
     pub shape: Shape,
     pub ledger: LedgerConfig,
     pub seed: u64,
+    /// Bytes of data written into guest memory at a first boot.
+    pub data_bytes: u64,
 }
 
 /// Reads and checks a node's configuration file.
@@ -307,6 +315,15 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
             format!("must be 2..={}", machine::guests::ledger::ACCOUNTS_MAX),
         ));
     }
+    if g.data_mib > g.memory_mib.saturating_sub(DATA_FROM_MIB) {
+        return Err(file.error(
+            &["guest", "data_mib"],
+            format!(
+                "at most memory_mib - {DATA_FROM_MIB} ({})",
+                g.memory_mib.saturating_sub(DATA_FROM_MIB)
+            ),
+        ));
+    }
     if !(64..=1 << 24).contains(&g.disk_blocks) {
         return Err(file.error(&["guest", "disk_blocks"], "must be 64..=16777216"));
     }
@@ -355,6 +372,7 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
         shape,
         ledger,
         seed: g.seed,
+        data_bytes: g.data_mib << 20,
     })
 }
 
@@ -373,20 +391,56 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
     let (shape, seed) = (plan.shape, plan.seed);
     tracing::info!(engine = ?plan.engine, "node starts");
     let ran = match plan.engine {
-        EngineChoice::Emu => runtime::daemon::node::run(plan.settings, |store| {
+        EngineChoice::Emu => runtime::daemon::node::run(plan.settings, |store, start| {
             let config = EmuConfig {
                 seed,
                 quantum: Quantum::default(),
                 counting: Counting::Slices,
             };
-            emulated_machine(shape, &image, config, store).map_err(|e| e.to_string())
+            let mut machine =
+                emulated_machine(shape, &image, config, store).map_err(|e| e.to_string())?;
+            boot_data(&mut machine, start, plan.data_bytes, seed)?;
+            Ok(machine)
         }),
-        EngineChoice::Kvm => runtime::daemon::node::run(plan.settings, |store| {
-            runtime::kvm::kvm_machine(shape, &image, store).map_err(|e| e.to_string())
+        EngineChoice::Kvm => runtime::daemon::node::run(plan.settings, |store, start| {
+            let mut machine =
+                runtime::kvm::kvm_machine(shape, &image, store).map_err(|e| e.to_string())?;
+            boot_data(&mut machine, start, plan.data_bytes, seed)?;
+            Ok(machine)
         }),
     };
     ran?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where the data of `[guest] data_mib` begins: above all the ledger uses.
+pub const DATA_FROM_MIB: u64 = 16;
+
+/// At a first boot (both hosts boot the same image), writes `bytes` of
+/// pseudo-random data from `seed` into guest memory at `DATA_FROM_MIB`. A
+/// restarted host does not: the copy from its peer brings it.
+fn boot_data<E: machine::Engine>(
+    machine: &mut machine::Machine<E>,
+    start: &protocol::Start,
+    bytes: u64,
+    seed: u64,
+) -> Result<(), String> {
+    if bytes == 0 || matches!(start, protocol::Start::Restart { .. }) {
+        return Ok(());
+    }
+    let mut rng = machine::rng::SplitMix64::new(seed ^ 0xDA7A);
+    let mut part = vec![0u8; 1 << 20];
+    for offset in (0..bytes).step_by(part.len()) {
+        for word in part.chunks_mut(8) {
+            word.copy_from_slice(&rng.next_u64().to_le_bytes());
+        }
+        let gpa = machine::Gpa((DATA_FROM_MIB << 20) + offset);
+        machine
+            .engine_mut()
+            .write_memory(gpa, &part)
+            .map_err(|e| format!("guest data: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Reads and checks a witness's configuration file.

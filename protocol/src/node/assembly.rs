@@ -1,9 +1,20 @@
 //! Reassembly of a delta or copy round from its chunks, and the splitting
 //! that produces them.
+//!
+//! A round of a large guest is hundreds of MiB: its bytes are copied once
+//! on each side and hashed once, a chunk at a time. The sender keeps one
+//! buffer and sends slices of it; the receiver appends the chunks that
+//! arrive in order to one buffer, hashing as it goes, so the chunk that
+//! completes a transfer costs no more than any other.
 
+use crate::action::Capture;
 use crate::types::Digest;
 use crate::wire::Chunk;
+use bytes::Bytes;
+use sha2::Digest as _;
 use std::collections::BTreeMap;
+use std::fmt;
+use std::hash::{Hash, Hasher};
 
 /// Chunks received so far of one transfer. Complete only when every index
 /// in `0..count` arrived and their bytes have the transfer's digest; an
@@ -12,8 +23,38 @@ use std::collections::BTreeMap;
 pub(crate) struct Assembly {
     count: u32,
     digest: Digest,
-    parts: BTreeMap<u32, Vec<u8>>,
+    /// Chunks `0..ends.len()`, in order, one after the other.
+    prefix: Vec<u8>,
+    /// Where each chunk of `prefix` ends.
+    ends: Vec<usize>,
+    /// The digest of `prefix` so far.
+    hashed: Running,
+    /// Chunks received past the first missing one.
+    later: BTreeMap<u32, Bytes>,
     bytes: u64,
+}
+
+/// A SHA-256 under way over an assembly's prefix. It is a function of the
+/// prefix, so it takes no part in comparing or hashing assemblies.
+#[derive(Clone, Default)]
+struct Running(sha2::Sha256);
+
+impl PartialEq for Running {
+    fn eq(&self, _: &Running) -> bool {
+        true
+    }
+}
+
+impl Eq for Running {}
+
+impl Hash for Running {
+    fn hash<H: Hasher>(&self, _: &mut H) {}
+}
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Running")
+    }
 }
 
 /// A chunk that does not fit the transfer it claims to belong to.
@@ -51,9 +92,22 @@ impl Assembly {
         Assembly {
             count,
             digest,
-            parts: BTreeMap::new(),
+            prefix: Vec::new(),
+            ends: Vec::new(),
+            hashed: Running::default(),
+            later: BTreeMap::new(),
             bytes: 0,
         }
+    }
+
+    /// The bytes held at `index`, if any.
+    fn held(&self, index: u32) -> Option<&[u8]> {
+        let i = index as usize;
+        if let Some(&end) = self.ends.get(i) {
+            let start = if i == 0 { 0 } else { self.ends[i - 1] };
+            return Some(&self.prefix[start..end]);
+        }
+        self.later.get(&index).map(|b| &b[..])
     }
 
     /// Adds a chunk; a duplicate of one already held is ignored.
@@ -61,8 +115,8 @@ impl Assembly {
         if chunk.count != self.count || chunk.digest != self.digest || chunk.index >= self.count {
             return Err(AssemblyError::CountMismatch);
         }
-        if let Some(held) = self.parts.get(&chunk.index) {
-            if *held != chunk.data {
+        if let Some(held) = self.held(chunk.index) {
+            if held != &chunk.data[..] {
                 return Err(AssemblyError::DataMismatch);
             }
             return Ok(());
@@ -72,9 +126,21 @@ impl Assembly {
             return Err(AssemblyError::TooLarge);
         }
         self.bytes = bytes;
-        self.parts.insert(chunk.index, chunk.data);
+        if self.prefix.capacity() == 0 {
+            // Room for the whole, as the first chunk's size tells it: the
+            // pages are taken as the chunks fill them.
+            let whole = (chunk.data.len() as u64).saturating_mul(u64::from(self.count));
+            let room = usize::try_from(whole.min(bytes_max)).expect("the limit fits in memory");
+            self.prefix.reserve_exact(room);
+        }
+        self.later.insert(chunk.index, chunk.data);
+        while let Some(next) = self.later.remove(&(self.ends.len() as u32)) {
+            self.hashed.0.update(&next);
+            self.prefix.extend_from_slice(&next);
+            self.ends.push(self.prefix.len());
+        }
         assert!(
-            self.parts.len() <= self.count as usize,
+            self.chunks() <= self.count as usize,
             "indices are below count"
         );
         Ok(())
@@ -100,17 +166,21 @@ impl Assembly {
                 Offered::Replaced
             }
         };
-        let assembled = || Digest::of_parts(self.parts.values().map(Vec::as_slice));
-        if self.is_complete() && assembled() != self.digest {
+        if self.is_complete() && self.assembled() != self.digest {
             *self = Assembly::new(self.count, self.digest);
             return Offered::Spoiled;
         }
         offered
     }
 
+    /// The digest of the chunks held in order.
+    fn assembled(&self) -> Digest {
+        Digest(self.hashed.0.clone().finalize().into())
+    }
+
     /// Chunks held.
     pub(crate) fn chunks(&self) -> usize {
-        self.parts.len()
+        self.ends.len() + self.later.len()
     }
 
     /// Bytes held.
@@ -122,12 +192,18 @@ impl Assembly {
     #[cfg(feature = "mutants")]
     pub(crate) fn pretend_complete(&mut self) {
         for index in 0..self.count {
-            self.parts.entry(index).or_default();
+            if self.held(index).is_none() {
+                self.later.insert(index, Bytes::new());
+            }
+        }
+        while let Some(next) = self.later.remove(&(self.ends.len() as u32)) {
+            self.prefix.extend_from_slice(&next);
+            self.ends.push(self.prefix.len());
         }
     }
 
     pub(crate) fn is_complete(&self) -> bool {
-        self.parts.len() == self.count as usize
+        self.ends.len() == self.count as usize
     }
 
     /// The transfer's digest.
@@ -139,11 +215,7 @@ impl Assembly {
     /// digest by `offer`).
     pub(crate) fn into_bytes(self) -> Vec<u8> {
         assert!(self.is_complete(), "an incomplete transfer is never used");
-        let mut out = Vec::with_capacity(usize::try_from(self.bytes).expect("fits in memory"));
-        for part in self.parts.into_values() {
-            out.extend_from_slice(&part);
-        }
-        out
+        self.prefix
     }
 }
 
@@ -151,14 +223,31 @@ impl Assembly {
 /// bytes and their digest, taken once.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Transfer {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     digest: Digest,
 }
 
 impl Transfer {
     pub(crate) fn new(bytes: Vec<u8>) -> Transfer {
         let digest = Digest::of(&bytes);
-        Transfer { bytes, digest }
+        Transfer::hashed(bytes, digest)
+    }
+
+    /// A capture's bytes, hashed now unless the driver did.
+    pub(crate) fn of(capture: Capture) -> Transfer {
+        match capture.digest {
+            Some(digest) => Transfer::hashed(capture.bytes, digest),
+            None => Transfer::new(capture.bytes),
+        }
+    }
+
+    /// `bytes`, whose digest the driver took as it read them.
+    pub(crate) fn hashed(bytes: Vec<u8>, digest: Digest) -> Transfer {
+        debug_assert_eq!(digest, Digest::of(&bytes), "the digest is of these bytes");
+        Transfer {
+            bytes: Bytes::from(bytes),
+            digest,
+        }
     }
 
     pub(crate) fn len(&self) -> usize {
@@ -169,7 +258,8 @@ impl Transfer {
         self.digest
     }
 
-    /// The chunks to send it in (see [`split_with`]).
+    /// The chunks to send it in (see [`split_with`]): slices of the one
+    /// buffer, not copies.
     pub(crate) fn chunks(&self, chunk_bytes_max: u32) -> Vec<Chunk> {
         split_with(&self.bytes, self.digest, chunk_bytes_max)
     }
@@ -179,14 +269,17 @@ impl Transfer {
 /// chunk, even for empty input), each carrying the digest of `bytes`.
 #[cfg(test)]
 pub(crate) fn split(bytes: &[u8], chunk_bytes_max: u32) -> Vec<Chunk> {
-    split_with(bytes, Digest::of(bytes), chunk_bytes_max)
+    split_with(
+        &Bytes::copy_from_slice(bytes),
+        Digest::of(bytes),
+        chunk_bytes_max,
+    )
 }
 
 /// Splits `bytes`, whose digest is `digest`, into chunks of at most
 /// `chunk_bytes_max` (at least one chunk, even for empty input).
-fn split_with(bytes: &[u8], digest: Digest, chunk_bytes_max: u32) -> Vec<Chunk> {
+fn split_with(bytes: &Bytes, digest: Digest, chunk_bytes_max: u32) -> Vec<Chunk> {
     assert!(chunk_bytes_max > 0, "chunks carry bytes");
-    debug_assert_eq!(digest, Digest::of(bytes), "the digest is of these bytes");
     let size = chunk_bytes_max as usize;
     let count = bytes.len().div_ceil(size).max(1);
     let count_u32 = u32::try_from(count).expect("transfer_bytes_max bounds the chunk count");
@@ -195,7 +288,7 @@ fn split_with(bytes: &[u8], digest: Digest, chunk_bytes_max: u32) -> Vec<Chunk> 
             index: u32::try_from(i).expect("below count"),
             count: count_u32,
             digest,
-            data: bytes[(i * size).min(bytes.len())..((i + 1) * size).min(bytes.len())].to_vec(),
+            data: bytes.slice((i * size).min(bytes.len())..((i + 1) * size).min(bytes.len())),
         })
         .collect()
 }
@@ -209,7 +302,7 @@ mod tests {
             index,
             count,
             digest,
-            data: data.to_vec(),
+            data: Bytes::copy_from_slice(data),
         }
     }
 

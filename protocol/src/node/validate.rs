@@ -142,7 +142,7 @@ mod tests {
                 index: 0,
                 count,
                 digest: crate::types::Digest::default(),
-                data: vec![],
+                data: bytes::Bytes::new(),
             },
         }
     }

@@ -7,6 +7,7 @@ use crate::types::NodeId;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 const HEADER_BYTES: usize = 4 + 1 + 1 + 1 + 1 + 1 + 8 + 8 + 4;
 const CRC_BYTES: usize = 4;
@@ -35,26 +36,82 @@ pub struct Opened {
     pub authenticated: bool,
 }
 
-/// The keys of a node's links.
+/// The keys of a node's links (shared with the frames stamped under them).
 #[derive(Clone, PartialEq, Eq, Hash)]
 enum Keys {
     /// No authentication.
     None,
     /// One key on every link (tests; one trust domain).
-    Shared(Vec<u8>),
+    Shared(Arc<[u8]>),
     /// The key of the link to each node.
-    PerPeer(BTreeMap<NodeId, Vec<u8>>),
+    PerPeer(BTreeMap<NodeId, Arc<[u8]>>),
 }
 
 impl Keys {
-    fn for_link(&self, other: NodeId) -> Option<&[u8]> {
+    fn for_link(&self, other: NodeId) -> Option<&Arc<[u8]>> {
         match self {
             Keys::None => None,
             Keys::Shared(key) => Some(key),
-            Keys::PerPeer(keys) => keys.get(&other).map(Vec::as_slice),
+            Keys::PerPeer(keys) => keys.get(&other),
         }
     }
 }
+
+/// A frame its sender's codec has stamped but not yet encoded: encoding,
+/// checksum and tag are left to whoever sends it, so that a copy round of
+/// hundreds of MiB is encoded and tagged on the link's own thread, a frame
+/// at a time, not in the step that made it. Its chunk data are slices of
+/// the sender's buffer.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Unsealed {
+    envelope: Envelope,
+    stamp: Stamp,
+    key: Option<Arc<[u8]>>,
+}
+
+impl std::fmt::Debug for Unsealed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print a key.
+        f.debug_struct("Unsealed")
+            .field("envelope", &self.envelope)
+            .field("stamp", &self.stamp)
+            .field("tagged", &self.key.is_some())
+            .finish()
+    }
+}
+
+impl Unsealed {
+    /// The message and its addressing.
+    pub fn envelope(&self) -> &Envelope {
+        &self.envelope
+    }
+
+    /// Its place in the sender's stream.
+    pub fn stamp(&self) -> Stamp {
+        self.stamp
+    }
+
+    /// Most bytes the sealed frame can have (for queues bounded by bytes),
+    /// known without encoding it.
+    pub fn len_max(&self) -> usize {
+        let chunk = match &self.envelope.msg {
+            super::Message::Delta { chunk, .. } | super::Message::Copy { chunk, .. } => {
+                chunk.data.len()
+            }
+            _ => 0,
+        };
+        HEADER_BYTES + SMALL_BODY_BYTES_MAX + chunk + CRC_BYTES + TAG_BYTES
+    }
+
+    /// The frame: header, body, checksum and (with a key) tag.
+    pub fn seal(&self) -> Vec<u8> {
+        seal(&self.envelope, self.stamp, self.key.as_deref())
+    }
+}
+
+/// A bound on a message body apart from its chunk's data: every other
+/// field is of fixed size.
+const SMALL_BODY_BYTES_MAX: usize = 1024;
 
 /// Which frames of one sender were taken: every (session, seq) at most
 /// once, and nothing older than [`REPLAY_WINDOW`] frames behind the newest.
@@ -176,7 +233,7 @@ impl Codec {
     /// domains. Real hosts use [`Codec::per_pair`].
     pub fn authenticated(key: &[u8]) -> Codec {
         assert!(!key.is_empty(), "an empty key authenticates nothing");
-        Codec::with_keys(Keys::Shared(key.to_vec()))
+        Codec::with_keys(Keys::Shared(Arc::from(key)))
     }
 
     /// A codec that tags each frame with the key of its link and accepts a
@@ -188,7 +245,9 @@ impl Codec {
             keys.values().all(|k| !k.is_empty()),
             "an empty key authenticates nothing"
         );
-        Codec::with_keys(Keys::PerPeer(keys))
+        Codec::with_keys(Keys::PerPeer(
+            keys.into_iter().map(|(n, k)| (n, Arc::from(k))).collect(),
+        ))
     }
 
     /// This codec, stamping frames with `session`: the sender's
@@ -211,46 +270,39 @@ impl Codec {
 
     /// Encodes `envelope` as the next frame to its addressee.
     pub fn encode(&mut self, envelope: &Envelope) -> Vec<u8> {
+        self.stamp(envelope.clone()).seal()
+    }
+
+    /// Stamps `envelope` as the next frame to its addressee, to be sealed
+    /// later (by the thread that sends it).
+    pub fn stamp(&mut self, envelope: Envelope) -> Unsealed {
         let next = self.sent.entry(envelope.to).or_insert(0);
         let stamp = Stamp {
             session: self.session,
             seq: *next,
         };
         *next = next.checked_add(1).expect("2^64 frames to one receiver");
-        self.encode_stamped(envelope, stamp)
+        self.unsealed(envelope, stamp)
     }
 
     /// Encodes `envelope` with the given stamp (golden frames, tests).
     pub fn encode_stamped(&self, envelope: &Envelope, stamp: Stamp) -> Vec<u8> {
-        let mut body = Vec::new();
-        let kind = encode_body(&envelope.msg, &mut body);
-        assert!(body.len() <= BODY_BYTES_MAX, "message body over the limit");
+        self.unsealed(envelope.clone(), stamp).seal()
+    }
+
+    fn unsealed(&self, envelope: Envelope, stamp: Stamp) -> Unsealed {
         let key = match &self.keys {
             Keys::None => None,
-            keys => Some(
+            keys => Some(Arc::clone(
                 keys.for_link(envelope.to)
                     .expect("a keyed codec sends only on its keyed links"),
-            ),
+            )),
         };
-        let mut frame = Vec::with_capacity(HEADER_BYTES + body.len() + CRC_BYTES + TAG_BYTES);
-        frame.extend_from_slice(&MAGIC);
-        frame.push(VERSION);
-        frame.push(if key.is_some() { FLAG_AUTHENTICATED } else { 0 });
-        frame.push(kind);
-        frame.push(envelope.from.0);
-        frame.push(envelope.to.0);
-        frame.extend_from_slice(&stamp.session.to_le_bytes());
-        frame.extend_from_slice(&stamp.seq.to_le_bytes());
-        let body_len = u32::try_from(body.len()).expect("body length bounded by BODY_BYTES_MAX");
-        frame.extend_from_slice(&body_len.to_le_bytes());
-        frame.extend_from_slice(&body);
-        let crc = crc32c::crc32c(&frame);
-        frame.extend_from_slice(&crc.to_le_bytes());
-        if let Some(key) = key {
-            let tag = mac(key).chain_update(&frame).finalize().into_bytes();
-            frame.extend_from_slice(&tag);
+        Unsealed {
+            envelope,
+            stamp,
+            key,
         }
-        frame
     }
 
     /// Decodes one frame that must span all of `bytes`, and, when
@@ -345,13 +397,39 @@ impl Codec {
                 let key = keys
                     .for_link(from)
                     .ok_or(DecodeError::UnknownSender(from))?;
-                mac(key)
+                mac(&key[..])
                     .chain_update(signed)
                     .verify_slice(tag)
                     .map_err(|_| DecodeError::BadTag)
             }
         }
     }
+}
+
+/// The frame of `envelope` stamped `stamp`, tagged under `key` if given.
+fn seal(envelope: &Envelope, stamp: Stamp, key: Option<&[u8]>) -> Vec<u8> {
+    let mut frame = Vec::with_capacity(HEADER_BYTES + SMALL_BODY_BYTES_MAX);
+    frame.extend_from_slice(&MAGIC);
+    frame.push(VERSION);
+    frame.push(if key.is_some() { FLAG_AUTHENTICATED } else { 0 });
+    frame.extend_from_slice(&[0; HEADER_BYTES - 6]);
+    let kind = encode_body(&envelope.msg, &mut frame);
+    let body_len = frame.len() - HEADER_BYTES;
+    assert!(body_len <= BODY_BYTES_MAX, "message body over the limit");
+    frame[6] = kind;
+    frame[7] = envelope.from.0;
+    frame[8] = envelope.to.0;
+    frame[9..17].copy_from_slice(&stamp.session.to_le_bytes());
+    frame[17..25].copy_from_slice(&stamp.seq.to_le_bytes());
+    let body_len = u32::try_from(body_len).expect("body length bounded by BODY_BYTES_MAX");
+    frame[25..29].copy_from_slice(&body_len.to_le_bytes());
+    let crc = crc32c::crc32c(&frame);
+    frame.extend_from_slice(&crc.to_le_bytes());
+    if let Some(key) = key {
+        let tag = mac(key).chain_update(&frame).finalize().into_bytes();
+        frame.extend_from_slice(&tag);
+    }
+    frame
 }
 
 fn mac(key: &[u8]) -> Hmac<Sha256> {

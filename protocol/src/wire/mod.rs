@@ -24,10 +24,11 @@
 //! [`DecodeError`], never a panic and never an unbounded allocation.
 
 use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId};
+use bytes::Bytes;
 
 mod codec;
 
-pub use codec::{Codec, Opened, Stamp};
+pub use codec::{Codec, Opened, Stamp, Unsealed};
 
 /// The first bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"LKSP";
@@ -66,8 +67,9 @@ pub struct Chunk {
     /// Digest of the whole: the assembled chunks are used only if their
     /// bytes have it.
     pub digest: Digest,
-    /// The bytes.
-    pub data: Vec<u8>,
+    /// The bytes: a slice of the sender's one buffer of the whole, or of
+    /// the frame it came in.
+    pub data: Bytes,
 }
 
 /// Every message of the protocol.
@@ -447,7 +449,7 @@ impl Reader<'_> {
         if len > CHUNK_BYTES_MAX {
             return Err(DecodeError::Malformed("chunk too large"));
         }
-        let data = self.bytes(len)?.to_vec();
+        let data = Bytes::copy_from_slice(self.bytes(len)?);
         Ok(Chunk {
             index,
             count,

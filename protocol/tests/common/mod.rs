@@ -164,6 +164,7 @@ impl Cluster {
                         bytes,
                         disk_blocks: vec![protocol::BlockIndex(epoch.0 % 5)],
                         pages: 3,
+                        digest: None,
                     };
                     node.handle_delta_captured(now, epoch, capture);
                 }
@@ -180,6 +181,7 @@ impl Cluster {
                         bytes: vec![0xC0 + round as u8; len],
                         disk_blocks: vec![],
                         pages: 0,
+                        digest: None,
                     };
                     node.handle_copy_captured(now, round, capture);
                 }
@@ -196,6 +198,7 @@ impl Cluster {
             bytes: vec![0xC0; self.first_round_bytes],
             disk_blocks: vec![],
             pages: 0,
+            digest: None,
         };
         let now = self.now;
         self.nodes[i]

@@ -9,6 +9,7 @@
 use crate::driver::{Effect, Transmit, VmHost};
 use machine::devices::Packet;
 use machine::Engine;
+use protocol::wire::Unsealed;
 use protocol::{CheckpointId, Generation, NodeId, RoleKind, Time};
 
 /// Effects completed after one input at most; a step produces a handful
@@ -75,7 +76,7 @@ pub trait Seam {
 
     /// Sends a protocol frame to `to`. A full queue or a lost link loses
     /// it: the protocol retransmits what matters.
-    async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>);
+    async fn send_frame(&mut self, to: NodeId, frame: Unsealed);
 
     /// Sends a guest output the protocol released in `generation`.
     async fn send_output(&mut self, generation: Generation, packet: Packet);
@@ -156,8 +157,8 @@ async fn complete_effects<S: Seam>(seam: &mut S, now: Time) -> bool {
             return true;
         };
         let done = match effect {
-            Effect::Transmit(Transmit::Frame { to, bytes }) => {
-                seam.send_frame(to, bytes).await;
+            Effect::Transmit(Transmit::Frame { to, frame }) => {
+                seam.send_frame(to, frame).await;
                 true
             }
             Effect::Transmit(Transmit::Output(packet)) => {

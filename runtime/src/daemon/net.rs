@@ -7,6 +7,7 @@
 //! take it.
 
 use super::body::Input;
+use protocol::wire::Unsealed;
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -56,10 +57,13 @@ impl Inbox {
     }
 }
 
-/// The queue of frames to the peer, bounded by bytes.
+/// The queue of frames to the peer, bounded by bytes. Frames wait in it
+/// stamped but not sealed: the send task encodes and tags each as it
+/// writes it, so the body's thread never does (a copy round is hundreds
+/// of MiB), and a queued chunk is a slice of the round's one buffer.
 #[derive(Debug, Clone)]
 pub struct PeerQueue {
-    tx: mpsc::UnboundedSender<Vec<u8>>,
+    tx: mpsc::UnboundedSender<(Unsealed, u64)>,
     queued_bytes: Arc<AtomicU64>,
     limit_bytes: u64,
 }
@@ -87,35 +91,33 @@ impl PeerQueue {
     }
 
     /// Queues `frame`; `false` if the queue is full (or the sender gone).
-    pub fn push(&self, frame: Vec<u8>) -> bool {
-        let len = frame.len() as u64;
+    pub fn push(&self, frame: Unsealed) -> bool {
+        let len = frame.len_max() as u64;
         if self.queued_bytes.load(Ordering::Relaxed) + len > self.limit_bytes {
             return false;
         }
         self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        self.tx.send(frame).is_ok()
+        self.tx.send((frame, len)).is_ok()
     }
 }
 
 /// The receiving end of a [`PeerQueue`].
 #[derive(Debug)]
 pub struct PeerQueueRx {
-    rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    rx: mpsc::UnboundedReceiver<(Unsealed, u64)>,
     queued_bytes: Arc<AtomicU64>,
 }
 
 impl PeerQueueRx {
-    async fn recv(&mut self) -> Option<Vec<u8>> {
-        let frame = self.rx.recv().await?;
-        self.queued_bytes
-            .fetch_sub(frame.len() as u64, Ordering::Relaxed);
+    async fn recv(&mut self) -> Option<Unsealed> {
+        let (frame, len) = self.rx.recv().await?;
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         Some(frame)
     }
 
-    fn try_recv(&mut self) -> Option<Vec<u8>> {
-        let frame = self.rx.try_recv().ok()?;
-        self.queued_bytes
-            .fetch_sub(frame.len() as u64, Ordering::Relaxed);
+    fn try_recv(&mut self) -> Option<Unsealed> {
+        let (frame, len) = self.rx.try_recv().ok()?;
+        self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         Some(frame)
     }
 }
@@ -276,6 +278,7 @@ pub async fn send_frames(peer: SocketAddr, mut queue: PeerQueueRx, counters: Arc
             }
         }
         let s = stream.as_mut().expect("connected above");
+        let frame = frame.seal();
         assert!(frame.len() <= FRAME_BYTES_MAX, "our own frames fit");
         let len = u32::try_from(frame.len()).expect("bounded above");
         let written = async {
@@ -356,12 +359,48 @@ mod tests {
 
     #[test]
     fn the_peer_queue_is_bounded_by_bytes_and_frees_what_is_taken() {
-        let (queue, mut rx) = PeerQueue::with_limit(10);
-        assert!(queue.push(vec![0; 6]));
-        assert!(!queue.push(vec![0; 6]), "12 bytes do not fit in 10");
-        assert!(queue.push(vec![0; 4]));
-        assert_eq!(rx.try_recv().map(|f| f.len()), Some(6));
-        assert!(queue.push(vec![0; 6]), "taking a frame makes room");
+        let (big, small) = (frame(6000), frame(4000));
+        let limit = big.len_max() + small.len_max();
+        let (queue, mut rx) = PeerQueue::with_limit(limit as u64);
+        assert!(queue.push(big.clone()));
+        assert!(!queue.push(big.clone()), "two big ones do not fit");
+        assert!(queue.push(small));
+        assert_eq!(rx.try_recv(), Some(big.clone()));
+        assert!(queue.push(big), "taking a frame makes room");
+    }
+
+    #[test]
+    fn a_frame_sealed_at_most_as_long_as_the_queue_counted_it() {
+        for data in [0, 1, 4000, protocol::wire::CHUNK_BYTES_MAX] {
+            let unsealed = frame(data);
+            let sealed = unsealed.seal();
+            assert!(sealed.len() <= unsealed.len_max(), "{data}");
+            assert!(sealed.len() <= FRAME_BYTES_MAX, "{data}");
+        }
+    }
+
+    /// A stamped copy chunk carrying `data` bytes.
+    fn frame(data: usize) -> Unsealed {
+        use protocol::wire::{Chunk, Envelope, Message};
+        use protocol::{Codec, Digest, Epoch, Generation, NodeId};
+        let chunk = Chunk {
+            index: 0,
+            count: 1,
+            digest: Digest::of(&[]),
+            data: vec![7; data].into(),
+        };
+        let msg = Message::Copy {
+            generation: Generation(1),
+            session: Epoch(1),
+            round: 0,
+            base: None,
+            chunk,
+        };
+        Codec::authenticated(b"key").stamp(Envelope {
+            from: NodeId(0),
+            to: NodeId(1),
+            msg,
+        })
     }
 
     #[test]
@@ -380,9 +419,10 @@ mod tests {
         tokio::spawn(accept_frames(listener, inbox, Arc::clone(&counters)));
         let (qtx, qrx) = PeerQueue::new();
         tokio::spawn(send_frames(addr, qrx, Arc::clone(&counters)));
-        assert!(qtx.push(b"hello".to_vec()), "queued");
+        let hello = frame(5);
+        assert!(qtx.push(hello.clone()), "queued");
         let got = rx.recv().await.expect("a frame");
-        assert_eq!(got, Input::Frame(b"hello".to_vec()));
+        assert_eq!(got, Input::Frame(hello.seal()), "sealed on the way");
         let mut raw = TcpStream::connect(addr).await.expect("connect");
         raw.write_u32_le(u32::MAX).await.expect("write");
         let mut byte = [0u8; 1];

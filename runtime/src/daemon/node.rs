@@ -16,6 +16,7 @@ use super::net::{self, ClientBook, LinkCounters};
 use crate::driver::{HostError, Pace, VmHost};
 use machine::devices::{BlockStore, FileStore, Packet, SharedStore, LABEL_BYTES};
 use machine::{Engine, Kind, Machine};
+use protocol::wire::Unsealed;
 use protocol::{CheckpointId, Config, Epoch, Generation, NodeId, RoleKind, Start, Time};
 use std::cell::RefCell;
 use std::net::SocketAddr;
@@ -230,12 +231,12 @@ fn start_of(
 }
 
 /// Runs a node daemon until it is stopped (SIGTERM, SIGINT) or its host
-/// fails. `build` makes the machine on the given disk (the engine is the
-/// caller's choice). On a clean stop a running primary writes its final
+/// fails. `build` makes the machine on the given disk for the given start
+/// (the engine is the caller's choice). On a clean stop a running primary writes its final
 /// checkpoint.
 pub fn run<E: Engine>(
     settings: NodeSettings,
-    build: impl FnOnce(Box<dyn BlockStore>) -> Result<Machine<E>, String>,
+    build: impl FnOnce(Box<dyn BlockStore>, &Start) -> Result<Machine<E>, String>,
 ) -> Result<(), NodeError> {
     std::fs::create_dir_all(&settings.state_dir).map_err(|source| NodeError::StateDir {
         path: settings.state_dir.clone(),
@@ -250,7 +251,8 @@ pub fn run<E: Engine>(
         .map_err(|e| disk_error(e.to_string()))?;
     let start = start_of(&settings, &paths, &mut disk)?;
     let disk = Rc::new(RefCell::new(disk));
-    let mut machine = build(Box::new(SharedStore(Rc::clone(&disk)))).map_err(NodeError::Machine)?;
+    let mut machine =
+        build(Box::new(SharedStore(Rc::clone(&disk))), &start).map_err(NodeError::Machine)?;
     // The vCPUs compute while this thread takes frames and requests (on
     // KVM; the emulated engine runs the guest on this thread, between
     // them); every input ends the guest's run at once.
@@ -576,16 +578,18 @@ impl<E: Engine> Seam for RealSeam<E> {
         }
     }
 
-    async fn send_frame(&mut self, to: NodeId, bytes: Vec<u8>) {
+    async fn send_frame(&mut self, to: NodeId, frame: Unsealed) {
         if to == self.peer_id {
-            if !self.to_peer.push(bytes) {
+            // Sealed by the link's task, off this thread: a copy round
+            // is hundreds of MiB to encode and tag.
+            if !self.to_peer.push(frame) {
                 self.counters
                     .send_queue_full
                     .fetch_add(1, Ordering::Relaxed);
             }
         } else if self
             .witness_socket
-            .try_send_to(&bytes, self.witness)
+            .try_send_to(&frame.seal(), self.witness)
             .is_err()
         {
             self.counters

@@ -122,7 +122,8 @@ pub fn run(settings: WitnessSettings) -> Result<(), WitnessError> {
                 persisted = witness.persisted();
                 tracing::info!(grant = ?persisted, "granted");
             }
-            while let Some(Transmit::Frame { to, bytes }) = witness.poll_transmit() {
+            while let Some(Transmit::Frame { to, frame }) = witness.poll_transmit() {
+                let bytes = frame.seal();
                 let addr = settings
                     .members
                     .iter()

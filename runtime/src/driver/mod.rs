@@ -21,9 +21,10 @@ use machine::{
     CHECKPOINT_BYTES_MAX,
 };
 use outputs::Outputs;
+use protocol::wire::Unsealed;
 use protocol::{
-    Action, BlockIndex, Capture, CheckpointId, Codec, Config, ConfigError, DiskCopy, Envelope,
-    Generation, Node, NodeId, Protection, RoleKind, Start, Time,
+    Action, BlockIndex, Capture, CheckpointId, Codec, Config, ConfigError, Digest, DiskCopy,
+    Envelope, Generation, Node, NodeId, Protection, RoleKind, Start, Time,
 };
 use std::collections::{BTreeSet, VecDeque};
 
@@ -45,8 +46,9 @@ pub enum Transmit {
     Frame {
         /// Addressee.
         to: NodeId,
-        /// The encoded frame.
-        bytes: Vec<u8>,
+        /// The frame, stamped: whoever sends it seals it (encodes and
+        /// tags it), on the link's own thread.
+        frame: Unsealed,
     },
     /// A guest output the protocol released to the outside world.
     Output(Packet),
@@ -529,6 +531,7 @@ impl<E: Engine> VmHost<E> {
         self.stats.shipped_bytes += read.bytes.len() as u64;
         let capture = Capture {
             bytes: read.bytes,
+            digest: Some(Digest(read.sha256)),
             disk_blocks: first.written,
             pages: read.pages,
         };
@@ -586,9 +589,9 @@ impl<E: Engine> VmHost<E> {
                     to,
                     msg,
                 };
-                let bytes = self.node.codec_mut().encode(&envelope);
+                let frame = self.node.codec_mut().stamp(envelope);
                 self.effects
-                    .push_back((now, Effect::Transmit(Transmit::Frame { to, bytes })));
+                    .push_back((now, Effect::Transmit(Transmit::Frame { to, frame })));
             }
             Action::PauseGuest => {
                 self.paused = true;
@@ -824,12 +827,15 @@ impl<E: Engine> VmHost<E> {
 }
 
 fn describe(checkpoint: &Checkpoint, ship: bool) -> Capture {
+    let (bytes, digest) = if ship {
+        let (bytes, sha256) = checkpoint.encode_hashed();
+        (bytes, Some(Digest(sha256)))
+    } else {
+        (Vec::new(), None)
+    };
     Capture {
-        bytes: if ship {
-            checkpoint.encode()
-        } else {
-            Vec::new()
-        },
+        bytes,
+        digest,
         disk_blocks: checkpoint
             .blocks
             .iter()

@@ -36,11 +36,11 @@ impl WitnessHost {
             match action {
                 Action::PersistGrant(grant) => self.persisted = grant,
                 Action::Send { to, msg } => {
-                    let bytes = self
+                    let frame = self
                         .witness
                         .codec_mut()
-                        .encode(&Envelope { from: me, to, msg });
-                    self.transmits.push_back(Transmit::Frame { to, bytes });
+                        .stamp(Envelope { from: me, to, msg });
+                    self.transmits.push_back(Transmit::Frame { to, frame });
                 }
                 other => unreachable!("the witness does not {other:?}"),
             }

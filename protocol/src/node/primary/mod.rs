@@ -500,7 +500,7 @@ impl Node {
         if let Some(to) = to {
             self.stats.deltas_shipped += 1;
             self.stats.delta_bytes_shipped += capture.bytes.len() as u64;
-            let transfer = Transfer::new(capture.bytes);
+            let transfer = Transfer::of(capture);
             let chunks = transfer.chunks(chunk_max);
             p.unacked.insert(epoch, transfer);
             p.last_shipped = now;

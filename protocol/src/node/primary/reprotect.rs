@@ -66,7 +66,7 @@ impl Node {
             copy.next_is_final = capture.pages <= self.config.precopy_pages_threshold
                 || round + 1 >= self.config.precopy_rounds_max;
         }
-        let transfer = Transfer::new(capture.bytes);
+        let transfer = Transfer::of(capture);
         for chunk in transfer.chunks(chunk_max) {
             let msg = Message::Copy {
                 generation,
