@@ -478,13 +478,18 @@ mod tests {
         }
     }
 
+    /// Sets the checksum of an edited encoding right again.
+    fn reseal(bytes: &mut [u8]) {
+        let crc_at = bytes.len() - 4;
+        let crc = crc32c::crc32c(&bytes[..crc_at]);
+        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+    }
+
     #[test]
     fn a_set_reserved_byte_is_refused() {
         let mut bytes = sample().encode();
         bytes[MAGIC.len() + 3] = 1;
-        let crc_at = bytes.len() - 4;
-        let crc = crc32c::crc32c(&bytes[..crc_at]);
-        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        reseal(&mut bytes);
         let error = Checkpoint::decode(&bytes, 1 << 24).unwrap_err();
         assert!(
             matches!(&error, DecodeError::Invalid(m) if m.contains("reserved")),
@@ -498,9 +503,7 @@ mod tests {
         let at = bytes.len() - TRAILER_BYTES;
         let len = u32::from_le_bytes(bytes[at..at + 4].try_into().expect("4"));
         bytes[at..at + 4].copy_from_slice(&(len - 1).to_le_bytes());
-        let crc_at = bytes.len() - 4;
-        let crc = crc32c::crc32c(&bytes[..crc_at]);
-        bytes[crc_at..].copy_from_slice(&crc.to_le_bytes());
+        reseal(&mut bytes);
         let error = Checkpoint::decode(&bytes, 1 << 24).unwrap_err();
         assert!(
             matches!(&error, DecodeError::Invalid(m) if m.contains("payload length")),

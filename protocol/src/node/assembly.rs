@@ -134,11 +134,7 @@ impl Assembly {
             self.prefix.reserve_exact(room);
         }
         self.later.insert(chunk.index, chunk.data);
-        while let Some(next) = self.later.remove(&(self.ends.len() as u32)) {
-            self.hashed.0.update(&next);
-            self.prefix.extend_from_slice(&next);
-            self.ends.push(self.prefix.len());
-        }
+        self.take_in_order();
         assert!(
             self.chunks() <= self.count as usize,
             "indices are below count"
@@ -196,7 +192,13 @@ impl Assembly {
                 self.later.insert(index, Bytes::new());
             }
         }
+        self.take_in_order();
+    }
+
+    /// Moves the chunks that now follow the prefix onto it, hashing them.
+    fn take_in_order(&mut self) {
         while let Some(next) = self.later.remove(&(self.ends.len() as u32)) {
+            self.hashed.0.update(&next);
             self.prefix.extend_from_slice(&next);
             self.ends.push(self.prefix.len());
         }
