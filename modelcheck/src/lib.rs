@@ -1,14 +1,19 @@
 //! An exhaustive model of Lockstep's replication protocol, checked with
 //! stateright. The model drives the real `protocol` state machines (two VM
 //! hosts and the witness) over a network that loses, duplicates and
-//! reorders messages, with host crashes and restarts; only time and the
-//! network are modelled.
+//! reorders messages, with host crashes and restarts, and a hostile peer
+//! that spoils a chunk or forges a claim of a newer generation; only time
+//! and the network are modelled.
 //!
 //! Safety properties (the simulator's oracle checks the same):
 //! - S1: never two hosts releasing output in one generation;
 //! - S2: every released output is covered by the checkpoint a later primary
 //!   restores from (no released output is lost);
 //! - S3: generations only grow on each host (across restarts too);
+//! - S4: every host's generation is one the witness granted, though a
+//!   hostile peer forges a heartbeat claiming one it did not;
+//! - S5: a primary stops its guest only once the witness granted a newer
+//!   generation than its own;
 //! - the protocol's own assertions never fail.
 //!
 //! Liveness is checked on a fair variant ([`Bounds::fair`]): no loss, time

@@ -32,6 +32,10 @@ pub struct Bounds {
     /// Chunks a hostile peer delivers spoiled (other bytes, or another
     /// chunk count) ahead of the real one, in total.
     pub spoils_max: u8,
+    /// Heartbeats a hostile peer forges that claim the generation after
+    /// the witness's grant (not granted when sent), naming the receiver
+    /// its certified backup, in total.
+    pub claims_max: u8,
     /// Guest outputs, in total.
     pub outputs_max: u8,
     /// Messages in flight at once; a send beyond it is lost.
@@ -56,11 +60,25 @@ impl Bounds {
             losses_max: 2,
             duplicates_max: 1,
             spoils_max: 1,
+            claims_max: 0,
             outputs_max: 2,
             in_flight_max: 6,
             witness_outages_max: 1,
             fair: false,
             time_max_ticks: u64::MAX,
+        }
+    }
+
+    /// The hostile-claim variant of [`Bounds::safety`]: a peer forges one
+    /// claim of a generation the witness has not granted. The claim can
+    /// come at any step, to either host, which multiplies the states, so
+    /// the other faults are fewer: one loss, no spoiled chunk.
+    pub fn hostile(level: Level) -> Bounds {
+        Bounds {
+            losses_max: 1,
+            spoils_max: 0,
+            claims_max: 1,
+            ..Bounds::safety(level)
         }
     }
 
@@ -83,6 +101,7 @@ impl Bounds {
             losses_max: 0,
             duplicates_max: 0,
             spoils_max: 0,
+            claims_max: 0,
             outputs_max: 1,
             in_flight_max: 16,
             witness_outages_max: 0,
@@ -129,6 +148,11 @@ pub struct Ghost {
     pub lost_output: bool,
     /// S3 broken.
     pub generation_went_back: bool,
+    /// S4 broken: a host held a generation the witness never granted.
+    pub ungranted_generation: bool,
+    /// S5 broken: a primary stopped its guest while the witness had
+    /// granted no generation newer than the primary's.
+    pub deposed_without_grant: bool,
     /// A protocol assertion failed (message).
     pub assertion: Option<String>,
     /// Output released by the primary that holds the witness's current grant,
@@ -159,6 +183,7 @@ pub struct ModelState {
     losses: u8,
     duplicates: u8,
     spoils: u8,
+    claims: u8,
     outputs: u8,
     witness_outages: u8,
     /// Facts for the properties.
@@ -177,6 +202,9 @@ pub enum ModelAction {
     Spoil(NodeId, NodeId, Message),
     /// Lose a message.
     Lose(NodeId, NodeId, Message),
+    /// A hostile peer (the first host) forges a heartbeat to the second
+    /// that claims a generation the witness has not granted.
+    Claim(NodeId, NodeId, Message),
     /// A host's next deadline passes (safety variant: hosts' clocks are
     /// independent, so any host can run ahead).
     Timeout(NodeId),
@@ -204,6 +232,9 @@ impl fmt::Display for ModelAction {
             ModelAction::Lose(from, to, msg) => write!(f, "lose {from}->{to} {}", brief(msg)),
             ModelAction::Spoil(from, to, msg) => {
                 write!(f, "hostile {from}->{to}: spoiled {}", brief(msg))
+            }
+            ModelAction::Claim(from, to, msg) => {
+                write!(f, "hostile {from}->{to}: forged {}", brief(msg))
             }
             ModelAction::Timeout(n) => write!(f, "timeout on {n}"),
             ModelAction::Tick => write!(f, "time advances"),
@@ -260,9 +291,10 @@ impl LockstepModel {
     /// yields (as a driver would), catching protocol assertion failures.
     fn drive(&self, state: &mut ModelState, i: usize, input: impl FnOnce(&mut Node)) {
         let mut node = state.hosts[i].node.take().expect("drive a live host");
+        let before = node.generation();
         let outcome = catch_unwind(AssertUnwindSafe(|| {
             input(&mut node);
-            self.carry_out(state, i, &mut node);
+            self.carry_out(state, i, &mut node, before);
         }));
         if let Err(panic) = outcome {
             let text = panic
@@ -272,6 +304,9 @@ impl LockstepModel {
                 .unwrap_or_else(|| "panic".to_string());
             state.ghost.assertion.get_or_insert(text);
         }
+        if node.generation() > state.witness.grant().generation {
+            state.ghost.ungranted_generation = true;
+        }
         let host = &mut state.hosts[i];
         if node.generation() < host.generation_max {
             state.ghost.generation_went_back = true;
@@ -280,7 +315,8 @@ impl LockstepModel {
         host.node = Some(node);
     }
 
-    fn carry_out(&self, state: &mut ModelState, i: usize, node: &mut Node) {
+    /// `before`: the node's generation before the input.
+    fn carry_out(&self, state: &mut ModelState, i: usize, node: &mut Node, before: Generation) {
         let me = HOSTS[i];
         for _ in 0..DRIVER_STEPS_MAX {
             let Some(action) = node.poll_action() else {
@@ -307,6 +343,9 @@ impl LockstepModel {
                 Action::ReleaseOutput { upto } => self.release(state, i, node, upto),
                 Action::RestoreAndResume { checkpoint } => self.restore(state, i, checkpoint),
                 Action::StopGuest => {
+                    if state.witness.grant().generation <= before {
+                        state.ghost.deposed_without_grant = true;
+                    }
                     state.hosts[i].outputs.clear();
                     state.hosts[i].released = None;
                     state.hosts[i].term_output = false;
@@ -458,6 +497,7 @@ impl Model for LockstepModel {
             losses: 0,
             duplicates: 0,
             spoils: 0,
+            claims: 0,
             outputs: 0,
             witness_outages: 0,
             ghost: Ghost::default(),
@@ -481,6 +521,14 @@ impl Model for LockstepModel {
             if state.spoils < b.spoils_max {
                 if let Some(spoiled) = spoiled(msg) {
                     actions.push(ModelAction::Spoil(*from, *to, spoiled));
+                }
+            }
+        }
+        if state.claims < b.claims_max {
+            for (i, host) in state.hosts.iter().enumerate() {
+                if host.node.is_some() {
+                    let msg = forged_claim(state, HOSTS[i]);
+                    actions.push(ModelAction::Claim(HOSTS[1 - i], HOSTS[i], msg));
                 }
             }
         }
@@ -535,6 +583,10 @@ impl Model for LockstepModel {
             }
             ModelAction::Spoil(from, to, msg) => {
                 state.spoils += 1;
+                self.deliver(&mut state, from, to, msg);
+            }
+            ModelAction::Claim(from, to, msg) => {
+                state.claims += 1;
                 self.deliver(&mut state, from, to, msg);
             }
             ModelAction::Lose(from, to, msg) => {
@@ -594,6 +646,14 @@ impl Model for LockstepModel {
             Property::always(
                 "S3: generations only grow on each host",
                 |_, s: &ModelState| !s.ghost.generation_went_back,
+            ),
+            Property::always(
+                "S4: every host's generation is one the witness granted",
+                |_, s: &ModelState| !s.ghost.ungranted_generation,
+            ),
+            Property::always(
+                "S5: a primary stops its guest only once a newer generation is granted",
+                |_, s: &ModelState| !s.ghost.deposed_without_grant,
             ),
             Property::always("protocol assertions hold", |_, s: &ModelState| {
                 s.ghost.assertion.is_none()
@@ -679,6 +739,18 @@ fn take_one(state: &mut ModelState, key: &(NodeId, NodeId, Message)) {
     *count -= 1;
     if *count == 0 {
         state.network.remove(key);
+    }
+}
+
+/// The heartbeat a hostile peer forges to `to`: a primary's, of the
+/// generation after the witness's grant, naming `to` its certified backup
+/// (taken on its word, it deposes a primary, moves a backup or a joiner
+/// to a generation the witness never grants).
+fn forged_claim(state: &ModelState, to: NodeId) -> Message {
+    Message::Heartbeat {
+        generation: state.witness.grant().generation.next(),
+        role: protocol::wire::PeerRole::Primary,
+        backup: Some(to),
     }
 }
 

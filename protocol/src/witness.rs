@@ -12,7 +12,8 @@ const WITNESS_ACTIONS_MAX: usize = 4;
 
 /// The witness state machine. It answers every request and ping with the
 /// current grant; it moves the grant forward only for the current holder or
-/// the backup certified with it, and only to the very next generation.
+/// the backup certified with it, and only to the very next generation, and
+/// announces a new grant to the backup it certifies.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Witness {
     me: NodeId,
@@ -103,6 +104,16 @@ impl Witness {
                         backup,
                     };
                     self.actions.push_back(Action::PersistGrant(self.grant));
+                    // A backup certified with the grant hears of it from us
+                    // at once, so that it takes the generation before the
+                    // first delta of it arrives rather than take that
+                    // delta as a claim to ask us about. A deposed holder
+                    // or backup learns it from its own pings: announcing
+                    // to it too would add a message to every failover for
+                    // a step its next ping takes anyway.
+                    if let Some(backup) = backup {
+                        self.reply(backup);
+                    }
                 }
                 self.reply(from);
             }
@@ -166,12 +177,7 @@ mod tests {
     }
 
     fn request(w: &mut Witness, from: NodeId, want: u64, known: u64) -> Grant {
-        let msg = Message::GrantRequest {
-            want: Generation(want),
-            known: Generation(known),
-            backup: None,
-        };
-        w.handle_message(Time(0), from, msg);
+        w.handle_message(Time(0), from, msg_request(want, known));
         while w.poll_action().is_some() {}
         w.grant()
     }
@@ -224,15 +230,52 @@ mod tests {
     #[test]
     fn a_grant_is_persisted_before_it_is_announced() {
         let mut w = witness();
-        let msg = Message::GrantRequest {
-            want: Generation(2),
-            known: Generation(1),
-            backup: None,
-        };
-        w.handle_message(Time(0), A, msg);
+        w.handle_message(Time(0), A, msg_request(2, 1));
         assert!(
             matches!(w.poll_action(), Some(Action::PersistGrant(g)) if g.generation == Generation(2))
         );
-        assert!(matches!(w.poll_action(), Some(Action::Send { to: A, .. })));
+        assert_eq!(
+            told_of(&mut w, 2),
+            vec![A],
+            "a grant without a backup: the holder only"
+        );
+        // A refused request is answered to the requester only.
+        w.handle_message(Time(0), B, msg_request(3, 1));
+        let told: Vec<Action> = std::iter::from_fn(|| w.poll_action()).collect();
+        assert!(matches!(told[..], [Action::Send { to: B, .. }]), "{told:?}");
+        // A grant that certifies a backup is announced to it too, first.
+        let certify = Message::GrantRequest {
+            want: Generation(3),
+            known: Generation(2),
+            backup: Some(B),
+        };
+        w.handle_message(Time(0), A, certify);
+        assert!(matches!(w.poll_action(), Some(Action::PersistGrant(_))));
+        assert_eq!(
+            told_of(&mut w, 3),
+            vec![B, A],
+            "the certified backup hears of it"
+        );
+    }
+
+    /// Whom the witness's pending actions tell of `generation`.
+    fn told_of(w: &mut Witness, generation: u64) -> Vec<NodeId> {
+        std::iter::from_fn(|| w.poll_action())
+            .map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: Message::WitnessState { generation: g, .. },
+                } if g == Generation(generation) => to,
+                other => panic!("not an announcement of g{generation}: {other:?}"),
+            })
+            .collect()
+    }
+
+    fn msg_request(want: u64, known: u64) -> Message {
+        Message::GrantRequest {
+            want: Generation(want),
+            known: Generation(known),
+            backup: None,
+        }
     }
 }

@@ -88,7 +88,9 @@ fn a_copy_based_above_its_own_generation_is_refused() {
 }
 
 /// `mod.rs:336`: a backup asks the witness for g2, adopts g3 from a
-/// heartbeat that names it backup, then the late g2 grant arrives.
+/// heartbeat that names it backup, then the late g2 grant arrives. The
+/// heartbeat is a claim now, which the backup takes once the witness
+/// confirms it.
 #[test]
 fn a_late_grant_for_an_older_generation_promotes_nobody() {
     let mut b = backup();
@@ -104,12 +106,23 @@ fn a_late_grant_for_an_older_generation_promotes_nobody() {
         backup: Some(B),
     };
     b.handle_message(suspect.add_ns(1), A, certified);
+    assert_eq!(b.generation(), Generation(1), "a claim is not taken");
+    let pinged = drain(&mut b).into_iter().any(|a| {
+        matches!(a, Action::Send { to: W, msg: Message::WitnessPing { generation } } if generation == Generation(1))
+    });
+    assert!(pinged, "the claim is asked of the witness");
+    let confirmed = Message::WitnessState {
+        generation: Generation(3),
+        holder: A,
+        backup: Some(B),
+    };
+    b.handle_message(suspect.add_ns(2), W, confirmed);
     let late = Message::WitnessState {
         generation: Generation(2),
         holder: B,
         backup: None,
     };
-    b.handle_message(suspect.add_ns(2), W, late);
+    b.handle_message(suspect.add_ns(3), W, late);
     assert_eq!(
         (b.role(), b.generation()),
         (RoleKind::Backup, Generation(3))
@@ -222,6 +235,14 @@ fn a_forged_copy_chunk_does_not_stall_the_joiner() {
     assert_eq!(c.node(A).protection(), Some(Protection::Unprotected));
     c.restart(B, Generation(1));
     // B's Join is on the wire: A will begin a session named by its epoch.
+    // B asked the witness first, and its answer (A holds g2) comes first.
+    let grant = c.witness.grant();
+    let answer = Message::WitnessState {
+        generation: grant.generation,
+        holder: grant.holder,
+        backup: grant.backup,
+    };
+    c.inject(B, W, answer);
     let forged = Message::Copy {
         generation: c.node(A).generation(),
         session: c.node(A).epoch().unwrap(),
@@ -522,25 +543,12 @@ fn an_ack_that_names_other_content_releases_nothing() {
 /// come, is taken.
 #[test]
 fn a_grant_that_comes_after_a_refusal_is_taken() {
-    let mut b = backup();
-    let join = Message::Join {
-        generation: Generation(1),
-        disk: None,
-    };
-    b.handle_message(Time(1), A, join);
-    let refused = Message::WitnessState {
-        generation: Generation(1),
-        holder: A,
-        backup: None,
-    };
+    let mut b = promoting_backup();
+    let refused = witness_says(1, A);
     b.handle_message(Time(2), W, refused);
     assert_eq!(b.role(), RoleKind::Backup);
     drain(&mut b);
-    let granted = Message::WitnessState {
-        generation: Generation(2),
-        holder: B,
-        backup: None,
-    };
+    let granted = witness_says(2, B);
     b.handle_message(Time(3), W, granted);
     assert_eq!(
         (b.role(), b.generation()),
@@ -549,4 +557,221 @@ fn a_grant_that_comes_after_a_refusal_is_taken() {
     assert!(drain(&mut b)
         .iter()
         .any(|a| matches!(a, Action::RestoreAndResume { .. })));
+}
+
+/// The 100 M hostile run, seed 7706: a backup asked to promote, was
+/// refused (a forged witness state), then a forged delta beyond the window
+/// made it a joiner, and only then did the witness grant its request. It
+/// held the generation as a joiner, with nothing to run; its deposed
+/// primary joined too, and the two waited for each other's copy for good.
+/// The joiner keeps the standby it was a backup of while its request may
+/// be granted, and resumes it when it is.
+#[test]
+fn a_grant_that_comes_after_the_backup_became_a_joiner_resumes_its_standby() {
+    let mut b = promoting_backup();
+    let refused = witness_says(1, A);
+    b.handle_message(Time(2), W, refused.clone());
+    let beyond = delta_beyond_the_window();
+    b.handle_message(Time(3), A, beyond);
+    assert_eq!(b.role(), RoleKind::Joining);
+    drain(&mut b);
+    // An answer of the generation it has does not make the standby moot.
+    b.handle_message(Time(4), W, refused);
+    assert_eq!(b.role(), RoleKind::Joining);
+    drain(&mut b);
+    let granted = witness_says(2, B);
+    b.handle_message(Time(5), W, granted);
+    assert_eq!(
+        (b.role(), b.generation()),
+        (RoleKind::Primary, Generation(2))
+    );
+    let resumed = drain(&mut b).into_iter().find_map(|a| match a {
+        Action::RestoreAndResume { checkpoint } => Some(checkpoint),
+        _ => None,
+    });
+    assert_eq!(
+        resumed.map(|c| c.epoch),
+        Some(Epoch(0)),
+        "the standby it applied"
+    );
+}
+
+/// Once another host is granted the generation a joiner asked for as a
+/// backup, the standby it kept is moot: no later statement resumes it.
+#[test]
+fn a_joiner_resumes_no_standby_once_it_is_moot() {
+    let mut b = promoting_backup();
+    let beyond = delta_beyond_the_window();
+    // Asking (not refused): the delta is dropped, the backup stays one.
+    b.handle_message(Time(2), A, beyond.clone());
+    assert_eq!(b.role(), RoleKind::Backup);
+    let refused = witness_says(1, A);
+    b.handle_message(Time(3), W, refused);
+    b.handle_message(Time(4), A, beyond);
+    assert_eq!(b.role(), RoleKind::Joining);
+    let to_a = witness_says(2, A);
+    b.handle_message(Time(5), W, to_a);
+    drain(&mut b);
+    // Generation 2 is A's: a statement naming us holder of it now is not
+    // the grant we asked for (that one was refused for good).
+    let late = witness_says(2, B);
+    b.handle_message(Time(6), W, late);
+    assert_eq!(b.role(), RoleKind::Joining);
+    assert!(!drain(&mut b)
+        .iter()
+        .any(|a| matches!(a, Action::RestoreAndResume { .. })));
+}
+
+/// A backup at generation 1 whose primary restarted (a Join came): it asks
+/// the witness for generation 2.
+fn promoting_backup() -> Node {
+    let mut b = backup();
+    let join = Message::Join {
+        generation: Generation(1),
+        disk: None,
+    };
+    b.handle_message(Time(1), A, join);
+    b
+}
+
+/// The witness's state: `holder` holds `generation`, with no backup.
+fn witness_says(generation: u64, holder: NodeId) -> Message {
+    Message::WitnessState {
+        generation: Generation(generation),
+        holder,
+        backup: None,
+    }
+}
+
+/// A delta of generation 1 far past anything a backup acknowledged.
+fn delta_beyond_the_window() -> Message {
+    Message::Delta {
+        generation: Generation(1),
+        epoch: Epoch(1_000),
+        chunk: chunk(0, 1, &[8]),
+    }
+}
+
+/// Whether `node`'s log ever persisted a generation above `max`.
+fn persisted_above(c: &Cluster, id: NodeId, max: Generation) -> bool {
+    c.log[id.0 as usize]
+        .iter()
+        .any(|a| matches!(a, Action::PersistGeneration(g) if *g > max))
+}
+
+/// A pair that is protected, in one generation, and releasing output.
+fn assert_protected_and_releasing(c: &mut Cluster, primary: NodeId, backup: NodeId) {
+    assert_eq!(c.node(primary).role(), RoleKind::Primary);
+    assert_eq!(c.node(primary).protection(), Some(Protection::Protected));
+    assert_eq!(c.node(backup).role(), RoleKind::Backup);
+    assert_eq!(c.node(backup).generation(), c.node(primary).generation());
+    let released = c.released(primary).unwrap();
+    c.run_for_ms(200);
+    assert!(
+        c.released(primary).unwrap().0 >= released.0 + 5,
+        "releasing"
+    );
+}
+
+/// Hole 4: a node adopted a newer generation on its peer's word. A
+/// keyholder peer named generation 9, which the witness never granted, and
+/// the primary stopped its guest, persisted 9 and joined; its backup, at
+/// 1, could never be granted 2 on top of a witness at 1 with a peer at 9,
+/// and nobody ran the guest again. A newer generation from the peer is a
+/// claim now: the node asks the witness and acts on its answer.
+#[test]
+fn a_generation_the_witness_never_granted_deposes_no_primary() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    let stops = c.count(A, |a| matches!(a, Action::StopGuest));
+    for msg in [
+        Message::Heartbeat {
+            generation: Generation(9),
+            role: PeerRole::Primary,
+            backup: None,
+        },
+        Message::Join {
+            generation: Generation(9),
+            disk: None,
+        },
+        Message::DeltaAck {
+            generation: Generation(9),
+            epoch: Epoch(1),
+            digest: Digest::default(),
+        },
+    ] {
+        c.inject(A, B, msg);
+        c.run_for_ms(10);
+        assert_eq!(c.node(A).role(), RoleKind::Primary, "deposed by a claim");
+    }
+    assert_eq!(c.count(A, |a| matches!(a, Action::StopGuest)), stops);
+    assert_eq!(c.node(A).generation(), Generation(1));
+    assert!(!persisted_above(&c, A, Generation(1)));
+    assert_eq!(c.node(A).stats().dropped_unconfirmed, 3);
+    assert!(c.node(A).stats().claims_refuted >= 1);
+    assert_protected_and_releasing(&mut c, A, B);
+}
+
+/// Hole 4 on the backup: a heartbeat naming generation 9 with us as the
+/// certified backup was adopted. The backup then took the primary's deltas
+/// of generation 1 for stale ones and asked, when it suspected the
+/// primary, for generation 10, which the witness (at 1) never grants.
+#[test]
+fn a_backup_takes_no_generation_the_witness_never_granted() {
+    let mut c = Cluster::new(Level::Ft);
+    c.run_for_ms(100);
+    let forged = Message::Heartbeat {
+        generation: Generation(9),
+        role: PeerRole::Primary,
+        backup: Some(B),
+    };
+    c.inject(B, A, forged);
+    c.run_for_ms(10);
+    assert_eq!(c.node(B).generation(), Generation(1));
+    assert!(!persisted_above(&c, B, Generation(1)));
+    assert_eq!(c.node(B).stats().dropped_unconfirmed, 1);
+    assert_protected_and_releasing(&mut c, A, B);
+    // Its own failover is intact: the primary dies, the backup is granted
+    // the next generation and promoted.
+    c.crash(A);
+    c.run_for_ms(1000);
+    assert_eq!(
+        (c.node(B).role(), c.node(B).generation()),
+        (RoleKind::Primary, Generation(2))
+    );
+}
+
+/// Hole 4 on a joiner: it took the generation of whatever copy round or
+/// heartbeat reached it. A forged one of generation 9 made it persist 9,
+/// and the real primary's copy, of its own older generation, was stale to
+/// it for good. A joiner takes a generation from the witness only.
+#[test]
+fn a_joiner_takes_no_generation_the_witness_never_granted() {
+    let mut c = Cluster::new(Level::Ft);
+    c.crash(B);
+    c.run_for_ms(1000);
+    let generation = c.node(A).generation();
+    assert_eq!(generation, Generation(2), "A went on alone");
+    c.restart(B, Generation(1));
+    let forged = [
+        Message::Heartbeat {
+            generation: Generation(9),
+            role: PeerRole::Primary,
+            backup: None,
+        },
+        Message::Copy {
+            generation: Generation(9),
+            session: Epoch(1),
+            round: 0,
+            base: None,
+            chunk: chunk(0, 1, b"evil"),
+        },
+    ];
+    for msg in forged {
+        c.inject(B, A, msg);
+    }
+    c.run_for_ms(3000);
+    let granted = c.witness.grant().generation;
+    assert!(!persisted_above(&c, B, granted), "granted {granted}");
+    assert_protected_and_releasing(&mut c, A, B);
 }

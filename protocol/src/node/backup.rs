@@ -4,7 +4,7 @@
 use super::assembly::{Assembly, Offered};
 use super::lineage::Lineage;
 use super::primary::{Pairing, Primary};
-use super::{Node, Role};
+use super::{Claim, Node, Role};
 use crate::action::Action;
 use crate::config::Config;
 use crate::types::{CheckpointId, Digest, Epoch, Generation, NodeId, Time};
@@ -53,6 +53,25 @@ pub(crate) struct Joining {
     /// The checkpoint the local disk holds, if known.
     pub(super) disk: Option<CheckpointId>,
     pub(super) copy: Option<CopyProgress>,
+    /// Whether the witness answered since we began to join: until then,
+    /// each tick asks it the generation the copy will come in.
+    pub(super) witness_answered: bool,
+    /// The standby we were a backup of, kept while a promotion we asked
+    /// for may still be granted and no copy round replaced it.
+    resumable: Option<Resumable>,
+}
+
+/// A backup's standby, kept by the joiner it became: the witness may yet
+/// grant the promotion it asked for (a request in flight outlives a
+/// refusal), and then it is the holder and the only host that can run the
+/// guest. Its standby holds every epoch it acknowledged, so every output
+/// the primary released: resuming it loses nothing.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Resumable {
+    /// The generation asked for.
+    asked: Generation,
+    checkpoint: CheckpointId,
+    lineage: Lineage,
 }
 
 /// An assembly holds no more chunks and bytes than one transfer may have.
@@ -127,7 +146,12 @@ impl Backup {
 
 impl Joining {
     pub(super) fn new(disk: Option<CheckpointId>) -> Joining {
-        Joining { disk, copy: None }
+        Joining {
+            disk,
+            copy: None,
+            witness_answered: false,
+            resumable: None,
+        }
     }
 
     pub(super) fn assembly(&self) -> Option<&Assembly> {
@@ -161,8 +185,11 @@ impl Node {
         if b.grant_wanted.is_none() && self.now >= suspect_at {
             #[cfg(feature = "mutants")]
             if self.config.mutant == Some(crate::config::Mutant::NoGenerationFence) {
+                // The fence gone, and with it the check that our
+                // generation is one the witness stated.
                 let generation = self.generation.next();
-                return self.promote(generation);
+                self.witnessed = generation;
+                return self.promote_backup(generation);
             }
             self.ask_promotion();
         }
@@ -178,7 +205,6 @@ impl Node {
     }
 
     pub(super) fn on_backup_message(&mut self, msg: Message) {
-        let me = self.config.me;
         match msg {
             Message::Delta {
                 generation,
@@ -188,34 +214,16 @@ impl Node {
                 self.peer_heard = self.now;
                 self.on_delta(generation, epoch, chunk);
             }
+            // Newer generations are claims, which the witness answers
+            // (`Node::on_claim`): what reaches here is ours or older.
             Message::Heartbeat {
                 generation,
                 role: PeerRole::Primary,
-                backup,
-            } => {
-                if generation == self.generation {
-                    self.peer_heard = self.now;
-                } else if generation > self.generation && backup == Some(me) {
-                    // Certified: the primary holds `generation` with us as
-                    // backup. It is alive, so a promotion we asked for is
-                    // moot, and its grant, should it still come, is for a
-                    // generation older than ours.
-                    self.peer_heard = self.now;
-                    self.adopt_generation(generation);
-                    self.backup_mut().grant_wanted = None;
-                } else if generation > self.generation {
-                    self.become_stale(generation);
-                } else {
-                    self.stats.dropped_stale += 1;
-                }
-            }
-            Message::Join { generation, .. } if generation >= self.generation => {
+                ..
+            } if generation == self.generation => self.peer_heard = self.now,
+            Message::Join { generation, .. } if generation == self.generation => {
                 // The primary restarted without state: take over now.
                 self.ask_promotion();
-            }
-            Message::Delta { generation, .. } if generation > self.generation => {
-                // Sent after our certification, which a heartbeat will tell us.
-                self.stats.dropped_unexpected += 1;
             }
             Message::Copy {
                 generation,
@@ -351,16 +359,53 @@ impl Node {
 
     /// The primary moved to a generation without us: our copy is stale.
     fn become_stale(&mut self, generation: Generation) {
-        let disk = match &self.role {
-            Role::Backup(b) => Some(b.applied),
-            _ => None,
+        let (disk, resumable) = match &self.role {
+            Role::Backup(b) => {
+                let resumable = b.grant_wanted.or(b.grant_refused).map(|asked| Resumable {
+                    asked,
+                    checkpoint: b.applied,
+                    lineage: b.lineage.clone(),
+                });
+                (Some(b.applied), resumable)
+            }
+            _ => (None, None),
         };
         if generation > self.generation {
             self.adopt_generation(generation);
         }
         tracing::info!(node = %self.config.me, %generation, "our copy is stale: joining again");
-        self.role = Role::Joining(Joining::new(disk));
+        let mut joining = Joining::new(disk);
+        joining.resumable = resumable.filter(|r| r.asked > self.generation);
+        self.role = Role::Joining(joining);
         self.tick();
+    }
+
+    /// The witness's word to a joiner. If it grants the promotion the
+    /// backup we were asked for, we hold the generation and resume the
+    /// standby we kept; a grant of that generation or a newer one to
+    /// anyone else makes the standby moot.
+    pub(super) fn joining_witness_state(&mut self, generation: Generation, holder: NodeId) {
+        let Role::Joining(j) = &mut self.role else {
+            unreachable!("called on a joiner only")
+        };
+        let first = !std::mem::replace(&mut j.witness_answered, true);
+        let join = (first && j.copy.is_none()).then_some(j.disk);
+        match j.resumable.take() {
+            Some(r) if r.asked == generation && holder == self.config.me => {
+                tracing::info!(node = %self.config.me, %generation, "granted the promotion we asked for as a backup");
+                return self.promote(generation, r.checkpoint, r.lineage);
+            }
+            Some(r) if generation < r.asked => j.resumable = Some(r),
+            _ => {}
+        }
+        if generation > self.generation {
+            self.adopt_generation(generation);
+        }
+        // The answer we waited for to join: ask for the copy now.
+        if let Some(disk) = join {
+            let generation = self.generation;
+            self.send(self.config.peer, Message::Join { generation, disk });
+        }
     }
 
     pub(super) fn backup_witness_state(
@@ -368,6 +413,7 @@ impl Node {
         generation: Generation,
         holder: NodeId,
         backup: Option<NodeId>,
+        claim: Option<Claim>,
     ) {
         let (me, peer, current) = (self.config.me, self.config.peer, self.generation);
         let b = self.backup_mut();
@@ -379,13 +425,21 @@ impl Node {
             b.grant_refused = None;
             self.stats.dropped_contradicting += 1;
         } else if asked == Some(generation) && holder == me {
-            self.promote(generation);
+            self.promote_backup(generation);
         } else if generation > self.generation && holder == peer && backup == Some(me) {
-            // Certified without having heard it from the primary: adopt, and
-            // if we were asking to promote, ask for the next generation.
             self.adopt_generation(generation);
+            let claimed = claim.filter(|c| c.generation == generation);
             let b = self.backup_mut();
-            if b.grant_wanted.take().is_some() {
+            let asking = b.grant_wanted.take().is_some();
+            if let Some(claim) = claimed {
+                // Certified, as the primary told us when it claimed it: it
+                // was alive then, so a promotion we asked for is moot, and
+                // its grant, should it still come, is for a generation
+                // older than ours.
+                self.peer_heard = self.peer_heard.max(claim.heard);
+            } else if asking {
+                // Certified without having heard it from the primary: if
+                // we were asking to promote, ask for the next generation.
                 self.ask_promotion();
             }
         } else if generation > self.generation {
@@ -406,13 +460,17 @@ impl Node {
         }
     }
 
-    fn promote(&mut self, generation: Generation) {
-        let config = self.config.clone();
-        let Role::Backup(b) = &mut self.role else {
+    fn promote_backup(&mut self, generation: Generation) {
+        let Role::Backup(b) = &self.role else {
             unreachable!("promote a backup")
         };
-        let checkpoint = b.applied;
-        let lineage = b.lineage.clone();
+        let (checkpoint, lineage) = (b.applied, b.lineage.clone());
+        self.promote(generation, checkpoint, lineage);
+    }
+
+    /// Resume the standby as of `checkpoint` as the primary of `generation`.
+    fn promote(&mut self, generation: Generation, checkpoint: CheckpointId, lineage: Lineage) {
+        let config = self.config.clone();
         self.adopt_generation(generation);
         self.stats.promotions += 1;
         tracing::info!(node = %self.config.me, %generation, restored = ?checkpoint, "promoted to primary");
@@ -436,9 +494,6 @@ impl Node {
         if generation < self.generation {
             self.stats.dropped_stale += 1;
             return;
-        }
-        if generation > self.generation {
-            self.adopt_generation(generation);
         }
         match msg {
             Message::Copy {
@@ -524,6 +579,8 @@ impl Node {
         let Role::Joining(j) = &mut self.role else {
             unreachable!("joiner")
         };
+        // The standby is replaced from here on.
+        j.resumable = None;
         let copy = j.copy.as_mut().expect("set above");
         let assembly = copy.assembly.take().expect("complete");
         let digest = assembly.digest();

@@ -5,6 +5,14 @@
 //! [`Node::handle_timeout`] next. Every `handle_*` ends by checking the
 //! node's invariants.
 //!
+//! Generations come from the witness only. A node takes a generation the
+//! witness stated to it (a grant, the answer to a request or ping, or the
+//! announcement of a grant that certifies us its backup), never one its peer
+//! names: a newer generation from the peer is a *claim*, which the node
+//! asks the witness about and acts on the answer. So no frame of the peer,
+//! forged by a keyholder or merely stale and reordered, makes a node step
+//! down, drop its copy or persist a generation that was never granted.
+//!
 //! ```text
 //!            restart                      final copy round applied
 //!   (any) ----------> Joining ----------------------------------> Backup
@@ -113,6 +121,13 @@ enum Role {
     Joining(Joining),
 }
 
+/// A newer generation the peer named, and when we heard it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Claim {
+    pub(crate) generation: Generation,
+    pub(crate) heard: Time,
+}
+
 /// The protocol state machine of one VM host.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Node {
@@ -120,6 +135,12 @@ pub struct Node {
     codec: Codec,
     now: Time,
     generation: Generation,
+    /// The newest generation the witness stated to us (or the one we
+    /// started in, which it stated before): ours is never newer.
+    witnessed: Generation,
+    /// A newer generation the peer claimed, asked of the witness and not
+    /// yet answered.
+    claim: Option<Claim>,
     role: Role,
     /// Last time the peer showed it is alive in our generation.
     peer_heard: Time,
@@ -154,6 +175,8 @@ impl Node {
             codec,
             now,
             generation,
+            witnessed: generation,
+            claim: None,
             role,
             peer_heard: now,
             next_tick: now,
@@ -376,6 +399,10 @@ impl Node {
 
     fn adopt_generation(&mut self, generation: Generation) {
         assert!(generation > self.generation, "generations only grow");
+        assert!(
+            generation <= self.witnessed,
+            "generations come from the witness"
+        );
         self.generation = generation;
         self.push(Action::PersistGeneration(generation));
     }
@@ -385,6 +412,10 @@ impl Node {
         self.next_tick = self.now.add_ns(self.config.heartbeat_interval_ns);
         let peer = self.config.peer;
         let generation = self.generation;
+        if self.ping_due() {
+            let witness = self.config.witness;
+            self.send(witness, Message::WitnessPing { generation });
+        }
         match &self.role {
             Role::Primary(_) => self.primary_tick(),
             Role::Backup(b) => {
@@ -401,6 +432,9 @@ impl Node {
                     self.request_grant(want, None);
                 }
             }
+            // A joiner asks its peer for a copy only once the witness told
+            // it the current generation (`ping_due`).
+            Role::Joining(j) if j.copy.is_none() && !j.witness_answered => {}
             Role::Joining(j) => {
                 let msg = match j.copy {
                     None => Message::Join {
@@ -415,6 +449,45 @@ impl Node {
                 };
                 self.send(peer, msg);
             }
+        }
+    }
+
+    /// Whether this tick asks the witness for its state on top of what the
+    /// role asks it anyway (a lease ping, a grant request): a claim waits
+    /// for its answer; or we join, have no copy yet and no answer of the
+    /// witness since we began, and learn the generation the copy will come
+    /// in before it comes (sent before the Join, the answer is usually
+    /// here first; once answered, a newer one the copy names is a claim).
+    fn ping_due(&self) -> bool {
+        let role_asks = match &self.role {
+            Role::Primary(p) => p.asks_witness(),
+            Role::Backup(b) => b.grant_wanted.is_some(),
+            Role::Joining(j) => return !j.witness_answered || self.claim.is_some(),
+        };
+        self.claim.is_some() && !role_asks
+    }
+
+    /// The peer named `generation`, newer than ours. Only the witness
+    /// grants generations, and the peer may be stale (a reordered frame),
+    /// mistaken or hostile: ask the witness, once per answer, and act on
+    /// what it says (`on_witness_state`). The message is dropped.
+    fn on_claim(&mut self, generation: Generation) {
+        assert!(
+            generation > self.generation,
+            "a claim is of a newer generation"
+        );
+        self.stats.dropped_unconfirmed += 1;
+        let asked = self.claim.is_some();
+        let newest = self
+            .claim
+            .map_or(generation, |c| c.generation.max(generation));
+        self.claim = Some(Claim {
+            generation: newest,
+            heard: self.now,
+        });
+        if !asked {
+            let (witness, known) = (self.config.witness, self.generation);
+            self.send(witness, Message::WitnessPing { generation: known });
         }
     }
 
@@ -444,30 +517,29 @@ impl Node {
                 return;
             }
         };
+        if generation > self.generation {
+            return self.on_claim(generation);
+        }
         match self.role {
-            Role::Primary(_) => {
-                if generation > self.generation {
-                    // The peer knows a newer generation: our authority is gone.
-                    self.step_down(Some(generation));
-                    self.on_joining_message(msg);
-                } else {
-                    self.on_primary_message(msg);
-                }
-            }
+            Role::Primary(_) => self.on_primary_message(msg),
             Role::Backup(_) => self.on_backup_message(msg),
             Role::Joining(_) => self.on_joining_message(msg),
         }
     }
 
+    /// The witness's word: its current grant. It answers the claim we
+    /// asked about, if any (a stale answer too: the peer, if right, says
+    /// so again and we ask again).
     fn on_witness_state(&mut self, generation: Generation, holder: NodeId, backup: Option<NodeId>) {
+        self.witnessed = self.witnessed.max(generation);
+        let claim = self.claim.take();
+        if claim.is_some_and(|c| c.generation > generation) {
+            self.stats.claims_refuted += 1;
+        }
         match self.role {
             Role::Primary(_) => self.primary_witness_state(generation, holder, backup),
-            Role::Backup(_) => self.backup_witness_state(generation, holder, backup),
-            Role::Joining(_) => {
-                if generation > self.generation {
-                    self.adopt_generation(generation);
-                }
-            }
+            Role::Backup(_) => self.backup_witness_state(generation, holder, backup, claim),
+            Role::Joining(_) => self.joining_witness_state(generation, holder),
         }
     }
 
@@ -492,6 +564,14 @@ impl Node {
         assert!(
             self.generation >= generation_before,
             "generations only grow"
+        );
+        assert!(
+            self.generation <= self.witnessed,
+            "generations come from the witness"
+        );
+        assert!(
+            self.claim.is_none_or(|c| c.generation > self.generation),
+            "a claim pending is of a newer generation"
         );
         match &self.role {
             Role::Primary(p) => p.check_invariants(&self.config),

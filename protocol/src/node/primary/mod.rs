@@ -185,6 +185,12 @@ impl Primary {
         }
     }
 
+    /// Whether the primary's tick asks the witness anyway (a lease ping or
+    /// a grant request), so that a claim needs no ping of its own.
+    pub(super) fn asks_witness(&self) -> bool {
+        self.needs_lease() || self.grant_wanted.is_some()
+    }
+
     /// Whether releasing depends on the witness lease (no backup to ack).
     fn needs_lease(&self) -> bool {
         matches!(
