@@ -24,6 +24,8 @@
 //!   (each store through the hook) until it is written a few times in an
 //!   epoch; only hot pages cost protection changes.
 
+mod backing;
+pub use backing::Backing;
 mod fault;
 pub use fault::listing;
 mod hooks;
@@ -577,6 +579,10 @@ impl Engine for EmuEngine {
             vcpu_switches: self.vcpu_switches,
             dirty_faults: self.shared.borrow().dirty_faults,
         }
+    }
+
+    fn back_memory(&mut self) {
+        self.ram.back_in_background();
     }
 }
 

@@ -1,8 +1,10 @@
 //! Guest RAM: one page-aligned host allocation that every unicorn instance
 //! maps with `mem_map_ptr`, so all vCPUs see the same bytes.
 
-use std::alloc::{alloc_zeroed, dealloc, Layout};
+use std::alloc::Layout;
 use std::ptr::NonNull;
+
+use crate::backing::Backing;
 
 use machine::PAGE_SIZE;
 
@@ -14,6 +16,9 @@ use machine::PAGE_SIZE;
 pub(crate) struct GuestRam {
     ptr: NonNull<u8>,
     layout: Layout,
+    /// The thread backing the buffer with host pages, if one was started
+    /// ([`GuestRam::back_in_background`]); joined before the buffer goes.
+    backing: Option<Backing>,
 }
 
 impl GuestRam {
@@ -22,10 +27,32 @@ impl GuestRam {
         let layout = Layout::from_size_align(initial.len(), PAGE_SIZE as usize)
             .expect("memory size is a checked multiple of the page size");
         assert!(layout.size() > 0);
-        // SAFETY: the layout has a non-zero size (asserted above).
-        let raw = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(raw).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        let mut ram = GuestRam { ptr, layout };
+        // A mapping of its own, not the allocator's: `alloc_zeroed` with a
+        // page alignment writes every byte (it zeroes what it cannot know
+        // is zero), and so takes a host page for every guest page at once.
+        // A fresh anonymous mapping is page-aligned and zero, and takes a
+        // page only where it is written.
+        // SAFETY: a new private anonymous mapping; no existing memory is
+        // named or changed.
+        let raw = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        let ptr = (raw != libc::MAP_FAILED)
+            .then(|| NonNull::new(raw.cast::<u8>()))
+            .flatten()
+            .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
+        let mut ram = GuestRam {
+            ptr,
+            layout,
+            backing: None,
+        };
         // The buffer is zero already, and a large one has no page of its
         // own until written: copy only the pages that are not zero, so
         // that a guest of hundreds of MiB costs its host the memory it
@@ -87,6 +114,16 @@ impl GuestRam {
         }
     }
 
+    /// Backs the whole buffer with host pages on a thread of its own,
+    /// while the emulator and the copies go on ([`Backing`]). Once only.
+    pub(crate) fn back_in_background(&mut self) {
+        if self.backing.is_none() {
+            // SAFETY: the buffer is one allocation of ours, freed in
+            // `Drop` only after the backing is dropped (and joined).
+            self.backing = Some(unsafe { Backing::start(self.ptr.as_ptr(), self.layout.size()) });
+        }
+    }
+
     /// The pointer to hand to `mem_map_ptr`. It stays valid until this
     /// value is dropped; the engine drops its unicorn instances first.
     pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
@@ -96,9 +133,51 @@ impl GuestRam {
 
 impl Drop for GuestRam {
     fn drop(&mut self) {
-        // SAFETY: `ptr` came from `alloc_zeroed` with this `layout` and is
+        // Its madvise ends before the buffer is freed.
+        drop(self.backing.take());
+        // SAFETY: `ptr` is the mapping `new` made, of this length, and is
         // freed once; the unicorn instances that mapped it are gone (they
         // are declared before the RAM in `EmuEngine`, so dropped first).
-        unsafe { dealloc(self.ptr.as_ptr(), self.layout) };
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.layout.size()) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of `ram` the kernel has backed (`mincore`).
+    fn resident_pages(ram: &GuestRam) -> usize {
+        let page = PAGE_SIZE as usize;
+        let mut vec = vec![0u8; ram.layout.size().div_ceil(page)];
+        // SAFETY: the range is the live allocation; `vec` has a byte per
+        // page of it.
+        let rc =
+            unsafe { libc::mincore(ram.ptr.as_ptr().cast(), ram.layout.size(), vec.as_mut_ptr()) };
+        assert_eq!(rc, 0, "{}", std::io::Error::last_os_error());
+        vec.iter().filter(|b| **b & 1 == 1).count()
+    }
+
+    #[test]
+    fn backing_takes_every_page_and_changes_no_byte() {
+        // 64 MiB: above the allocator's largest mmap threshold, so fresh
+        // pages; two touched ones, even as huge pages, are few of it.
+        let pages = 16_384;
+        let mut initial = vec![0u8; pages * PAGE_SIZE as usize];
+        initial[5 * PAGE_SIZE as usize + 7] = 0xAB;
+        initial[1000 * PAGE_SIZE as usize] = 0xCD;
+        let mut ram = GuestRam::new(&initial);
+        assert!(
+            resident_pages(&ram) < pages / 2,
+            "a fresh buffer is not all backed: {} of {pages}",
+            resident_pages(&ram)
+        );
+        ram.back_in_background();
+        ram.back_in_background();
+        drop(ram.backing.take()); // waits for the thread
+        assert_eq!(resident_pages(&ram), pages);
+        let mut read = vec![0u8; initial.len()];
+        ram.read(0, &mut read);
+        assert!(read == initial, "backing changed bytes");
     }
 }

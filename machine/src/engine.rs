@@ -182,6 +182,15 @@ pub trait Engine {
     fn waker(&self) -> Option<RunWaker> {
         None
     }
+    /// Backs all of guest memory with host pages now, in the background,
+    /// leaving its bytes as they are. A real host that will receive the
+    /// whole guest (a joiner's copy, a backup's deltas) then does not pay
+    /// for each page as the copy first touches it: on a virtualised host
+    /// that is microseconds a page, most of a second for 256 MiB, and all
+    /// of it inside the joiner's apply step. Not called in the simulator,
+    /// where every machine costs the memory its guest uses. An engine
+    /// that cannot does nothing.
+    fn back_memory(&mut self) {}
 }
 
 /// The engine part of a checkpoint: the writing engine's name and guest

@@ -17,7 +17,9 @@ use crate::driver::{HostError, Pace, VmHost};
 use machine::devices::{BlockStore, FileStore, Packet, SharedStore, LABEL_BYTES};
 use machine::{Engine, Kind, Machine};
 use protocol::wire::Unsealed;
-use protocol::{CheckpointId, Config, Epoch, Generation, NodeId, RoleKind, Start, Time};
+use protocol::{
+    CheckpointId, Config, Epoch, Generation, NodeId, Protection, RoleKind, Start, Time,
+};
 use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -168,6 +170,12 @@ pub struct Status {
     /// (a capture, a copy round, an apply), µs: the guest's longest pause
     /// is at most this.
     pub longest_step_us: u64,
+    /// The longest single step of the driver while this host, as primary,
+    /// re-protected the guest (from the joiner's first copy round to its
+    /// certification), for the last or current re-protection, µs: the
+    /// guest's longest pause while it was copied.
+    #[serde(default)]
+    pub resync_longest_step_us: Option<u64>,
     /// Since when (Unix time, ns) this host runs the guest as primary, if
     /// it does: every reply after it is this host's.
     #[serde(default)]
@@ -257,6 +265,9 @@ pub fn run<E: Engine>(
     // KVM; the emulated engine runs the guest on this thread, between
     // them); every input ends the guest's run at once.
     machine.keep_running(true).map_err(HostError::from)?;
+    // A host's memory is the guest's: back it all now, so that a copy or
+    // the guest itself does not take it a page at a time.
+    machine.engine_mut().back_memory();
     let waker = machine.engine().waker();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
@@ -289,6 +300,10 @@ const INPUTS_PER_WAKE: u32 = 16;
 /// A step this long is logged.
 const LONG_STEP: Duration = Duration::from_millis(100);
 
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// The seam on a real host.
 struct RealSeam<E: Engine> {
     host: Option<VmHost<E>>,
@@ -309,6 +324,8 @@ struct RealSeam<E: Engine> {
     next_status: Instant,
     last_status: Option<Status>,
     longest_step: Duration,
+    /// The longest step of the last or current re-protection.
+    resync_longest_step: Option<Duration>,
     /// Since when this host runs the guest as primary (Unix ns).
     primary_since: Option<u64>,
     /// Inputs taken since the last wake.
@@ -384,6 +401,7 @@ impl<E: Engine> RealSeam<E> {
             next_status: Instant::now(),
             last_status: None,
             longest_step: Duration::ZERO,
+            resync_longest_step: None,
             primary_since: None,
             inputs_since_wake: 0,
         })
@@ -460,7 +478,8 @@ impl<E: Engine> RealSeam<E> {
                 .into_iter()
                 .map(|(k, v)| (k.to_string(), v))
                 .collect(),
-            longest_step_us: u64::try_from(self.longest_step.as_micros()).unwrap_or(u64::MAX),
+            longest_step_us: micros(self.longest_step),
+            resync_longest_step_us: self.resync_longest_step.map(micros),
             primary_since_unix_ns: self.primary_since,
         })
     }
@@ -518,11 +537,23 @@ impl<E: Engine> Seam for RealSeam<E> {
         step: impl FnOnce(&mut VmHost<E>) -> Result<R, HostError>,
     ) -> Option<R> {
         let host = self.host.as_mut()?;
+        let resyncing = |host: &VmHost<E>| {
+            host.is_running() && host.node().protection() == Some(Protection::Resyncing)
+        };
+        let resyncing_before = resyncing(host);
         let started = Instant::now();
         let stepped = step(host);
         let took = started.elapsed();
         if host.is_running() {
             self.longest_step = self.longest_step.max(took);
+        }
+        // A step that begins or ends a re-protection is part of it (the
+        // final copy round pauses the guest in the step that certifies).
+        let resyncing_after = resyncing(host);
+        if resyncing_before || resyncing_after {
+            // A re-protection that begins in this step forgets the last.
+            let longest = self.resync_longest_step.filter(|_| resyncing_before);
+            self.resync_longest_step = Some(longest.map_or(took, |l| l.max(took)));
         }
         let primary = host.is_running() && host.role() == RoleKind::Primary;
         match (primary, self.primary_since) {
