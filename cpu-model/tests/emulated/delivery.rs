@@ -153,12 +153,12 @@ struct Guest {
 }
 
 impl Guest {
-    /// A guest whose kernel runs `main` and whose user code is `user`;
-    /// `gates` picks the gates to fill (all of them, or none).
+    /// A guest whose kernel runs `main` and whose user code is `user`.
     fn new(main: Main, user: Main) -> Guest {
         Guest::with_gates(main, user, true)
     }
 
+    /// The same, with every handler's gate filled, or none (`gates`).
     fn with_gates(main: Main, user: Main, gates: bool) -> Guest {
         let mut memory = longmode::memory(&[ABSENT2, USER_ABSENT]);
         put(&mut memory, GDT + 56, TSS_DESCRIPTOR);
@@ -488,17 +488,21 @@ mod engine {
         }
     }
 
-    /// A one-vCPU machine running `image`, its IDT written and loaded, and
-    /// spinning with interrupts on.
-    fn booted(image: &Image) -> Machine<EmuEngine> {
+    /// A one-vCPU machine at the boot of `image`.
+    fn machine_of(image: &Image) -> Machine<EmuEngine> {
         let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
         let config = EmuConfig {
             seed: 5,
             quantum: Quantum::default(),
             counting: Counting::Slices,
         };
-        let mut machine = emulated_machine(shape, &image.image, config, Box::new(MemStore::new(1)))
-            .expect("boots");
+        emulated_machine(shape, &image.image, config, Box::new(MemStore::new(1))).expect("boots")
+    }
+
+    /// A one-vCPU machine running `image`, its IDT written and loaded, and
+    /// spinning with interrupts on.
+    fn booted(image: &Image) -> Machine<EmuEngine> {
+        let mut machine = machine_of(image);
         let (low, high) = gate_words(image.handler.start, u64::from(CODE_SELECTOR), 0, 0);
         let engine = machine.engine_mut();
         let at = Gpa(IDT + 16 * u64::from(VECTOR));
@@ -632,15 +636,7 @@ mod engine {
 
     #[test]
     fn a_guest_without_an_idt_cannot_be_raised_an_interrupt() {
-        let image = image();
-        let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
-        let config = EmuConfig {
-            seed: 5,
-            quantum: Quantum::default(),
-            counting: Counting::Slices,
-        };
-        let mut machine = emulated_machine(shape, &image.image, config, Box::new(MemStore::new(1)))
-            .expect("boots");
+        let mut machine = machine_of(&image());
         assert_eq!(
             machine.engine_mut().raise_interrupt(VcpuId(0), VECTOR),
             Err(EngineError::NoInterruptDelivery(0))
