@@ -431,8 +431,8 @@ mod engine {
     use machine::guests::GuestImage;
     use machine::layout::{CODE_SELECTOR, DATA_SELECTOR, GUEST_CODE, GUEST_DATA, MEMORY_BYTES_MIN};
     use machine::{
-        Checkpoint, Engine, EngineError, Gpa, Instructions, Kind, Machine, Shape, VcpuId,
-        CHECKPOINT_BYTES_MAX,
+        Checkpoint, Engine, EngineError, Gpa, Instructions, Kind, Machine, RunExit, RunState,
+        Shape, VcpuId, CHECKPOINT_BYTES_MAX,
     };
 
     const VECTOR: u8 = 0x20;
@@ -448,7 +448,20 @@ mod engine {
         handler: std::ops::Range<u64>,
     }
 
+    /// What the guest does between interrupts.
+    #[derive(Clone, Copy)]
+    enum Idle {
+        /// Counts in rbx, making no stores.
+        Spin,
+        /// Sleeps in `hlt`.
+        Halt,
+    }
+
     fn image() -> Image {
+        image_idling(Idle::Spin)
+    }
+
+    fn image_idling(idle: Idle) -> Image {
         let mut a = CodeAssembler::new(64).expect("64-bit");
         let (mut spin, mut handler, mut end, mut delay) = (
             a.create_label(),
@@ -459,7 +472,10 @@ mod engine {
         a.lidt(ptr(IDT_DESCRIPTOR)).expect("asm");
         a.sti().expect("asm");
         a.set_label(&mut spin).expect("asm");
-        a.inc(rbx).expect("asm");
+        match idle {
+            Idle::Spin => a.inc(rbx).expect("asm"),
+            Idle::Halt => a.hlt().expect("asm"),
+        }
         a.jmp(spin).expect("asm");
         a.set_label(&mut handler).expect("asm");
         a.mov(ecx, HANDLER_SPIN).expect("asm");
@@ -632,6 +648,32 @@ mod engine {
             );
             assert_eq!(fresh.state_hash().expect("hash"), reference, "into {into}");
         }
+    }
+
+    #[test]
+    fn a_halted_vcpu_wakes_for_a_raised_interrupt_and_sleeps_again_after_it() {
+        let image = image_idling(Idle::Halt);
+        let mut machine = booted(&image);
+        assert_eq!(
+            machine.run(Instructions(10_000)).expect("runs"),
+            RunExit::Idle,
+            "asleep in hlt"
+        );
+        machine
+            .engine_mut()
+            .raise_interrupt(VcpuId(0), VECTOR)
+            .expect("raises");
+        assert_eq!(
+            machine.vcpu_states().expect("states")[0].run_state,
+            RunState::Running,
+            "woken"
+        );
+        assert_eq!(
+            machine.run(Instructions(10_000)).expect("runs"),
+            RunExit::Idle,
+            "asleep again"
+        );
+        assert_eq!(count(&machine), 1, "the handler ran once");
     }
 
     #[test]
