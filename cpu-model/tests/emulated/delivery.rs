@@ -455,6 +455,9 @@ mod engine {
         Spin,
         /// Sleeps in `hlt`.
         Halt,
+        /// Counts down in ecx for many slices, then executes `ud2`, which
+        /// has no gate.
+        Fault,
     }
 
     fn image() -> Image {
@@ -475,6 +478,14 @@ mod engine {
         match idle {
             Idle::Spin => a.inc(rbx).expect("asm"),
             Idle::Halt => a.hlt().expect("asm"),
+            Idle::Fault => {
+                let mut down = a.create_label();
+                a.mov(ecx, 100_000).expect("asm");
+                a.set_label(&mut down).expect("asm");
+                a.dec(ecx).expect("asm");
+                a.jnz(down).expect("asm");
+                a.ud2().expect("asm");
+            }
         }
         a.jmp(spin).expect("asm");
         a.set_label(&mut handler).expect("asm");
@@ -674,6 +685,19 @@ mod engine {
             "asleep again"
         );
         assert_eq!(count(&machine), 1, "the handler ran once");
+    }
+
+    #[test]
+    fn an_exception_without_a_gate_in_a_guest_with_an_idt_is_a_triple_fault_error() {
+        let mut machine = booted(&image_idling(Idle::Fault));
+        let error = machine.run(Instructions(1_000_000)).expect_err("faults");
+        let machine::MachineError::Engine(EngineError::GuestFault { kind, .. }) = error else {
+            panic!("not a guest fault: {error}");
+        };
+        // #UD finds an empty entry (type 0, not a gate: #GP), #GP finds
+        // one too (#GP on #GP: #DF), and so does #DF: its #GP is the
+        // triple fault.
+        assert_eq!(kind, machine::FaultKind::TripleFault { vector: 13 });
     }
 
     #[test]
