@@ -317,6 +317,33 @@ fn ring_3_faults_go_to_ring_0_and_back_and_a_ring_3_hlt_is_gp() {
 }
 
 #[test]
+fn a_whole_segment_write_sets_the_cpl_so_a_vcpu_restored_in_ring_3_is_in_ring_3() {
+    const SEG_CS: i32 = 1011;
+    const SEG_SS: i32 = 1012;
+    /// QEMU's flags of a flat 64-bit ring-3 code and data segment.
+    const USER_CODE_FLAGS: u32 = 0x00a0_fb00;
+    const USER_DATA_FLAGS: u32 = 0x00c0_f300;
+    let mut g = Guest::new(none, |a, _| {
+        a.nop()?;
+        a.hlt()
+    });
+    let user_ss = mmr(longmode::USER_SS, 0, 0xffff_ffff, USER_DATA_FLAGS);
+    let user_cs = mmr(longmode::USER_CS, 0, 0xffff_ffff, USER_CODE_FLAGS);
+    g.uc.reg_write_long(SEG_CS, &user_cs).expect("cs");
+    g.uc.reg_write_long(SEG_SS, &user_ss).expect("ss");
+    g.uc.reg_write(RegisterX86::RSP, longmode::USER_STACK_TOP)
+        .expect("rsp");
+    g.uc.reg_write(RegisterX86::RIP, USER_CODE).expect("rip");
+    g.run().expect("runs");
+    assert_eq!(
+        g.q(DATA + 0x90),
+        USER_CODE + 1,
+        "the hlt ran in ring 3: #GP to the ring-0 handler"
+    );
+    assert_eq!(g.reg(RegisterX86::CS), 0x08, "the handler's ring 0");
+}
+
+#[test]
 fn syscall_enters_the_kernel_at_lstar_and_sysret_returns_to_ring_3() {
     let mut g = Guest::new(
         |a, _| enter_user(a),
