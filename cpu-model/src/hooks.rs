@@ -56,6 +56,19 @@ pub(crate) struct HookState {
     /// Where the slice began: a `pause` there is the one the vCPU yielded
     /// at last time (a code hook runs before its instruction), so it runs.
     pub slice_start: Option<u64>,
+    /// Per vCPU: how its exceptions are taken.
+    pub delivery: Vec<Delivery>,
+}
+
+/// How a vCPU's exceptions are taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Delivery {
+    /// By unicorn's hooks, as errors of the run: the assembled guests,
+    /// which have no IDT.
+    Hooks,
+    /// Through the guest's IDT, by QEMU's own delivery (our unicorn
+    /// patch); an unclaimed #UD is vector 6 then, not an error.
+    Idt,
 }
 
 impl HookState {
@@ -79,6 +92,7 @@ impl HookState {
             disk_wait_ns: 0,
             yielded: false,
             slice_start: None,
+            delivery: vec![Delivery::Hooks; usize::from(vcpus)],
         }
     }
 }
@@ -258,10 +272,10 @@ fn invalid_instruction(uc: &mut Unicorn<'_, ()>, shared: &Shared, vcpu: VcpuId) 
     let random = matches!(instruction.mnemonic(), Mnemonic::Rdrand | Mnemonic::Rdseed)
         && instruction.op0_kind() == OpKind::Register;
     if !random {
-        shared
-            .borrow_mut()
-            .fault
-            .get_or_insert((vcpu, FaultKind::InvalidOpcode));
+        let mut state = shared.borrow_mut();
+        if state.delivery[usize::from(vcpu.0)] == Delivery::Hooks {
+            state.fault.get_or_insert((vcpu, FaultKind::InvalidOpcode));
+        }
         return false;
     }
     let register = instruction.op0_register();

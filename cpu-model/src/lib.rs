@@ -51,7 +51,7 @@ use machine::{
 use unicorn_engine::unicorn_const::{uc_error, Arch, Mode, Prot, X86CpuModel};
 use unicorn_engine::{RegisterX86, Unicorn};
 
-use hooks::{HookState, Shared, Vcpu};
+use hooks::{Delivery, HookState, Shared, Vcpu};
 pub use sched::Quantum;
 use sched::Scheduler;
 
@@ -363,8 +363,60 @@ impl EmuEngine {
         }
     }
 
+    /// A vCPU delivers through the IDT once its guest has one: checked at
+    /// every slice start until it does (at slice boundaries, so
+    /// deterministic; an exception in the slice that loads the first IDT
+    /// is still an error).
+    fn opt_in_to_delivery(&mut self, v: usize) -> Result<(), EngineError> {
+        if self.shared.borrow().delivery[v] == Delivery::Idt {
+            return Ok(());
+        }
+        let uc = &mut self.vcpus[v];
+        if regs::idt_limit(uc).map_err(backend)? != 0 {
+            uc.reg_write(regs::pseudo::DELIVER, 1).map_err(backend)?;
+            self.shared.borrow_mut().delivery[v] = Delivery::Idt;
+        }
+        Ok(())
+    }
+
+    /// Raises external interrupt `vector` on `vcpu`: QEMU takes it at the
+    /// next instruction boundary where IF is set and no interrupt shadow
+    /// holds, once. Called between runs, so between instruction-counted
+    /// slices: deterministic. A halted vCPU with IF set wakes. One vector
+    /// is pending at most (a later raise replaces it): the interrupt
+    /// controller, not the CPU, queues them.
+    pub fn raise_interrupt(&mut self, vcpu: VcpuId, vector: u8) -> Result<(), EngineError> {
+        let v = usize::from(vcpu.0);
+        if v >= self.vcpus.len() {
+            return Err(EngineError::NoSuchVcpu(vcpu.0));
+        }
+        self.opt_in_to_delivery(v)?;
+        if self.shared.borrow().delivery[v] != Delivery::Idt {
+            return Err(EngineError::NoInterruptDelivery(vcpu.0));
+        }
+        let uc = &mut self.vcpus[v];
+        uc.reg_write(regs::pseudo::IRQ, u64::from(vector))
+            .map_err(backend)?;
+        const IF: u64 = 1 << 9;
+        let rflags = uc.reg_read(RegisterX86::RFLAGS).map_err(backend)?;
+        if self.run_states[v] == RunState::Halted && rflags & IF != 0 {
+            self.run_states[v] = RunState::Running;
+        }
+        Ok(())
+    }
+
+    /// The interrupt raised on `vcpu` and not yet taken.
+    pub fn pending_interrupt(&self, vcpu: VcpuId) -> Result<Option<u8>, EngineError> {
+        let uc = self
+            .vcpus
+            .get(usize::from(vcpu.0))
+            .ok_or(EngineError::NoSuchVcpu(vcpu.0))?;
+        regs::pending_interrupt(uc).map_err(backend)
+    }
+
     /// Runs vCPU `v` for `slice` instructions or until it halts.
     fn execute(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
+        self.opt_in_to_delivery(v)?;
         let uc = &mut self.vcpus[v];
         let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
         {
@@ -400,6 +452,17 @@ impl EmuEngine {
                 });
             }
             (None, Err(uc_error::INSN_INVALID)) => FaultKind::InvalidOpcode,
+            (None, Err(uc_error::EXCEPTION))
+                if self.shared.borrow().delivery[v] == Delivery::Idt =>
+            {
+                // Our patch: a triple fault ends emu_start with EXCEPTION.
+                match uc.reg_read(regs::pseudo::TRIPLE).map_err(backend)? {
+                    u64::MAX => FaultKind::Other("unicorn: EXCEPTION".into()),
+                    vector => FaultKind::TripleFault {
+                        vector: u32::try_from(vector).unwrap_or(u32::MAX),
+                    },
+                }
+            }
             (
                 None,
                 Err(
@@ -527,6 +590,10 @@ impl Engine for EmuEngine {
             .ok_or(EngineError::NoSuchVcpu(vcpu.0))?;
         regs::write(uc, state).map_err(backend)?;
         self.run_states[v] = state.run_state;
+        self.shared.borrow_mut().delivery[v] = match state.system {
+            Some(_) => Delivery::Idt,
+            None => Delivery::Hooks,
+        };
         Ok(())
     }
 

@@ -1,6 +1,7 @@
 //! Moving a [`VcpuState`] in and out of a unicorn instance.
 
-use machine::{RunState, VcpuState};
+use machine::vcpu::{DescriptorTable, Segment};
+use machine::{RunState, SystemRegisters, VcpuState};
 use unicorn_engine::unicorn_const::uc_error;
 use unicorn_engine::RegisterX86;
 
@@ -25,10 +26,215 @@ const GPRS: [RegisterX86; 16] = [
     RegisterX86::R15,
 ];
 
-/// Reads the state this engine keeps. The segment selectors, EFER and the
-/// GDT register are the boot values: unicorn starts in flat 64-bit mode and
-/// the guests never change them. x87/SSE state is not carried (the guests
-/// do not use it).
+/// The pseudo-registers of our unicorn patch (cpu-model/unicorn/
+/// delivery.patch; documented in its include/unicorn/x86.h).
+pub(crate) mod pseudo {
+    /// 1: deliver exceptions and interrupts through the guest's IDT.
+    pub const DELIVER: i32 = 1000;
+    /// Write a vector to raise it, more than 255 to withdraw; reads the
+    /// pending vector or `u64::MAX`.
+    pub const IRQ: i32 = 1001;
+    /// The sti / mov ss interrupt shadow.
+    pub const SHADOW: i32 = 1002;
+    /// The vector whose delivery triple faulted, or `u64::MAX`.
+    pub const TRIPLE: i32 = 1003;
+    /// A whole segment register (uc_x86_mmr), in QEMU's order: es, cs,
+    /// ss, ds, fs, gs from this id on.
+    pub const SEG_ES: i32 = 1010;
+}
+
+/// Our segment order (cs, ds, es, fs, gs, ss) to QEMU's (es, cs, ss, ds,
+/// fs, gs), as the offset from [`pseudo::SEG_ES`].
+const SEGMENT_QEMU_INDEX: [i32; 6] = [1, 3, 0, 4, 5, 2];
+
+const MSR_EFER: u32 = 0xc000_0080;
+const MSR_STAR: u32 = 0xc000_0081;
+const MSR_LSTAR: u32 = 0xc000_0082;
+const MSR_CSTAR: u32 = 0xc000_0083;
+const MSR_FMASK: u32 = 0xc000_0084;
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const MSR_SYSENTER: [u32; 3] = [0x174, 0x175, 0x176];
+const MSR_PAT: u32 = 0x277;
+
+/// The boot selectors of CS and SS (unicorn boots 64-bit mode with every
+/// selector 0, and QEMU's delivery pushes them: an `iretq` to CS 0 is
+/// #GP). Only the selectors: the descriptor caches already are flat ring-0
+/// 64-bit, and in 64-bit mode a write of CS/SS stores the selector only.
+fn write_boot_selectors(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
+    uc.reg_write(RegisterX86::CS, u64::from(state.selectors[0]))?;
+    uc.reg_write(RegisterX86::SS, u64::from(state.selectors[5]))
+}
+
+/// Reads a register that unicorn fills as a C struct (uc_x86_mmr, 24
+/// bytes; uc_x86_msr, 16 bytes, its id in the first 4) into `buf`.
+fn read_struct(uc: &Vcpu, regid: i32, buf: &mut [u8]) -> Result<(), uc_error> {
+    assert!(
+        buf.len() == 24 || buf.len() == 16,
+        "a uc_x86_mmr or uc_x86_msr"
+    );
+    // SAFETY: `buf` is live, writable and as long as the struct unicorn
+    // writes for `regid` (the callers pass the mmr size for the segment
+    // and table registers and the msr size for UC_X86_REG_MSR); the
+    // instance is not running (no hook is on the stack).
+    let error = unsafe {
+        unicorn_engine::unicorn_const::uc_reg_read(uc.get_handle(), regid, buf.as_mut_ptr().cast())
+    };
+    match error {
+        uc_error::OK => Ok(()),
+        other => Err(other),
+    }
+}
+
+fn le_u64(bytes: &[u8]) -> u64 {
+    u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes"))
+}
+
+fn le_u32(bytes: &[u8]) -> u32 {
+    u32::from_le_bytes(bytes[..4].try_into().expect("4 bytes"))
+}
+
+/// A uc_x86_mmr's fields: selector, base, limit, QEMU's flags.
+fn read_mmr(uc: &Vcpu, regid: i32) -> Result<(u16, u64, u32, u32), uc_error> {
+    let mut b = [0u8; 24];
+    read_struct(uc, regid, &mut b)?;
+    let selector = u16::from_le_bytes([b[0], b[1]]);
+    Ok((
+        selector,
+        le_u64(&b[8..]),
+        le_u32(&b[16..]),
+        le_u32(&b[20..]),
+    ))
+}
+
+fn write_mmr(
+    uc: &mut Vcpu,
+    regid: i32,
+    (selector, base, limit, flags): (u16, u64, u32, u32),
+) -> Result<(), uc_error> {
+    let mut b = [0u8; 24];
+    b[0..2].copy_from_slice(&selector.to_le_bytes());
+    b[8..16].copy_from_slice(&base.to_le_bytes());
+    b[16..20].copy_from_slice(&limit.to_le_bytes());
+    b[20..24].copy_from_slice(&flags.to_le_bytes());
+    uc.reg_write_long(regid, &b)
+}
+
+fn read_msr(uc: &Vcpu, id: u32) -> Result<u64, uc_error> {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&id.to_le_bytes());
+    read_struct(uc, RegisterX86::MSR as i32, &mut b)?;
+    Ok(le_u64(&b[8..]))
+}
+
+fn write_msr(uc: &mut Vcpu, id: u32, value: u64) -> Result<(), uc_error> {
+    let mut b = [0u8; 16];
+    b[0..4].copy_from_slice(&id.to_le_bytes());
+    b[8..16].copy_from_slice(&value.to_le_bytes());
+    uc.reg_write_long(RegisterX86::MSR, &b)
+}
+
+/// QEMU keeps a descriptor's high dword (access rights in bits 8-23);
+/// the checkpoint keeps VMX's access-rights layout, those bits shifted.
+fn segment_of((selector, base, limit, flags): (u16, u64, u32, u32)) -> Segment {
+    Segment {
+        selector,
+        base,
+        limit,
+        attributes: ((flags >> 8) & 0xf0ff) as u16,
+    }
+}
+
+fn mmr_of(segment: &Segment) -> (u16, u64, u32, u32) {
+    let flags = (u32::from(segment.attributes) & 0xf0ff) << 8;
+    (segment.selector, segment.base, segment.limit, flags)
+}
+
+/// Whether the instance delivers through the guest's IDT.
+pub(crate) fn delivering(uc: &Vcpu) -> Result<bool, uc_error> {
+    Ok(uc.reg_read(pseudo::DELIVER)? != 0)
+}
+
+/// The IDT limit: a guest with none (0) keeps faults as errors.
+pub(crate) fn idt_limit(uc: &Vcpu) -> Result<u32, uc_error> {
+    Ok(read_mmr(uc, RegisterX86::IDTR as i32)?.2)
+}
+
+/// The vector raised and not yet taken.
+pub(crate) fn pending_interrupt(uc: &Vcpu) -> Result<Option<u8>, uc_error> {
+    Ok(u8::try_from(uc.reg_read(pseudo::IRQ)?).ok())
+}
+
+fn read_system(uc: &Vcpu) -> Result<SystemRegisters, uc_error> {
+    let mut segments = [Segment::default(); 6];
+    for (segment, index) in segments.iter_mut().zip(SEGMENT_QEMU_INDEX) {
+        *segment = segment_of(read_mmr(uc, pseudo::SEG_ES + index)?);
+    }
+    let idt = read_mmr(uc, RegisterX86::IDTR as i32)?;
+    Ok(SystemRegisters {
+        segments,
+        tr: segment_of(read_mmr(uc, RegisterX86::TR as i32)?),
+        ldtr: segment_of(read_mmr(uc, RegisterX86::LDTR as i32)?),
+        idt: DescriptorTable {
+            base: idt.1,
+            limit: u16::try_from(idt.2).unwrap_or(u16::MAX),
+        },
+        cr2: uc.reg_read(RegisterX86::CR2)?,
+        cr8: uc.reg_read(RegisterX86::CR8)?,
+        star: read_msr(uc, MSR_STAR)?,
+        lstar: read_msr(uc, MSR_LSTAR)?,
+        cstar: read_msr(uc, MSR_CSTAR)?,
+        sfmask: read_msr(uc, MSR_FMASK)?,
+        kernel_gs_base: read_msr(uc, MSR_KERNEL_GS_BASE)?,
+        sysenter: [
+            read_msr(uc, MSR_SYSENTER[0])?,
+            read_msr(uc, MSR_SYSENTER[1])?,
+            read_msr(uc, MSR_SYSENTER[2])?,
+        ],
+        pat: read_msr(uc, MSR_PAT)?,
+        pending_interrupt: pending_interrupt(uc)?,
+        interrupt_shadow: uc.reg_read(pseudo::SHADOW)? != 0,
+    })
+}
+
+/// Writes the system registers, after the control registers (a CS load
+/// depends on EFER.LMA) and before the fs/gs bases (which win).
+fn write_system(uc: &mut Vcpu, system: &SystemRegisters) -> Result<(), uc_error> {
+    let idt = (0, system.idt.base, u32::from(system.idt.limit), 0);
+    write_mmr(uc, RegisterX86::IDTR as i32, idt)?;
+    write_mmr(uc, RegisterX86::TR as i32, mmr_of(&system.tr))?;
+    write_mmr(uc, RegisterX86::LDTR as i32, mmr_of(&system.ldtr))?;
+    // SS last: its DPL is the CPL.
+    for (segment, index) in system.segments.iter().zip(SEGMENT_QEMU_INDEX) {
+        if index != 2 {
+            write_mmr(uc, pseudo::SEG_ES + index, mmr_of(segment))?;
+        }
+    }
+    write_mmr(uc, pseudo::SEG_ES + 2, mmr_of(&system.segments[5]))?;
+    uc.reg_write(RegisterX86::CR2, system.cr2)?;
+    uc.reg_write(RegisterX86::CR8, system.cr8)?;
+    for (id, value) in [
+        (MSR_STAR, system.star),
+        (MSR_LSTAR, system.lstar),
+        (MSR_CSTAR, system.cstar),
+        (MSR_FMASK, system.sfmask),
+        (MSR_KERNEL_GS_BASE, system.kernel_gs_base),
+        (MSR_SYSENTER[0], system.sysenter[0]),
+        (MSR_SYSENTER[1], system.sysenter[1]),
+        (MSR_SYSENTER[2], system.sysenter[2]),
+        (MSR_PAT, system.pat),
+    ] {
+        write_msr(uc, id, value)?;
+    }
+    let pending = system.pending_interrupt.map_or(0x100, u64::from);
+    uc.reg_write(pseudo::IRQ, pending)?;
+    uc.reg_write(pseudo::SHADOW, u64::from(system.interrupt_shadow))
+}
+
+/// Reads the state this engine keeps. Without delivery (the assembled
+/// guests) the segment selectors, EFER and the GDT register are the boot
+/// values: unicorn starts in flat 64-bit mode and those guests never
+/// change them; with it, they and the [`SystemRegisters`] are read. x87/SSE
+/// state is not carried (the guests do not use it).
 pub(crate) fn read(
     uc: &Vcpu,
     run_state: RunState,
@@ -38,7 +244,7 @@ pub(crate) fn read(
     for (value, register) in gprs.iter_mut().zip(GPRS) {
         *value = uc.reg_read(register)?;
     }
-    Ok(VcpuState {
+    let mut state = VcpuState {
         gprs,
         rip: uc.reg_read(RegisterX86::RIP)?,
         rflags: uc.reg_read(RegisterX86::RFLAGS)?,
@@ -52,19 +258,47 @@ pub(crate) fn read(
         gdt_base: boot.gdt_base,
         gdt_limit: boot.gdt_limit,
         run_state,
-    })
+        system: None,
+    };
+    if delivering(uc)? {
+        let system = read_system(uc)?;
+        let gdt = read_mmr(uc, RegisterX86::GDTR as i32)?;
+        state.efer = read_msr(uc, MSR_EFER)?;
+        state.selectors = system.segments.map(|s| s.selector);
+        state.gdt_base = gdt.1;
+        state.gdt_limit = u16::try_from(gdt.2).unwrap_or(u16::MAX);
+        state.system = Some(system);
+    }
+    Ok(state)
 }
 
 /// Writes a state into an instance. CR4 goes before CR0 so paging is
-/// enabled with PAE already on.
+/// enabled with PAE already on. A state with [`SystemRegisters`] turns
+/// delivery through the IDT on (only a delivering instance has them).
 pub(crate) fn write(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
     for (value, register) in state.gprs.iter().zip(GPRS) {
         uc.reg_write(register, *value)?;
     }
+    if state.system.is_some() {
+        write_msr(uc, MSR_EFER, state.efer)?;
+    }
+    // The boot GDT too: a delivery loads CS from it.
+    let gdt = (0, state.gdt_base, u32::from(state.gdt_limit), 0);
+    write_mmr(uc, RegisterX86::GDTR as i32, gdt)?;
     uc.reg_write(RegisterX86::CR3, state.cr3)?;
     uc.reg_write(RegisterX86::CR4, state.cr4)?;
     uc.reg_write(RegisterX86::CR0, state.cr0)?;
     uc.reg_write(RegisterX86::RFLAGS, state.rflags)?;
+    match &state.system {
+        Some(system) => {
+            write_system(uc, system)?;
+            uc.reg_write(pseudo::DELIVER, 1)?;
+        }
+        None => {
+            write_boot_selectors(uc, state)?;
+            uc.reg_write(pseudo::DELIVER, 0)?;
+        }
+    }
     uc.reg_write(RegisterX86::FS_BASE, state.fs_base)?;
     uc.reg_write(RegisterX86::GS_BASE, state.gs_base)?;
     uc.reg_write(RegisterX86::RIP, state.rip)?;

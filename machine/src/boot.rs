@@ -101,6 +101,7 @@ pub fn initial_vcpu_state(shape: &Shape, vcpu: u16) -> VcpuState {
         gdt_base: GDT.0,
         gdt_limit: u16::try_from(GDT_ENTRIES.len() * 8 - 1).expect("tiny GDT"),
         run_state: RunState::Running,
+        system: None,
     }
 }
 

@@ -15,12 +15,16 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::BLOCK_BYTES;
 use crate::layout::Shape;
 use crate::units::{PageIndex, PAGE_SIZE};
-use crate::vcpu::VcpuState;
+use crate::vcpu::{SystemAllowed, VcpuState};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"LKSTCKPT";
-/// The format version this code writes and reads.
-pub const VERSION: u16 = 2;
+/// The format version this code writes: 3, whose vCPU states may carry
+/// [`crate::SystemRegisters`] (a flag in each state says so).
+pub const VERSION: u16 = 3;
+/// The oldest version this code reads: 2, the same layout whose vCPU
+/// states cannot carry system registers.
+pub const VERSION_MIN: u16 = 2;
 /// The default decode limit: 1 GiB of memory plus state.
 pub const CHECKPOINT_BYTES_MAX: usize = (1 << 30) + (64 << 20);
 const HEADER_BYTES: usize = 12;
@@ -178,9 +182,14 @@ impl<'a> CheckpointRef<'a> {
             return Err(DecodeError::BadMagic);
         }
         let version = r.u16()?;
-        if version != VERSION {
+        if !(VERSION_MIN..=VERSION).contains(&version) {
             return Err(DecodeError::Version(version));
         }
+        let system = if version >= 3 {
+            SystemAllowed::Yes
+        } else {
+            SystemAllowed::No
+        };
         let kind = match r.u8()? {
             0 => Kind::Full,
             1 => Kind::Delta,
@@ -212,7 +221,11 @@ impl<'a> CheckpointRef<'a> {
         if stored != computed {
             return Err(DecodeError::Checksum { stored, computed });
         }
-        decode_payload(&mut Reader::new(&bytes[HEADER_BYTES..trailer_at]), kind)
+        decode_payload(
+            &mut Reader::new(&bytes[HEADER_BYTES..trailer_at]),
+            kind,
+            system,
+        )
     }
 
     /// An owned copy.
@@ -381,7 +394,11 @@ impl CheckpointWriter {
     }
 }
 
-fn decode_payload<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<CheckpointRef<'a>, DecodeError> {
+fn decode_payload<'a>(
+    r: &mut Reader<'a>,
+    kind: Kind,
+    system: SystemAllowed,
+) -> Result<CheckpointRef<'a>, DecodeError> {
     let sequence = r.u64()?;
     let base_sequence = r.u64()?;
     let vcpus = r.u16()?;
@@ -402,7 +419,7 @@ fn decode_payload<'a>(r: &mut Reader<'a>, kind: Kind) -> Result<CheckpointRef<'a
     }
     let mut vcpu_states = Vec::new();
     for _ in 0..vcpus {
-        vcpu_states.push(VcpuState::decode(r)?);
+        vcpu_states.push(VcpuState::decode(r, system)?);
     }
     let devices = r.blob()?;
     let engine = r.blob()?;
@@ -511,6 +528,114 @@ mod tests {
         );
     }
 
+    fn with_system_registers() -> Checkpoint {
+        let mut checkpoint = sample();
+        let system = crate::SystemRegisters {
+            cr2: 0xdead_b000,
+            lstar: 0xffff_ffff_8100_0000,
+            star: 0x0023_0010_0000_0000,
+            sfmask: 0x4_7700,
+            kernel_gs_base: 0xffff_8880_0000_0000,
+            pending_interrupt: Some(0x20),
+            interrupt_shadow: true,
+            idt: crate::vcpu::DescriptorTable {
+                base: 0x7000,
+                limit: 0xfff,
+            },
+            tr: crate::vcpu::Segment {
+                selector: 0x38,
+                base: 0x8000,
+                limit: 0x67,
+                attributes: 0x8b,
+            },
+            ..Default::default()
+        };
+        checkpoint.vcpu_states[1].system = Some(system);
+        checkpoint
+    }
+
+    /// Rewrites the version of an encoding (and its checksum).
+    fn as_version(bytes: &mut [u8], version: u16) {
+        bytes[MAGIC.len()..MAGIC.len() + 2].copy_from_slice(&version.to_le_bytes());
+        reseal(bytes);
+    }
+
+    #[test]
+    fn system_registers_round_trip() {
+        let checkpoint = with_system_registers();
+        let bytes = checkpoint.encode();
+        let decoded = Checkpoint::decode(&bytes, CHECKPOINT_BYTES_MAX).expect("decodes");
+        assert_eq!(decoded, checkpoint);
+        assert_eq!(
+            decoded.vcpu_states[1]
+                .system
+                .as_ref()
+                .map(|s| s.pending_interrupt),
+            Some(Some(0x20))
+        );
+        assert!(decoded.vcpu_states[0].system.is_none());
+    }
+
+    #[test]
+    fn version_2_is_read_and_cannot_carry_system_registers() {
+        let mut plain = sample().encode();
+        as_version(&mut plain, 2);
+        assert_eq!(
+            Checkpoint::decode(&plain, CHECKPOINT_BYTES_MAX),
+            Ok(sample())
+        );
+        let mut system = with_system_registers().encode();
+        as_version(&mut system, 2);
+        let error = Checkpoint::decode(&system, CHECKPOINT_BYTES_MAX).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Invalid(m) if m.contains("system registers")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn versions_outside_2_to_3_are_refused() {
+        for version in [0, 1, VERSION + 1, u16::MAX] {
+            let mut bytes = sample().encode();
+            as_version(&mut bytes, version);
+            assert_eq!(
+                Checkpoint::decode(&bytes, CHECKPOINT_BYTES_MAX),
+                Err(DecodeError::Version(version))
+            );
+        }
+    }
+
+    #[test]
+    fn a_bad_pending_vector_or_shadow_is_refused() {
+        let checkpoint = with_system_registers();
+        let bytes = checkpoint.encode();
+        // The last vCPU state ends with the pending vector (u16) and the
+        // shadow (u8); after it: the device and engine blobs (u32 length
+        // each), the block count and the blocks.
+        let after = (4 + checkpoint.devices.len())
+            + (4 + checkpoint.engine.len())
+            + 4
+            + checkpoint.blocks.len() * (8 + BLOCK_BYTES);
+        let shadow_at = bytes.len() - TRAILER_BYTES - after - 1;
+        assert_eq!(bytes[shadow_at], 1, "the shadow byte");
+        let mut bad_shadow = bytes.clone();
+        bad_shadow[shadow_at] = 2;
+        reseal(&mut bad_shadow);
+        let error = Checkpoint::decode(&bad_shadow, CHECKPOINT_BYTES_MAX).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Invalid(m) if m.contains("shadow")),
+            "{error}"
+        );
+        let mut bad_vector = bytes;
+        bad_vector[shadow_at - 1] = 2; // high byte of the u16: 0x220
+        reseal(&mut bad_vector);
+        let error = Checkpoint::decode(&bad_vector, CHECKPOINT_BYTES_MAX).unwrap_err();
+        assert!(
+            matches!(&error, DecodeError::Invalid(m) if m.contains("pending vector")),
+            "{error}"
+        );
+    }
+
     #[test]
     fn size_limit_is_checked_first() {
         let bytes = sample().encode();
@@ -555,7 +680,7 @@ mod tests {
     fn random_payloads_with_valid_checksum_never_panic() {
         fn prop(payload: Vec<u8>, flips: Vec<(u16, u8)>) -> bool {
             let _ = Checkpoint::decode(&framed(&payload), CHECKPOINT_BYTES_MAX);
-            let good = sample().encode();
+            let good = with_system_registers().encode();
             let mut inner = good[HEADER_BYTES..good.len() - TRAILER_BYTES].to_vec();
             for (at, mask) in flips {
                 let at = usize::from(at) % inner.len();

@@ -69,6 +69,10 @@ pub enum EngineError {
     /// The backend (unicorn, KVM) failed.
     #[error("engine backend: {0}")]
     Backend(String),
+    /// An interrupt raised on a vCPU that does not deliver through an IDT
+    /// (its guest has none).
+    #[error("vCPU {0} has no IDT to deliver an interrupt through")]
+    NoInterruptDelivery(u16),
 }
 
 /// How a call to [`Engine::run`] ended. The guest is paused either way,

@@ -25,4 +25,4 @@ pub use engine::{Engine, EngineEnvelope, EngineError, EngineStats, FaultKind, Ru
 pub use layout::Shape;
 pub use machine::{FullCapture, FullStream, Machine, MachineError};
 pub use units::{Gpa, GuestNs, Instructions, PageIndex, Port, VcpuId, PAGE_SIZE};
-pub use vcpu::{RunState, VcpuState};
+pub use vcpu::{RunState, SystemRegisters, VcpuState};

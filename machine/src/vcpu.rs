@@ -62,6 +62,166 @@ pub struct VcpuState {
     pub gdt_limit: u16,
     /// Running or halted.
     pub run_state: RunState,
+    /// The rest of the system state, for guests that run their own
+    /// kernel (an IDT, rings, system calls); `None` for the assembled
+    /// guests, which keep the boot values of everything it holds.
+    pub system: Option<SystemRegisters>,
+}
+
+/// One segment register whole, as a descriptor load fills it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Segment {
+    /// The selector.
+    pub selector: u16,
+    /// Base address.
+    pub base: u64,
+    /// Limit in bytes (granularity applied).
+    pub limit: u32,
+    /// Access rights in VMX's layout (as KVM's segments carry them too):
+    /// type bits 0-3, S 4, DPL 5-6, P 7, AVL 12, L 13, D/B 14, G 15.
+    pub attributes: u16,
+}
+
+/// A descriptor-table register (IDTR).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DescriptorTable {
+    /// Base address.
+    pub base: u64,
+    /// Limit in bytes.
+    pub limit: u16,
+}
+
+/// The system state of a vCPU that runs a kernel of its own: what a
+/// checkpoint must carry so a vCPU in an interrupt handler or in ring 3
+/// resumes as it was. The GDT, EFER and fs/gs bases stay in
+/// [`VcpuState`]; where `segments` repeats fs/gs bases, those of
+/// [`VcpuState`] win.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct SystemRegisters {
+    /// cs, ds, es, fs, gs, ss (the order of [`VcpuState::selectors`]).
+    pub segments: [Segment; 6],
+    /// The task register (the TSS: RSP0, IST stacks).
+    pub tr: Segment,
+    /// The local descriptor table register.
+    pub ldtr: Segment,
+    /// The interrupt descriptor table register.
+    pub idt: DescriptorTable,
+    /// The page-fault address.
+    pub cr2: u64,
+    /// The task priority.
+    pub cr8: u64,
+    /// IA32_STAR: syscall/sysret selectors.
+    pub star: u64,
+    /// IA32_LSTAR: the 64-bit syscall entry.
+    pub lstar: u64,
+    /// IA32_CSTAR: the compatibility-mode syscall entry.
+    pub cstar: u64,
+    /// IA32_FMASK: rflags bits syscall clears.
+    pub sfmask: u64,
+    /// IA32_KERNEL_GS_BASE: what swapgs exchanges gs base with.
+    pub kernel_gs_base: u64,
+    /// IA32_SYSENTER_CS, _ESP, _EIP.
+    pub sysenter: [u64; 3],
+    /// IA32_PAT.
+    pub pat: u64,
+    /// An external interrupt raised and not yet taken.
+    pub pending_interrupt: Option<u8>,
+    /// The instruction after `sti` or `mov ss` blocks interrupts.
+    pub interrupt_shadow: bool,
+}
+
+/// Set in the run-state byte when [`SystemRegisters`] follow it.
+const SYSTEM_FOLLOWS: u8 = 0x80;
+
+impl Segment {
+    fn encode(&self, w: &mut Writer) {
+        w.u16(self.selector);
+        w.u64(self.base);
+        w.u32(self.limit);
+        w.u16(self.attributes);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Segment, DecodeError> {
+        Ok(Segment {
+            selector: r.u16()?,
+            base: r.u64()?,
+            limit: r.u32()?,
+            attributes: r.u16()?,
+        })
+    }
+}
+
+impl SystemRegisters {
+    fn encode(&self, w: &mut Writer) {
+        for segment in self.segments.iter().chain([&self.tr, &self.ldtr]) {
+            segment.encode(w);
+        }
+        w.u64(self.idt.base);
+        w.u16(self.idt.limit);
+        for value in [
+            self.cr2,
+            self.cr8,
+            self.star,
+            self.lstar,
+            self.cstar,
+            self.sfmask,
+            self.kernel_gs_base,
+            self.sysenter[0],
+            self.sysenter[1],
+            self.sysenter[2],
+            self.pat,
+        ] {
+            w.u64(value);
+        }
+        // 0x100 = none: one field for the vector and its absence.
+        w.u16(self.pending_interrupt.map_or(0x100, u16::from));
+        w.u8(u8::from(self.interrupt_shadow));
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<SystemRegisters, DecodeError> {
+        let mut segments = [Segment::default(); 6];
+        for segment in &mut segments {
+            *segment = Segment::decode(r)?;
+        }
+        let tr = Segment::decode(r)?;
+        let ldtr = Segment::decode(r)?;
+        let idt = DescriptorTable {
+            base: r.u64()?,
+            limit: r.u16()?,
+        };
+        let mut msrs = [0u64; 11];
+        for value in &mut msrs {
+            *value = r.u64()?;
+        }
+        let pending_interrupt = match r.u16()? {
+            0x100 => None,
+            vector @ 0..=0xff => Some(vector as u8),
+            other => return Err(DecodeError::Invalid(format!("pending vector {other}"))),
+        };
+        let interrupt_shadow = match r.u8()? {
+            0 => false,
+            1 => true,
+            other => return Err(DecodeError::Invalid(format!("interrupt shadow {other}"))),
+        };
+        let [cr2, cr8, star, lstar, cstar, sfmask, kernel_gs_base, cs, esp, eip, pat] = msrs;
+        Ok(SystemRegisters {
+            segments,
+            tr,
+            ldtr,
+            idt,
+            cr2,
+            cr8,
+            star,
+            lstar,
+            cstar,
+            sfmask,
+            kernel_gs_base,
+            sysenter: [cs, esp, eip],
+            pat,
+            pending_interrupt,
+            interrupt_shadow,
+        })
+    }
 }
 
 impl VcpuState {
@@ -87,14 +247,23 @@ impl VcpuState {
         }
         w.u64(self.gdt_base);
         w.u16(self.gdt_limit);
-        w.u8(match self.run_state {
+        let run_state = match self.run_state {
             RunState::Running => 0,
             RunState::Halted => 1,
-        });
+        };
+        match &self.system {
+            None => w.u8(run_state),
+            Some(system) => {
+                w.u8(run_state | SYSTEM_FOLLOWS);
+                system.encode(w);
+            }
+        }
     }
 
-    /// Decodes a state written by [`VcpuState::encode`].
-    pub fn decode(r: &mut Reader<'_>) -> Result<VcpuState, DecodeError> {
+    /// Decodes a state written by [`VcpuState::encode`]; `system` says
+    /// whether the encoding may carry [`SystemRegisters`] (checkpoints
+    /// before version 3 cannot).
+    pub fn decode(r: &mut Reader<'_>, system: SystemAllowed) -> Result<VcpuState, DecodeError> {
         let mut gprs = [0u64; 16];
         for value in &mut gprs {
             *value = r.u64()?;
@@ -109,10 +278,20 @@ impl VcpuState {
         }
         let gdt_base = r.u64()?;
         let gdt_limit = r.u16()?;
-        let run_state = match r.u8()? {
+        let byte = r.u8()?;
+        let run_state = match byte & !SYSTEM_FOLLOWS {
             0 => RunState::Running,
             1 => RunState::Halted,
             other => return Err(DecodeError::Invalid(format!("run state {other}"))),
+        };
+        let system = match (byte & SYSTEM_FOLLOWS != 0, system) {
+            (false, _) => None,
+            (true, SystemAllowed::Yes) => Some(SystemRegisters::decode(r)?),
+            (true, SystemAllowed::No) => {
+                return Err(DecodeError::Invalid(
+                    "system registers in an encoding that cannot carry them".into(),
+                ))
+            }
         };
         let [rip, rflags, cr0, cr3, cr4, efer, fs_base, gs_base] = regs;
         Ok(VcpuState {
@@ -129,6 +308,16 @@ impl VcpuState {
             gdt_base,
             gdt_limit,
             run_state,
+            system,
         })
     }
+}
+
+/// Whether a [`VcpuState`] encoding may carry [`SystemRegisters`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SystemAllowed {
+    /// Checkpoints of version 3 on, state hashes.
+    Yes,
+    /// Version 2 checkpoints.
+    No,
 }

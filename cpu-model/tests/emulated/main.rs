@@ -2,6 +2,7 @@
 //! unicorn is linked once.
 
 mod checkpoint;
+mod delivery;
 mod exceptions;
 mod guests;
 mod ledger;

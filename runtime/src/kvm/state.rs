@@ -196,6 +196,8 @@ pub(crate) fn to_vcpu_state(regs: &kvm_regs, sregs: &kvm_sregs, run_state: RunSt
         gdt_base: sregs.gdt.base,
         gdt_limit: sregs.gdt.limit,
         run_state,
+        // The KVM engine does not capture them yet (issue 12's later steps).
+        system: None,
     }
 }
 
