@@ -622,6 +622,49 @@ fn a_joiner_resumes_no_standby_once_it_is_moot() {
         .any(|a| matches!(a, Action::RestoreAndResume { .. })));
 }
 
+/// `tests/daemons.rs`, on a loaded machine: a joiner just made a backup
+/// did not hear its primary for a suspicion's time (a slow host) and asked
+/// to promote; the primary's own request certifying it was granted first,
+/// and the witness's word of it made the backup ask for the next
+/// generation at once, which it was granted as the certified backup: a
+/// live primary deposed. The certification shows the primary alive: the
+/// backup stays one, and suspects it again only a suspicion's time later.
+#[test]
+fn a_certification_ends_a_suspicion_instead_of_deposing_the_primary() {
+    let mut b = backup();
+    let suspect = b.config().suspect_after_ns;
+    let at = Time(suspect + 1);
+    b.handle_timeout(at);
+    let asked = |actions: &[Action], want: u64| {
+        actions.iter().any(|a| {
+            matches!(a, Action::Send { msg: Message::GrantRequest { want: w, .. }, .. }
+                if *w == Generation(want))
+        })
+    };
+    assert!(asked(&drain(&mut b), 2), "a suspicion asks to promote");
+    let certified = Message::WitnessState {
+        generation: Generation(2),
+        holder: A,
+        backup: Some(B),
+    };
+    b.handle_message(at, W, certified);
+    assert_eq!(
+        (b.role(), b.generation()),
+        (RoleKind::Backup, Generation(2))
+    );
+    assert!(
+        !asked(&drain(&mut b), 3),
+        "no promotion over a live primary"
+    );
+    b.handle_timeout(Time(at.0 + suspect / 2));
+    assert!(!asked(&drain(&mut b), 3), "the suspicion is not back yet");
+    b.handle_timeout(Time(at.0 + suspect + 1));
+    assert!(
+        asked(&drain(&mut b), 3),
+        "silent a suspicion's time: asks again"
+    );
+}
+
 /// A backup at generation 1 whose primary restarted (a Join came): it asks
 /// the witness for generation 2.
 fn promoting_backup() -> Node {

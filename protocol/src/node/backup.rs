@@ -428,20 +428,20 @@ impl Node {
             self.promote_backup(generation);
         } else if generation > self.generation && holder == peer && backup == Some(me) {
             self.adopt_generation(generation);
-            let claimed = claim.filter(|c| c.generation == generation);
-            let b = self.backup_mut();
-            let asking = b.grant_wanted.take().is_some();
-            if let Some(claim) = claimed {
-                // Certified, as the primary told us when it claimed it: it
-                // was alive then, so a promotion we asked for is moot, and
-                // its grant, should it still come, is for a generation
-                // older than ours.
-                self.peer_heard = self.peer_heard.max(claim.heard);
-            } else if asking {
-                // Certified without having heard it from the primary: if
-                // we were asking to promote, ask for the next generation.
-                self.ask_promotion();
-            }
+            // Certified: the primary asked the witness for this generation
+            // naming us its backup, so it was alive a moment ago (when it
+            // claimed it to us, if it did; when it asked, which the
+            // witness's word is just after): a suspicion of ours is moot,
+            // as is a promotion we asked for, whose grant, should it still
+            // come, is for a generation older than ours. Asking for the
+            // next one at once deposed live primaries whenever a backup's
+            // suspicion was only a slow host; if the primary did die, we
+            // suspect it again a suspicion's time from now.
+            let heard = claim
+                .filter(|c| c.generation == generation)
+                .map_or(self.now, |c| c.heard);
+            self.peer_heard = self.peer_heard.max(heard);
+            self.backup_mut().grant_wanted = None;
         } else if generation > self.generation {
             self.become_stale(generation);
         } else if generation < self.generation {
