@@ -380,10 +380,10 @@ impl Node {
         self.tick();
     }
 
-    /// The witness's word to a joiner. If it grants the promotion the
-    /// backup we were asked for, we hold the generation and resume the
-    /// standby we kept; a grant of that generation or a newer one to
-    /// anyone else makes the standby moot.
+    /// The witness's word to a joiner. If it grants the promotion we asked
+    /// for as a backup, we hold the generation and resume the standby we
+    /// kept; a grant of that generation or a newer one to anyone else makes
+    /// the standby moot. Its first answer is the one the Join waited for.
     pub(super) fn joining_witness_state(&mut self, generation: Generation, holder: NodeId) {
         let Role::Joining(j) = &mut self.role else {
             unreachable!("called on a joiner only")

@@ -454,10 +454,10 @@ impl Node {
 
     /// Whether this tick asks the witness for its state on top of what the
     /// role asks it anyway (a lease ping, a grant request): a claim waits
-    /// for its answer; or we join, have no copy yet and no answer of the
-    /// witness since we began, and learn the generation the copy will come
-    /// in before it comes (sent before the Join, the answer is usually
-    /// here first; once answered, a newer one the copy names is a claim).
+    /// for its answer; or we join and the witness has not answered since we
+    /// began: the Join waits for that answer, so that the copy comes in the
+    /// generation it states (a newer one the copy names after it is a
+    /// claim).
     fn ping_due(&self) -> bool {
         let role_asks = match &self.role {
             Role::Primary(p) => p.asks_witness(),
