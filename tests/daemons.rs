@@ -131,6 +131,35 @@ fn a_key_file_others_can_read_is_refused_and_a_missing_one_named() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// On a failing test, the tails of the daemons' logs and status files in
+/// `dir`: a failure on a loaded CI machine is then read from its output.
+struct ShowLogsOnPanic(PathBuf);
+
+impl Drop for ShowLogsOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        let mut files: Vec<PathBuf> = std::fs::read_dir(&self.0)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "log"))
+            .collect();
+        files.extend((0..2).map(|me| self.0.join(format!("state{me}/status.json"))));
+        files.sort();
+        for file in files {
+            let text = std::fs::read_to_string(&file).unwrap_or_default();
+            let lines: Vec<&str> = text.lines().collect();
+            eprintln!("---- {} (last 60 of {} lines)", file.display(), lines.len());
+            for line in &lines[lines.len().saturating_sub(60)..] {
+                eprintln!("{line}");
+            }
+        }
+    }
+}
+
 /// A daemon process, killed when dropped.
 struct Daemon(Child);
 
@@ -146,6 +175,12 @@ fn start(args: &[&str], log: &Path) -> Daemon {
     Daemon(
         Command::new(env!("CARGO_BIN_EXE_lockstep"))
             .args(args)
+            // Role changes and grants are logged at info: what a failure's
+            // logs need.
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -183,6 +218,7 @@ fn protected(dir: &Path, primary: u8) -> bool {
 #[test]
 fn a_sigkilled_primary_loses_nothing_acknowledged() {
     let dir = temp_dir("loopback");
+    let _logs = ShowLogsOnPanic(dir.clone());
     write_keys(&dir, 0o600);
     let base = 41_000 + (std::process::id() % 500) as u16 * 20;
     for me in 0..2u8 {
