@@ -24,9 +24,13 @@ pub struct ClusterBenchArgs {
     /// "emu" or "kvm".
     #[arg(long, default_value = "emu")]
     engine: String,
-    /// Seconds of load per configuration.
+    /// Seconds of load per configuration (all rounds together).
     #[arg(long, default_value_t = 10.0)]
     seconds: f64,
+    /// Rounds of the throughput figures: each runs every configuration
+    /// in turn for its share of `--seconds`, the order rotating.
+    #[arg(long, default_value_t = 3)]
+    rounds: u8,
     /// Clients of the load (each keeps `--window` requests outstanding):
     /// enough requests in flight that the cluster, not the clients' wait
     /// for replies, sets the throughput.
@@ -185,6 +189,7 @@ fn throughput(
     args: &ClusterBenchArgs,
     netns: &Netns,
     running: &Running,
+    seconds: f64,
 ) -> anyhow::Result<Figures> {
     let (mut child, path) = load(
         &running.layout,
@@ -193,7 +198,7 @@ fn throughput(
         args.window,
         0,
         THROUGHPUT_RETRY_MS,
-        args.seconds,
+        seconds,
     )?;
     child.wait()?;
     let history = read_history(&path)?;
@@ -201,13 +206,13 @@ fn throughput(
         .reply_times_ns
         .iter()
         .copied()
-        .filter(|t| *t as f64 <= args.seconds * 1e9)
+        .filter(|t| *t as f64 <= seconds * 1e9)
         .collect();
     // Over the time the load ran: clients that sent all their requests
     // before the end (each sends fewer than 4,096) stopped early, and
     // counting the idle rest would measure the request limit, not the
     // cluster.
-    let last_s = in_time.last().map_or(args.seconds, |t| *t as f64 / 1e9);
+    let last_s = in_time.last().map_or(seconds, |t| *t as f64 / 1e9);
     let mut latencies: Vec<f64> = history
         .latencies_ns()
         .iter()
@@ -371,30 +376,76 @@ pub fn run(args: ClusterBenchArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// Throughput and latency of unprotected, ha and ft, side by side.
+/// The configurations of the throughput figures: name, level, a backup.
+const CONFIGS: [(&str, &str, bool); 3] = [
+    ("unprotected", "ft", false),
+    ("ha", "ha", true),
+    ("ft", "ft", true),
+];
+
+/// Throughput and latency of unprotected, ha and ft, side by side: in
+/// `--rounds` rounds, each running every configuration for its share of
+/// `--seconds`, the order rotating from round to round. A machine whose
+/// load changes during the run (a build, a neighbour) then weighs on
+/// every configuration alike, and a round's ratios compare runs made
+/// seconds apart; the ratios printed are the medians of the rounds'.
 fn throughputs(args: &ClusterBenchArgs, netns: &Netns, stop: &AtomicBool) -> anyhow::Result<()> {
-    let mut rows = Vec::new();
-    for (name, level, backup) in [
-        ("unprotected", "ft", false),
-        ("ha", "ha", true),
-        ("ft", "ft", true),
-    ] {
-        let running = start(args, netns, stop, name, level, backup, (4, 0))?;
-        let figures = throughput(args, netns, &running)?;
-        println!(
-            "{name:>12}: {:.0} replies/s, latency p50 {:.2} ms, p99 {:.2} ms",
-            figures.per_s, figures.p50_ms, figures.p99_ms
-        );
-        rows.push((name, figures));
-        drop(running);
+    let rounds = usize::from(args.rounds.max(1));
+    let share = args.seconds / rounds as f64;
+    // figures[round][config]
+    let mut figures: Vec<Vec<Option<Figures>>> = Vec::new();
+    for round in 0..rounds {
+        let mut row: Vec<Option<Figures>> = (0..CONFIGS.len()).map(|_| None).collect();
+        for k in 0..CONFIGS.len() {
+            let c = (round + k) % CONFIGS.len();
+            let (name, level, backup) = CONFIGS[c];
+            let dir = format!("{name}-{}", round + 1);
+            let running = start(args, netns, stop, &dir, level, backup, (4, 0))?;
+            let f = throughput(args, netns, &running, share)?;
+            println!(
+                "round {}/{rounds} {name:>12}: {:.0} replies/s, latency p50 {:.2} ms, p99 {:.2} ms",
+                round + 1,
+                f.per_s,
+                f.p50_ms,
+                f.p99_ms
+            );
+            row[c] = Some(f);
+            drop(running);
+        }
+        figures.push(row);
     }
-    let base = &rows[0].1;
-    for (name, f) in &rows[1..] {
+    fn of(round: &[Option<Figures>], c: usize) -> &Figures {
+        round[c]
+            .as_ref()
+            .expect("every round runs every configuration")
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        percentile(&v, 0.5)
+    };
+    for (c, (name, _, _)) in CONFIGS.iter().enumerate() {
         println!(
-            "{name:>12} / unprotected: throughput {:.2}, added latency p50 {:+.2} ms, p99 {:+.2} ms",
-            f.per_s / base.per_s,
-            f.p50_ms - base.p50_ms,
-            f.p99_ms - base.p99_ms
+            "{name:>12}: {:.0} replies/s, latency p50 {:.2} ms, p99 {:.2} ms (medians of {rounds} rounds)",
+            median(figures.iter().map(|r| of(r, c).per_s).collect()),
+            median(figures.iter().map(|r| of(r, c).p50_ms).collect()),
+            median(figures.iter().map(|r| of(r, c).p99_ms).collect()),
+        );
+    }
+    for (c, (name, _, _)) in CONFIGS.iter().enumerate().skip(1) {
+        let ratios: Vec<f64> = figures
+            .iter()
+            .map(|r| of(r, c).per_s / of(r, 0).per_s)
+            .collect();
+        let spread = {
+            let mut r = ratios.clone();
+            r.sort_by(f64::total_cmp);
+            format!("{:.2}..{:.2}", r[0], r[r.len() - 1])
+        };
+        println!(
+            "{name:>12} / unprotected: throughput {:.2} (rounds {spread}), added latency p50 {:+.2} ms, p99 {:+.2} ms",
+            median(ratios),
+            median(figures.iter().map(|r| of(r, c).p50_ms - of(r, 0).p50_ms).collect()),
+            median(figures.iter().map(|r| of(r, c).p99_ms - of(r, 0).p99_ms).collect()),
         );
     }
     Ok(())

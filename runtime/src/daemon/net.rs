@@ -316,13 +316,42 @@ pub async fn read_datagrams(socket: Arc<UdpSocket>, inputs: Inbox) {
 /// interface (`IP_FREEBIND`): the service socket binds the service address,
 /// which only the primary holds, so replies leave from the address the
 /// clients sent to.
+///
+/// Its receive buffer holds [`SERVICE_RECV_BUFFER`] bytes: at `ft` the
+/// replies of an epoch leave together and their clients answer with as
+/// many new requests at once, a burst the default buffer (about 200 KiB,
+/// some 270 datagrams) overflows while the daemon's thread is busy; each
+/// request lost there costs its client a retry timeout.
 pub fn bind_service(addr: SocketAddr) -> std::io::Result<UdpSocket> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
     socket.set_freebind_v4(true)?;
     socket.set_nonblocking(true)?;
+    grow_recv_buffer(&socket, SERVICE_RECV_BUFFER);
     socket.bind(&addr.into())?;
     UdpSocket::from_std(socket.into())
+}
+
+/// The receive buffer the service socket asks for, bytes.
+pub const SERVICE_RECV_BUFFER: usize = 8 << 20;
+
+/// Asks for a receive buffer of `bytes`: beyond `net.core.rmem_max` only
+/// a privileged process gets it (`SO_RCVBUFFORCE`); a smaller one is
+/// said once, with the setting that allows more.
+fn grow_recv_buffer(socket: &socket2::Socket, bytes: usize) {
+    let _ = socket.set_recv_buffer_size(bytes);
+    // Linux reports twice what was set (the other half is its overhead).
+    let enough = |s: &socket2::Socket| s.recv_buffer_size().is_ok_and(|got| got >= bytes);
+    if !enough(socket) {
+        let _ = crate::sys::force_recv_buffer(socket, bytes);
+    }
+    if !enough(socket) {
+        tracing::warn!(
+            asked = bytes,
+            got = socket.recv_buffer_size().unwrap_or(0),
+            "the service socket's receive buffer is smaller than asked (raise net.core.rmem_max): a burst of requests may be dropped and retried"
+        );
+    }
 }
 
 /// Reads client requests into `inputs`, noting where each came from.
@@ -345,6 +374,34 @@ pub async fn read_requests(socket: Arc<UdpSocket>, inputs: Inbox, book: Arc<Mute
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_service_socket_holds_a_burst_of_requests() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime");
+        let got = runtime.block_on(async {
+            let socket = bind_service("127.0.0.1:0".parse().expect("addr")).expect("binds");
+            socket2::SockRef::from(&socket)
+                .recv_buffer_size()
+                .expect("a size")
+        });
+        if effective_uid_is_root() {
+            assert!(got >= SERVICE_RECV_BUFFER, "{got}");
+        } else {
+            eprintln!("SKIPPED (not root): the buffer is {got} bytes, as net.core.rmem_max allows");
+        }
+    }
+
+    fn effective_uid_is_root() -> bool {
+        std::fs::read_to_string("/proc/self/status").is_ok_and(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(2))
+                == Some("0")
+        })
+    }
 
     #[test]
     fn the_client_book_is_bounded_and_keeps_the_newest() {
