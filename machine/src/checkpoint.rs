@@ -273,6 +273,11 @@ impl std::fmt::Debug for CheckpointWriter {
 }
 
 impl CheckpointWriter {
+    /// Bytes of memory its buffer holds (written or reserved).
+    pub fn bytes_held(&self) -> usize {
+        self.bytes.capacity()
+    }
+
     /// Starts a checkpoint of `pages` pages; `capacity` sizes the buffer.
     pub fn begin(
         kind: Kind,

@@ -377,6 +377,13 @@ pub struct FullStream {
     next_block: Option<usize>,
 }
 
+impl FullStream {
+    /// Bytes of memory the stream's buffer holds.
+    pub fn bytes_held(&self) -> usize {
+        self.writer.bytes_held()
+    }
+}
+
 /// A streamed full checkpoint, read to its end.
 #[derive(Debug)]
 pub struct FullCapture {

@@ -328,14 +328,14 @@ impl LockstepModel {
                 Action::CaptureDelta { epoch, .. } => {
                     self.note_progress(state, i, node);
                     let capture = Capture {
-                        bytes: vec![epoch.0 as u8],
+                        bytes: vec![epoch.0 as u8].into(),
                         ..Capture::default()
                     };
                     node.handle_delta_captured(now, epoch, capture);
                 }
                 Action::CaptureCopy { round, .. } => {
                     let capture = Capture {
-                        bytes: vec![round as u8],
+                        bytes: vec![round as u8].into(),
                         ..Capture::default()
                     };
                     node.handle_copy_captured(now, round, capture);

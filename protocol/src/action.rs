@@ -2,6 +2,7 @@
 
 use crate::types::{BlockIndex, CheckpointId, Digest, Epoch, Generation, NodeId};
 use crate::wire::Message;
+use bytes::Bytes;
 
 /// An output of the protocol, polled with `poll_action` and carried out by
 /// the driver in the order given.
@@ -89,8 +90,10 @@ pub enum DiskCopy {
 /// What the driver captured for a delta or copy round.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
 pub struct Capture {
-    /// The encoded state; the protocol treats it as opaque.
-    pub bytes: Vec<u8>,
+    /// The encoded state; the protocol treats it as opaque. Shared, so
+    /// that the driver may keep a handle and free a large round off its
+    /// own thread once the protocol is done with it.
+    pub bytes: Bytes,
     /// The digest of `bytes` when the driver took it as it read them (a
     /// large round, read a part at a time): the protocol does not hash
     /// them again in one step.

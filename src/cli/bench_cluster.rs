@@ -29,7 +29,7 @@ pub struct ClusterBenchArgs {
     seconds: f64,
     /// Rounds of the throughput figures: each runs every configuration
     /// in turn for its share of `--seconds`, the order rotating.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: u8,
     /// Clients of the load (each keeps `--window` requests outstanding):
     /// enough requests in flight that the cluster, not the clients' wait

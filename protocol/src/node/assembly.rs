@@ -230,7 +230,8 @@ pub(crate) struct Transfer {
 }
 
 impl Transfer {
-    pub(crate) fn new(bytes: Vec<u8>) -> Transfer {
+    pub(crate) fn new(bytes: impl Into<Bytes>) -> Transfer {
+        let bytes = bytes.into();
         let digest = Digest::of(&bytes);
         Transfer::hashed(bytes, digest)
     }
@@ -244,12 +245,9 @@ impl Transfer {
     }
 
     /// `bytes`, whose digest the driver took as it read them.
-    pub(crate) fn hashed(bytes: Vec<u8>, digest: Digest) -> Transfer {
+    pub(crate) fn hashed(bytes: Bytes, digest: Digest) -> Transfer {
         debug_assert_eq!(digest, Digest::of(&bytes), "the digest is of these bytes");
-        Transfer {
-            bytes: Bytes::from(bytes),
-            digest,
-        }
+        Transfer { bytes, digest }
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -161,7 +161,7 @@ impl Cluster {
                     self.captures = self.captures.wrapping_add(1);
                     let bytes = vec![self.captures; 10];
                     let capture = Capture {
-                        bytes,
+                        bytes: bytes.into(),
                         disk_blocks: vec![protocol::BlockIndex(epoch.0 % 5)],
                         pages: 3,
                         digest: None,
@@ -178,7 +178,7 @@ impl Cluster {
                         9
                     };
                     let capture = Capture {
-                        bytes: vec![0xC0 + round as u8; len],
+                        bytes: vec![0xC0 + round as u8; len].into(),
                         disk_blocks: vec![],
                         pages: 0,
                         digest: None,
@@ -195,7 +195,7 @@ impl Cluster {
         self.hold_first_round = false;
         let i = self.first_round_held.take().expect("a round 0 was held");
         let capture = Capture {
-            bytes: vec![0xC0; self.first_round_bytes],
+            bytes: vec![0xC0; self.first_round_bytes].into(),
             disk_blocks: vec![],
             pages: 0,
             digest: None,

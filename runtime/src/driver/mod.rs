@@ -9,6 +9,7 @@
 
 mod copy;
 mod outputs;
+mod reaper;
 mod witness;
 
 pub use outputs::HELD_PACKETS_MAX;
@@ -213,6 +214,8 @@ pub struct VmHost<E: Engine> {
     copy_reading: Option<(Time, u32, Capture)>,
     broken: Option<String>,
     stats: HostStats,
+    /// Large rounds the protocol holds until they are acknowledged.
+    handed: reaper::Handed,
 }
 
 impl<E: Engine> VmHost<E> {
@@ -256,6 +259,7 @@ impl<E: Engine> VmHost<E> {
             dirty_mark,
             broken: None,
             stats: HostStats::default(),
+            handed: reaper::Handed::default(),
         };
         // What the disk holds at the start is said once, whatever it is.
         host.disk_checkpoint = disk_holds;
@@ -529,8 +533,10 @@ impl<E: Engine> VmHost<E> {
         self.stats.captured_pages += read.pages;
         self.stats.copied_blocks += read.blocks.len() as u64;
         self.stats.shipped_bytes += read.bytes.len() as u64;
+        let bytes = bytes::Bytes::from(read.bytes);
+        self.handed.note(&bytes);
         let capture = Capture {
-            bytes: read.bytes,
+            bytes,
             digest: Some(Digest(read.sha256)),
             disk_blocks: first.written,
             pages: read.pages,
@@ -576,8 +582,14 @@ impl<E: Engine> VmHost<E> {
             }
         }
         if self.copy.is_some() && self.node.protection() != Some(Protection::Resyncing) {
-            self.copy = None; // the copy session was abandoned
+            // The copy session was abandoned: a round 0 still being read
+            // holds a buffer of the whole memory.
+            if let Some(copy) = self.copy.take() {
+                let len = copy.first.as_ref().map_or(0, |f| f.stream.bytes_held());
+                reaper::free(copy, len);
+            }
         }
+        self.handed.free_released();
         Ok(())
     }
 
@@ -665,6 +677,7 @@ impl<E: Engine> VmHost<E> {
                 copy.absorb(checkpoint);
                 let round_checkpoint = copy.take_round().expect("absorbed just now");
                 let mut capture = describe(&round_checkpoint, true);
+                self.handed.note(&capture.bytes);
                 self.stats.copied_blocks += capture.disk_blocks.len() as u64;
                 capture.disk_blocks = written;
                 self.stats.shipped_bytes += capture.bytes.len() as u64;
@@ -686,6 +699,8 @@ impl<E: Engine> VmHost<E> {
                 // is gone until the copy completes.
                 self.note_disk(now, None);
                 self.apply(&bytes)?;
+                let len = bytes.len();
+                reaper::free(bytes, len);
             }
             Action::ReleaseOutput { upto } => {
                 let (effects, stats) = (&mut self.effects, &mut self.stats);
@@ -829,9 +844,9 @@ impl<E: Engine> VmHost<E> {
 fn describe(checkpoint: &Checkpoint, ship: bool) -> Capture {
     let (bytes, digest) = if ship {
         let (bytes, sha256) = checkpoint.encode_hashed();
-        (bytes, Some(Digest(sha256)))
+        (bytes.into(), Some(Digest(sha256)))
     } else {
-        (Vec::new(), None)
+        (bytes::Bytes::new(), None)
     };
     Capture {
         bytes,
