@@ -16,8 +16,13 @@ pub struct Config {
     pub level: Level,
     /// An epoch ends after this long ...
     pub epoch_duration_ns: u64,
-    /// ... or once the guest has dirtied this many pages, whichever is first.
+    /// ... or once the guest has dirtied this many pages, whichever is first
+    /// ...
     pub epoch_dirty_pages_max: u64,
+    /// ... or, at `ft` with a backup, once the guest has gone idle with
+    /// output of the epoch held and the epoch is at least this old (see
+    /// [`crate::Node::handle_guest_idle`]). `u64::MAX`: never.
+    pub epoch_idle_min_ns: u64,
     /// Deltas shipped and not yet acknowledged before the primary holds the
     /// guest (backpressure).
     pub deltas_in_flight_max: u32,
@@ -96,6 +101,7 @@ impl Config {
             level,
             epoch_duration_ns: 20_000_000,
             epoch_dirty_pages_max: 4096,
+            epoch_idle_min_ns: 1_000_000,
             deltas_in_flight_max: 2,
             heartbeat_interval_ns: 50_000_000,
             suspect_after_ns: 500_000_000,

@@ -61,6 +61,8 @@ pub struct Stats {
     pub deltas_applied: u64,
     /// Times the primary held the guest because too many deltas were in flight.
     pub backpressure_holds: u64,
+    /// Epochs ended early because the guest went idle with output held.
+    pub idle_epoch_ends: u64,
     /// Pre-copy rounds sent.
     pub copy_rounds: u64,
     /// Promotions of this node from backup to primary.

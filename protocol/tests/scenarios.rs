@@ -41,6 +41,70 @@ fn ft_releases_only_acknowledged_epochs() {
 }
 
 #[test]
+fn an_idle_guest_ends_its_epoch_early_at_ft_and_only_then() {
+    let mut c = Cluster::new(Level::Ft);
+    // Epochs end every 20 ms: one begins at 40 ms.
+    c.run_for_ms(40);
+    let open = c.node(A).epoch().unwrap();
+    let captures = |c: &Cluster| c.count(A, |a| matches!(a, Action::CaptureDelta { .. }));
+    let before = captures(&c);
+    let idle = |c: &mut Cluster| {
+        let now = c.now;
+        c.node_mut(A).handle_guest_idle(now);
+        c.drain(0);
+    };
+    // Too young to end: it ends once epoch_idle_min_ns old, not at 20 ms.
+    idle(&mut c);
+    assert_eq!(
+        c.node(A).epoch(),
+        Some(open),
+        "younger than epoch_idle_min_ns"
+    );
+    assert_eq!(c.node(A).poll_timeout(), c.now.add_ns(MS));
+    c.run_until(c.now.add_ns(MS));
+    assert_eq!(captures(&c), before + 1, "captured at its minimum age");
+    assert_eq!(c.node(A).epoch(), Some(open.next()));
+    assert_eq!(c.released(A), Some(open), "released at the ack, 1 ms in");
+    // With a delta in flight the early end waits for its ack.
+    c.run_until(c.now.add_ns(2 * MS));
+    idle(&mut c);
+    assert_eq!(
+        c.node(A).epoch(),
+        Some(open.next().next()),
+        "no delta in flight: ends at once"
+    );
+    // Its delta is not delivered yet.
+    c.now = c.now.add_ns(2 * MS);
+    idle(&mut c);
+    assert_eq!(
+        c.node(A).epoch(),
+        Some(open.next().next()),
+        "a delta is unacknowledged"
+    );
+    c.deliver_all();
+    assert_eq!(
+        c.node(A).epoch(),
+        Some(open.next().next().next()),
+        "the ack ended it"
+    );
+    assert_eq!(c.node(A).stats().idle_epoch_ends, 3);
+    // A guest that did not go idle ends its epochs at the timer.
+    let at = c.now;
+    c.run_until(at.add_ns(19 * MS));
+    assert_eq!(c.node(A).stats().idle_epoch_ends, 3);
+
+    // At ha output is never held for an ack: nothing ends early.
+    let mut c = Cluster::new(Level::Ha);
+    c.run_for_ms(40);
+    let open = c.node(A).epoch().unwrap();
+    c.now = c.now.add_ns(3 * MS);
+    idle(&mut c);
+    c.run_until(c.now.add_ns(MS));
+    assert_eq!(c.node(A).epoch(), Some(open));
+    assert_eq!(c.node(A).stats().idle_epoch_ends, 0);
+}
+
+#[test]
 fn ha_releases_the_open_epoch_at_once() {
     let mut c = Cluster::new(Level::Ha);
     c.cut.insert((B, A));

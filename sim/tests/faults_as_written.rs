@@ -105,6 +105,19 @@ fn client_replies(outcome: &sim::RunOutcome, client: &str) -> Vec<u64> {
 fn a_lossy_client_link_loses_requests_and_replies() {
     let mut spec = RunSpec::baseline("client-link-loss", 1);
     spec.events = vec![
+        // Acks take 10 ms each way: every reply waits at least 20 ms for
+        // its release, so replies to requests that came before the cut
+        // leave during it (a guest idle between requests would otherwise
+        // have its replies out within a millisecond or two).
+        (
+            0,
+            Event::Link {
+                id: 1,
+                from: Endpoint::Host(HostRef::A),
+                to: Endpoint::Host(HostRef::B),
+                fault: LinkFaultKind::Delay { ms: 10 },
+            },
+        ),
         (
             150,
             Event::Link {

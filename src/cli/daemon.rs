@@ -130,6 +130,9 @@ pub struct ProtocolSection {
     /// "ft" or "ha".
     pub level: String,
     pub epoch_ms: u64,
+    /// At `ft`, an epoch whose guest sleeps with replies held ends once
+    /// this old (and no delta is in flight).
+    pub epoch_idle_min_us: u64,
     pub heartbeat_ms: u64,
     pub suspect_after_ms: u64,
     /// Longest run of the guest between looks at the network.
@@ -145,6 +148,7 @@ impl Default for ProtocolSection {
         ProtocolSection {
             level: "ft".to_string(),
             epoch_ms: 20,
+            epoch_idle_min_us: 1000,
             heartbeat_ms: 20,
             suspect_after_ms: 150,
             slice_us: 1000,
@@ -293,6 +297,7 @@ fn plan_of(file: &ConfigText, f: NodeFile) -> Result<NodePlan, FileError> {
     );
     let p = &f.protocol;
     protocol.epoch_duration_ns = p.epoch_ms.saturating_mul(1_000_000);
+    protocol.epoch_idle_min_ns = p.epoch_idle_min_us.saturating_mul(1_000);
     protocol.heartbeat_interval_ns = p.heartbeat_ms.saturating_mul(1_000_000);
     protocol.suspect_after_ns = p.suspect_after_ms.saturating_mul(1_000_000);
     protocol.retransmit_after_ns = p.heartbeat_ms.saturating_mul(3_000_000);

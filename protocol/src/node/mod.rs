@@ -368,6 +368,22 @@ impl Node {
         self.check_invariants(before);
     }
 
+    /// The guest went idle (it waits for an input or a timer) with output
+    /// of the open epoch held for its release. At `ft` with a backup, the
+    /// epoch ends early, so that the output leaves at the backup's ack
+    /// rather than at the epoch's timer: as soon as it is
+    /// `epoch_idle_min_ns` old and no delta is in flight (an early end
+    /// never makes the guest wait for acks, and at most one early delta
+    /// is unacknowledged); the node's timeout or the ack that empties the
+    /// window ends it if it may not end now. A guest at work ends its
+    /// epochs as before.
+    pub fn handle_guest_idle(&mut self, now: Time) {
+        let before = self.enter(now);
+        self.guest_idle();
+        self.update_release();
+        self.check_invariants(before);
+    }
+
     /// The guest has dirtied `pages` pages in the open epoch; the primary
     /// ends the epoch early once it reaches `epoch_dirty_pages_max`.
     pub fn handle_dirty_pages(&mut self, now: Time, pages: u64) {

@@ -486,6 +486,13 @@ impl<E: Engine> VmHost<E> {
             self.collect_outputs(now);
             let dirty = self.machine.engine().stats().dirty_faults - self.dirty_mark;
             self.node.handle_dirty_pages(now, dirty);
+            // A guest that sleeps with its replies held: the protocol may
+            // end the epoch early, so they leave at the backup's ack rather
+            // than at the epoch's timer.
+            let open = self.node.epoch();
+            if matches!(exit, RunExit::Idle) && open.is_some_and(|e| self.outputs.holds(e)) {
+                self.node.handle_guest_idle(now);
+            }
         }
         self.last_run = now;
         self.read_first_round(now)?;

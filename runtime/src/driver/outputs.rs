@@ -55,6 +55,11 @@ impl Outputs {
     pub(crate) fn held(&self) -> usize {
         self.held.len()
     }
+
+    /// Whether output made in `epoch` waits for its release.
+    pub(crate) fn holds(&self, epoch: Epoch) -> bool {
+        self.held.back().is_some_and(|(e, _)| *e == epoch)
+    }
 }
 
 #[cfg(test)]

@@ -73,6 +73,9 @@ pub(crate) struct Primary {
     /// A grant asked of the witness; never abandoned before it is answered.
     grant_wanted: Option<(Generation, Option<NodeId>)>,
     witness_heard: Time,
+    /// The guest went idle in the open epoch with output held: the epoch
+    /// ends as soon as it may (see [`Node::handle_guest_idle`]).
+    idle_end_wanted: bool,
 }
 
 impl Primary {
@@ -112,6 +115,7 @@ impl Primary {
             history: DiskHistory::new(from.epoch.next(), config.disk_history_blocks_max),
             grant_wanted: None,
             witness_heard: now,
+            idle_end_wanted: false,
         }
     }
 
@@ -231,6 +235,9 @@ impl Primary {
         let mut deadlines = Vec::with_capacity(4);
         if self.phase == Phase::Running {
             deadlines.push(self.epoch_started.add_ns(config.epoch_duration_ns));
+            if self.idle_end_wanted && self.unacked.is_empty() {
+                deadlines.push(self.epoch_started.add_ns(config.epoch_idle_min_ns));
+            }
         }
         if self.watching().is_some() {
             deadlines.push(peer_heard.add_ns(self.peer_patience_ns(config)));
@@ -339,6 +346,7 @@ impl Node {
         if p.phase == Phase::Running && now >= p.epoch_started.add_ns(config.epoch_duration_ns) {
             self.end_epoch();
         }
+        self.end_idle_epoch();
         let p = self.primary();
         if p.watching().is_some() && now >= peer_heard.add_ns(p.peer_patience_ns(&config)) {
             self.peer_lost();
@@ -448,6 +456,42 @@ impl Node {
 
     /// Close the open epoch: pause the guest and capture, unless too many
     /// deltas are in flight (then hold the guest until an ack).
+    /// The guest went idle with output of the open epoch held: at `ft`
+    /// with a backup, the epoch is to end as soon as it may.
+    pub(super) fn guest_idle(&mut self) {
+        let level = self.config.level;
+        let Role::Primary(p) = &mut self.role else {
+            return;
+        };
+        if level == Level::Ft
+            && p.phase == Phase::Running
+            && matches!(p.pairing, Pairing::Paired { .. })
+        {
+            p.idle_end_wanted = true;
+        }
+        self.end_idle_epoch();
+    }
+
+    /// Ends the open epoch early if its guest went idle in it, it is
+    /// `epoch_idle_min_ns` old and no delta is in flight (an early end then
+    /// never holds the guest for acks, and at most one early delta is
+    /// unacknowledged).
+    fn end_idle_epoch(&mut self) {
+        let (now, min) = (self.now, self.config.epoch_idle_min_ns);
+        let Role::Primary(p) = &self.role else {
+            return;
+        };
+        if p.idle_end_wanted
+            && p.phase == Phase::Running
+            && matches!(p.pairing, Pairing::Paired { .. })
+            && p.unacked.is_empty()
+            && now >= p.epoch_started.add_ns(min)
+        {
+            self.stats.idle_epoch_ends += 1;
+            self.end_epoch();
+        }
+    }
+
     pub(super) fn end_epoch(&mut self) {
         let max = self.config.deltas_in_flight_max as usize;
         let p = self.primary_mut();
@@ -530,6 +574,7 @@ impl Node {
         p.epoch = p.epoch.next();
         p.epoch_started = now;
         p.phase = Phase::Running;
+        p.idle_end_wanted = false;
         self.push(Action::ResumeGuest);
         if matches!(&self.primary().pairing, Pairing::Copying(c) if c.final_due) {
             self.end_epoch();
@@ -610,6 +655,7 @@ impl Node {
         if p.phase == Phase::Held {
             self.end_epoch();
         }
+        self.end_idle_epoch();
         self.maybe_request_certification();
     }
 
