@@ -158,6 +158,11 @@ impl Pc {
         }
     }
 
+    /// How many vCPUs (local APICs).
+    pub fn vcpus(&self) -> u16 {
+        u16::try_from(self.lapics.len()).expect("at most 255 vCPUs")
+    }
+
     /// vCPU `vcpu`'s local APIC.
     pub fn lapic(&self, vcpu: VcpuId) -> &LocalApic {
         &self.lapics[self.index(vcpu)]
