@@ -183,10 +183,12 @@ impl DeviceBus {
         }
     }
 
-    /// The earliest clock deadline of any vCPU: when an idle machine next
-    /// has something to do.
+    /// The earliest clock deadline of any vCPU, or of the platform's
+    /// timers: when an idle machine next has something to do.
     pub fn next_deadline(&self) -> Option<GuestNs> {
-        self.wake_at.iter().flatten().min().copied()
+        let clock = self.wake_at.iter().flatten().min().copied();
+        let timers = self.pc.as_ref().and_then(Pc::next_deadline);
+        clock.into_iter().chain(timers).min()
     }
 
     fn index(&self, vcpu: VcpuId) -> usize {
@@ -308,6 +310,40 @@ mod tests {
         bus.port_out(ctx(0, 0), PORT_DOORBELL, 4, 0b10);
         assert!(bus.wake_pending(VcpuId(1), GuestNs(0)));
         assert!(!bus.wake_pending(VcpuId(0), GuestNs(0)));
+    }
+
+    #[test]
+    fn com1_takes_the_console_port_and_apic_timers_are_deadlines() {
+        use crate::pc::lapic::{reg, Startup, APIC_BASE_DEFAULT};
+        let pc = crate::pc::Pc::new(2, Startup::Running);
+        let mut bus = DeviceBus::new(2, Box::new(MemStore::new(1))).with_pc(pc);
+        bus.port_out(ctx(1, 0), PORT_CONSOLE, 1, u32::from(b'z'));
+        assert_eq!(bus.console.take(), b"z");
+        assert_eq!(
+            bus.port_in(ctx(0, 0), 0x3fd, 1),
+            0x60,
+            "COM1's LSR, not all ones"
+        );
+        let apic = |offset: u32| Gpa(APIC_BASE_DEFAULT + u64::from(offset));
+        assert!(bus.mmio_write(ctx(1, 0), apic(reg::SVR), &0x1ffu32.to_le_bytes()));
+        assert!(bus.mmio_write(ctx(1, 0), apic(reg::LVT_TIMER), &0x40u32.to_le_bytes()));
+        assert!(bus.mmio_write(ctx(1, 10), apic(reg::TIMER_INITIAL), &8u32.to_le_bytes()));
+        assert_eq!(
+            bus.next_deadline(),
+            Some(GuestNs(26)),
+            "8 ticks of 2 ns from 10"
+        );
+        bus.port_out(ctx(0, 0), PORT_CLOCK_WAKE, 4, 20);
+        assert_eq!(
+            bus.next_deadline(),
+            Some(GuestNs(20)),
+            "the earlier of the two"
+        );
+        let mut plain = DeviceBus::new(1, Box::new(MemStore::new(1)));
+        assert!(
+            !plain.mmio_read(ctx(0, 0), apic(reg::ID), &mut [0; 4]),
+            "no platform"
+        );
     }
 
     #[test]

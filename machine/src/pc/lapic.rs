@@ -305,6 +305,19 @@ impl LocalApic {
         Some(vector)
     }
 
+    /// The processor took `vector`, which the engine offered it when it
+    /// was pending (a later, higher request changes nothing about what
+    /// the processor already took): IRR to ISR. False if it was not
+    /// requested (the engine's own raise, or a stale offer).
+    pub fn taken(&mut self, vector: Vector) -> bool {
+        if !self.irr.contains(vector) {
+            return false;
+        }
+        self.irr.remove(vector);
+        self.isr.insert(vector);
+        true
+    }
+
     /// Takes a fixed interrupt into IRR (TMR set for a level-triggered
     /// one). A vector below 16 is refused with ESR's receive-illegal
     /// bit; a software-disabled APIC drops fixed interrupts. True if

@@ -438,6 +438,13 @@ impl Pc {
         self.lapics[v].acknowledge()
     }
 
+    /// `vcpu` took `vector`, offered at a slice boundary when it was
+    /// [`Pc::pending`]: IRR to ISR. False if it was not requested.
+    pub fn taken(&mut self, vcpu: VcpuId, vector: Vector) -> bool {
+        let v = self.index(vcpu);
+        self.lapics[v].taken(vector)
+    }
+
     /// A device drives I/O APIC pin `pin` to `line`.
     pub fn set_irq(&mut self, pin: usize, line: Line) {
         let mut out = Vec::new();

@@ -201,6 +201,20 @@ fn the_highest_request_above_the_processor_priority_is_pending() {
 }
 
 #[test]
+fn a_vector_taken_moves_to_isr_even_after_a_higher_one_arrives() {
+    let mut pc = Pc::new(1, Startup::Running);
+    enable(&mut pc, 0);
+    ipi(&mut pc, 0, 0x4_0030, 0);
+    let offered = pc.pending(VcpuId(0)).expect("pending");
+    ipi(&mut pc, 0, 0x4_0050, 0); // arrives while the engine's slice runs
+    assert!(pc.taken(VcpuId(0), offered));
+    assert!(pc.lapic(VcpuId(0)).isr().contains(Vector(0x30)));
+    assert!(irr(&pc, 0, 0x50), "the higher one still waits");
+    assert!(!pc.taken(VcpuId(0), Vector(0x60)), "never requested");
+    assert!(!pc.lapic(VcpuId(0)).isr().contains(Vector(0x60)));
+}
+
+#[test]
 fn illegal_vectors_set_esr_and_raise_the_error_interrupt() {
     let mut pc = Pc::new(2, Startup::Running);
     enable(&mut pc, 0);
