@@ -58,6 +58,9 @@ pub(crate) struct HookState {
     pub slice_start: Option<u64>,
     /// Per vCPU: how its exceptions are taken.
     pub delivery: Vec<Delivery>,
+    /// Per vCPU: the PC platform's vector raised in its instance at the
+    /// slice start and not yet seen taken (`platform`).
+    pub offered: Vec<Option<u8>>,
 }
 
 /// How a vCPU's exceptions are taken.
@@ -93,6 +96,7 @@ impl HookState {
             yielded: false,
             slice_start: None,
             delivery: vec![Delivery::Hooks; usize::from(vcpus)],
+            offered: vec![None; usize::from(vcpus)],
         }
     }
 }
