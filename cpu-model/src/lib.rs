@@ -9,6 +9,11 @@
 //! sleeps the clock jumps to the next wake deadline, so guest time does
 //! not depend on how a run is cut into [`Engine::run`] calls.
 //!
+//! With the PC platform on the bus ([`machine::pc`]), the APIC pages are
+//! MMIO into it and the local APIC's interrupts are delivered through the
+//! guest's IDT at slice boundaries, slices ending at its timer deadlines
+//! (`platform.rs`).
+//!
 //! Limits, by design or by unicorn:
 //! - Reads of the clock port inside a quantum return the quantum's start
 //!   time; rdtsc returns that or one more than its last value.
@@ -442,7 +447,9 @@ impl EmuEngine {
         Ok(())
     }
 
-    /// Raises external interrupt `vector` on `vcpu`: QEMU takes it at the
+    /// Raises external interrupt `vector` on `vcpu` (on a machine without
+    /// the PC platform: with one, its local APIC decides what is raised,
+    /// at every slice start): QEMU takes it at the
     /// next instruction boundary where IF is set and no interrupt shadow
     /// holds, once. Called between runs, so between instruction-counted
     /// slices: deterministic. A halted vCPU with IF set wakes. One vector

@@ -10,6 +10,7 @@ use iced_x86::BlockEncoderOptions;
 use machine::devices::{DeviceBus, MemStore};
 use machine::guests::GuestImage;
 use machine::layout::{CODE_SELECTOR, GUEST_CODE, GUEST_DATA, MEMORY_BYTES_MIN, PDPT};
+use machine::pc::ioapic::IOAPIC_BASE;
 use machine::pc::lapic::{Startup, APIC_BASE_DEFAULT};
 use machine::pc::vectors::Vector;
 use machine::pc::Pc;
@@ -49,6 +50,63 @@ struct Image {
     handler: u64,
 }
 
+/// Routes COM1's pin 4 to `VECTOR` + 1 through the I/O APIC, enables the
+/// UART's transmitter-empty interrupt, sends "ok" and spins; the handler
+/// reads IIR (which clears it), counts and EOIs.
+fn com1_image() -> Image {
+    let mut a = CodeAssembler::new(64).expect("64-bit");
+    let (mut spin, mut handler) = (a.create_label(), a.create_label());
+    a.lidt(ptr(IDT_DESCRIPTOR)).expect("asm");
+    a.mov(r13, APIC_BASE_DEFAULT).expect("asm");
+    a.mov(r14, IOAPIC_BASE).expect("asm");
+    a.mov(dword_ptr(r13 + 0xf0), 0x1ff).expect("asm");
+    for (index, value) in [(0x19, 0), (0x18, u32::from(VECTOR) + 1)] {
+        a.mov(dword_ptr(r14), index).expect("asm"); // IOREGSEL
+        a.mov(dword_ptr(r14 + 0x10), value).expect("asm"); // IOWIN
+    }
+    a.sti().expect("asm");
+    a.mov(dx, 0x3f9).expect("asm");
+    a.mov(al, 0x02).expect("asm");
+    a.out(dx, al).expect("asm");
+    a.mov(dx, 0x3f8).expect("asm");
+    for byte in *b"ok" {
+        a.mov(al, u32::from(byte)).expect("asm");
+        a.out(dx, al).expect("asm");
+    }
+    a.set_label(&mut spin).expect("asm");
+    a.inc(rbx).expect("asm");
+    a.jmp(spin).expect("asm");
+    a.set_label(&mut handler).expect("asm");
+    a.push(rax).expect("asm");
+    a.push(rdx).expect("asm");
+    a.mov(dx, 0x3fa).expect("asm");
+    a.in_(al, dx).expect("asm");
+    a.mov(byte_ptr(FIRED_AT), al).expect("asm");
+    a.inc(r12).expect("asm");
+    a.mov(qword_ptr(COUNT), r12).expect("asm");
+    a.mov(dword_ptr(r13 + 0xb0), 0).expect("asm");
+    a.pop(rdx).expect("asm");
+    a.pop(rax).expect("asm");
+    a.iretq().expect("asm");
+    assembled(a, handler)
+}
+
+fn assembled(mut a: CodeAssembler, handler: CodeLabel) -> Image {
+    let result = a
+        .assemble_options(
+            GUEST_CODE.0,
+            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
+        )
+        .expect("assembles");
+    Image {
+        handler: result.label_ip(&handler).expect("label"),
+        image: GuestImage {
+            code: result.inner.code_buffer.clone(),
+            params: [0; 8],
+        },
+    }
+}
+
 fn image(mode: u32, idle: Idle) -> Image {
     let mut a = CodeAssembler::new(64).expect("64-bit");
     let (mut spin, mut handler) = (a.create_label(), a.create_label());
@@ -79,19 +137,7 @@ fn image(mode: u32, idle: Idle) -> Image {
     a.pop(rdx).expect("asm");
     a.pop(rax).expect("asm");
     a.iretq().expect("asm");
-    let result = a
-        .assemble_options(
-            GUEST_CODE.0,
-            BlockEncoderOptions::RETURN_NEW_INSTRUCTION_OFFSETS,
-        )
-        .expect("assembles");
-    Image {
-        handler: result.label_ip(&handler).expect("label"),
-        image: GuestImage {
-            code: result.inner.code_buffer.clone(),
-            params: [0; 8],
-        },
-    }
+    assembled(a, handler)
 }
 
 /// A one-vCPU machine with the PC platform at the boot of `image`, its
@@ -112,12 +158,18 @@ fn machine_of(image: &Image) -> Machine<EmuEngine> {
     let mut writes = vec![
         (at, low),
         (at + 8, high),
+        (at + 16, low), // VECTOR + 1: the same handler
+        (at + 24, high),
         // The fourth GiB through HIGH_PD; the APIC page one 2 MiB page
         // (present, writable, uncached, large).
         (PDPT.0 + 8 * 3, HIGH_PD | 0x3),
         (
             HIGH_PD + 8 * ((APIC_BASE_DEFAULT >> 21) & 0x1ff),
             (APIC_BASE_DEFAULT & !0x1f_ffff) | 0x93,
+        ),
+        (
+            HIGH_PD + 8 * ((IOAPIC_BASE >> 21) & 0x1ff),
+            (IOAPIC_BASE & !0x1f_ffff) | 0x93,
         ),
     ];
     writes.push((IDT_DESCRIPTOR, u64::from(16u16 * 256 - 1) | (IDT << 16)));
@@ -226,4 +278,26 @@ fn a_halted_guest_with_a_one_shot_timer_sleeps_again_after_its_interrupt() {
         .irr()
         .highest()
         .is_none_or(|v| v != Vector(VECTOR)));
+}
+
+#[test]
+fn com1_output_reaches_the_console_and_its_interrupt_comes_through_the_ioapic() {
+    let mut machine = machine_of(&com1_image());
+    machine.run(Instructions(20_000)).expect("runs");
+    assert_eq!(machine.bus().console.take(), b"ok");
+    assert_eq!(q(&machine, COUNT), 1, "one transmitter-empty interrupt");
+    assert_eq!(
+        q(&machine, FIRED_AT) & 0xff,
+        0xc2,
+        "the handler read IIR: FIFOs on, transmitter empty"
+    );
+    let entry = pc(&mut machine).ioapic().entry(4).expect("pin 4");
+    assert_eq!(
+        entry,
+        u64::from(VECTOR) + 1,
+        "programmed by the guest, edge"
+    );
+    let lapic = pc(&mut machine).lapic(VcpuId(0)).clone();
+    assert!(lapic.isr().is_empty(), "EOI'd");
+    assert!(lapic.irr().is_empty());
 }
