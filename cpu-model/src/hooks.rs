@@ -61,6 +61,8 @@ pub(crate) struct HookState {
     /// Per vCPU: the PC platform's vector raised in its instance at the
     /// slice start and not yet seen taken (`platform`).
     pub offered: Vec<Option<u8>>,
+    /// The vCPU whose slice runs (for hooks that are not per instance).
+    pub running: Option<VcpuId>,
 }
 
 /// How a vCPU's exceptions are taken.
@@ -97,6 +99,7 @@ impl HookState {
             slice_start: None,
             delivery: vec![Delivery::Hooks; usize::from(vcpus)],
             offered: vec![None; usize::from(vcpus)],
+            running: None,
         }
     }
 }

@@ -11,8 +11,9 @@
 //!
 //! With the PC platform on the bus ([`machine::pc`]), the APIC pages are
 //! MMIO into it and the local APIC's interrupts are delivered through the
-//! guest's IDT at slice boundaries, slices ending at its timer deadlines
-//! (`platform.rs`).
+//! guest's IDT at slice boundaries, slices ending at its timer deadlines;
+//! RDMSR/WRMSR of IA32_APIC_BASE and IA32_TSC_DEADLINE reach it, and
+//! CPUID leaf 1 offers the TSC-deadline timer (`platform.rs`).
 //!
 //! Limits, by design or by unicorn:
 //! - Reads of the clock port inside a quantum return the quantum's start
@@ -302,6 +303,10 @@ impl EmuEngine {
         for (v, uc) in self.vcpus.iter_mut().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
             platform::map_mmio(uc, vcpu, &self.shared).map_err(backend)?;
+            platform::install_msr_hooks(uc, &self.shared).map_err(backend)?;
+            let state = self.shared.borrow();
+            let pc = state.bus.pc().expect("checked above");
+            platform::advertise(uc, pc, vcpu).map_err(backend)?;
         }
         self.platform_mapped = true;
         Ok(())
@@ -331,9 +336,12 @@ impl EmuEngine {
                 platform::offer(&mut self.vcpus[v], &mut state, vcpu).map_err(backend)?;
             }
         }
-        let end = self.execute(v, slice)?;
-        platform::note_taken(&self.vcpus[v], &mut self.shared.borrow_mut(), vcpu);
-        Ok(end)
+        self.shared.borrow_mut().running = Some(vcpu);
+        let end = self.execute(v, slice);
+        let mut state = self.shared.borrow_mut();
+        state.running = None;
+        platform::note_taken(&self.vcpus[v], &mut state, vcpu);
+        end
     }
 
     fn run_inner(&mut self, budget: Instructions) -> Result<RunExit, EngineError> {

@@ -107,6 +107,50 @@ fn assembled(mut a: CodeAssembler, handler: CodeLabel) -> Image {
     }
 }
 
+/// What the TSC-deadline guest saw: CPUID.1 ECX and EBX, IA32_APIC_BASE.
+const CPUID_ECX: u64 = GUEST_DATA.0 + 0x3010;
+const CPUID_EBX: u64 = GUEST_DATA.0 + 0x3018;
+const APIC_BASE_SEEN: u64 = GUEST_DATA.0 + 0x3020;
+/// How far ahead of its TSC the guest sets the deadline.
+const DEADLINE_AHEAD: u32 = 30_000;
+
+/// Records CPUID leaf 1 and IA32_APIC_BASE, puts the APIC timer in
+/// TSC-deadline mode and writes IA32_TSC_DEADLINE = TSC + 30 us; spins.
+fn tsc_deadline_image() -> Image {
+    let mut a = CodeAssembler::new(64).expect("64-bit");
+    let (mut spin, mut handler) = (a.create_label(), a.create_label());
+    a.lidt(ptr(IDT_DESCRIPTOR)).expect("asm");
+    a.mov(eax, 1).expect("asm");
+    a.xor(ecx, ecx).expect("asm");
+    a.cpuid().expect("asm");
+    a.mov(qword_ptr(CPUID_ECX), rcx).expect("asm");
+    a.mov(qword_ptr(CPUID_EBX), rbx).expect("asm");
+    a.mov(ecx, 0x1b).expect("asm");
+    a.rdmsr().expect("asm");
+    a.shl(rdx, 32).expect("asm");
+    a.or(rax, rdx).expect("asm");
+    a.mov(qword_ptr(APIC_BASE_SEEN), rax).expect("asm");
+    a.mov(r13, APIC_BASE_DEFAULT).expect("asm");
+    a.mov(dword_ptr(r13 + 0xf0), 0x1ff).expect("asm");
+    a.mov(dword_ptr(r13 + 0x320), (2 << 17) | u32::from(VECTOR))
+        .expect("asm");
+    a.rdtsc().expect("asm");
+    a.add(eax, DEADLINE_AHEAD).expect("asm");
+    a.adc(edx, 0).expect("asm");
+    a.mov(ecx, 0x6e0).expect("asm");
+    a.wrmsr().expect("asm");
+    a.sti().expect("asm");
+    a.set_label(&mut spin).expect("asm");
+    a.inc(rbx).expect("asm");
+    a.jmp(spin).expect("asm");
+    a.set_label(&mut handler).expect("asm");
+    a.inc(r12).expect("asm");
+    a.mov(qword_ptr(COUNT), r12).expect("asm");
+    a.mov(dword_ptr(r13 + 0xb0), 0).expect("asm");
+    a.iretq().expect("asm");
+    assembled(a, handler)
+}
+
 fn image(mode: u32, idle: Idle) -> Image {
     let mut a = CodeAssembler::new(64).expect("64-bit");
     let (mut spin, mut handler) = (a.create_label(), a.create_label());
@@ -300,4 +344,33 @@ fn com1_output_reaches_the_console_and_its_interrupt_comes_through_the_ioapic() 
     let lapic = pc(&mut machine).lapic(VcpuId(0)).clone();
     assert!(lapic.isr().is_empty(), "EOI'd");
     assert!(lapic.irr().is_empty());
+}
+
+#[test]
+fn a_guest_sees_tsc_deadline_in_cpuid_and_its_msr_write_fires_the_timer() {
+    let mut machine = machine_of(&tsc_deadline_image());
+    machine.run(Instructions(2_000)).expect("runs");
+    assert_ne!(
+        q(&machine, CPUID_ECX) & (1 << 24),
+        0,
+        "TSC-deadline offered"
+    );
+    assert_eq!(q(&machine, CPUID_ECX) & (1 << 21), 0, "x2APIC not offered");
+    assert_eq!(q(&machine, CPUID_EBX) >> 24 & 0xff, 0, "initial APIC ID 0");
+    assert_eq!(q(&machine, APIC_BASE_SEEN), 0xfee0_0900, "enabled, BSP");
+    let deadline = pc(&mut machine).next_deadline().expect("the MSR armed it");
+    assert_eq!(
+        pc(&mut machine).lapic(VcpuId(0)).tsc_deadline(),
+        deadline.0,
+        "the TSC counts guest nanoseconds"
+    );
+    assert!(deadline.0 >= u64::from(DEADLINE_AHEAD));
+    machine
+        .run(Instructions(deadline.0 - 2_000 - 1))
+        .expect("runs");
+    assert_eq!(q(&machine, COUNT), 0, "not before the deadline");
+    machine.run(Instructions(1_000)).expect("runs");
+    assert_eq!(q(&machine, COUNT), 1, "taken at the deadline");
+    assert_eq!(pc(&mut machine).lapic(VcpuId(0)).tsc_deadline(), 0, "spent");
+    assert_eq!(pc(&mut machine).next_deadline(), None);
 }
