@@ -183,6 +183,23 @@ fn the_highest_request_above_the_processor_priority_is_pending() {
     assert_eq!(pc.acknowledge(v0), None, "nothing to take");
     write(&mut pc, 0, 0, reg::TPR, 0x50);
     assert_eq!(pc.pending(v0), None, "a class equal to PPR's is held");
+    write(&mut pc, 0, 0, reg::TPR, 0x4c);
+    assert_eq!(
+        read(&mut pc, 0, 0, reg::PPR),
+        0x4c,
+        "TPR's class equals ISR's: PPR is TPR"
+    );
+    write(&mut pc, 0, 0, reg::TPR, 0x3f);
+    assert_eq!(
+        read(&mut pc, 0, 0, reg::PPR),
+        0x40,
+        "below ISR's class: ISR's class"
+    );
+    assert_eq!(
+        read(&mut pc, 0, 0, reg::APR),
+        0x50,
+        "arbitration: the highest request's class"
+    );
     write(&mut pc, 0, 0, reg::TPR, 0);
     assert_eq!(pc.acknowledge(v0), Some(Vector(0x52)));
     // EOI ends the highest in service first.
