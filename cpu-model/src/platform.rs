@@ -96,7 +96,11 @@ enum MsrAccess {
 /// RDMSR and WRMSR of the platform's MSRs (IA32_APIC_BASE,
 /// IA32_TSC_DEADLINE) reach it; the others stay QEMU's. A write the
 /// platform refuses is dropped (no #GP: the hook cannot raise one).
-fn msr_access(uc: *mut uc_engine, user_data: *mut c_void, access: MsrAccess) -> i32 {
+///
+/// # Safety
+/// `uc` is the live instance calling an MSR hook and `user_data` the
+/// pointer [`install_msr_hooks`] registered.
+unsafe fn msr_access(uc: *mut uc_engine, user_data: *mut c_void, access: MsrAccess) -> i32 {
     // SAFETY: `user_data` is `Rc::as_ptr` of the engine's `Shared`, which
     // outlives every unicorn instance (the engine drops them first), and
     // hooks run on the engine's thread while no other borrow is active.
@@ -142,11 +146,14 @@ fn msr_access(uc: *mut uc_engine, user_data: *mut c_void, access: MsrAccess) -> 
 }
 
 unsafe extern "C" fn rdmsr_hook(uc: *mut uc_engine, user_data: *mut c_void) -> i32 {
-    msr_access(uc, user_data, MsrAccess::Read)
+    // SAFETY: unicorn calls this hook with its instance and the user data
+    // `install_msr_hooks` registered.
+    unsafe { msr_access(uc, user_data, MsrAccess::Read) }
 }
 
 unsafe extern "C" fn wrmsr_hook(uc: *mut uc_engine, user_data: *mut c_void) -> i32 {
-    msr_access(uc, user_data, MsrAccess::Write)
+    // SAFETY: as in `rdmsr_hook`.
+    unsafe { msr_access(uc, user_data, MsrAccess::Write) }
 }
 
 /// Hooks RDMSR and WRMSR (our patch calls instruction hooks for them,
