@@ -58,6 +58,11 @@ pub(crate) struct HookState {
     pub slice_start: Option<u64>,
     /// Per vCPU: how its exceptions are taken.
     pub delivery: Vec<Delivery>,
+    /// Per vCPU: the PC platform's vector raised in its instance at the
+    /// slice start and not yet seen taken (`platform`).
+    pub offered: Vec<Option<u8>>,
+    /// The vCPU whose slice runs (for hooks that are not per instance).
+    pub running: Option<VcpuId>,
 }
 
 /// How a vCPU's exceptions are taken.
@@ -93,6 +98,8 @@ impl HookState {
             yielded: false,
             slice_start: None,
             delivery: vec![Delivery::Hooks; usize::from(vcpus)],
+            offered: vec![None; usize::from(vcpus)],
+            running: None,
         }
     }
 }

@@ -9,6 +9,12 @@
 //! sleeps the clock jumps to the next wake deadline, so guest time does
 //! not depend on how a run is cut into [`Engine::run`] calls.
 //!
+//! With the PC platform on the bus ([`machine::pc`]), the APIC pages are
+//! MMIO into it and the local APIC's interrupts are delivered through the
+//! guest's IDT at slice boundaries, slices ending at its timer deadlines;
+//! RDMSR/WRMSR of IA32_APIC_BASE and IA32_TSC_DEADLINE reach it, and
+//! CPUID leaf 1 offers the TSC-deadline timer (`platform.rs`).
+//!
 //! Limits, by design or by unicorn:
 //! - Reads of the clock port inside a quantum return the quantum's start
 //!   time; rdtsc returns that or one more than its last value.
@@ -29,6 +35,7 @@ pub use backing::Backing;
 mod fault;
 pub use fault::listing;
 mod hooks;
+mod platform;
 mod ram;
 pub mod raw;
 mod regs;
@@ -110,6 +117,9 @@ pub struct EmuEngine {
     code_stale: bool,
     instructions: u64,
     vcpu_switches: u64,
+    /// Whether the instances map the PC platform's APIC pages (done at the
+    /// first run with a bus that has the platform).
+    platform_mapped: bool,
 }
 
 impl std::fmt::Debug for EmuEngine {
@@ -229,6 +239,7 @@ impl EmuEngine {
             code_stale: false,
             instructions: 0,
             vcpu_switches: 0,
+            platform_mapped: false,
         })
     }
 
@@ -259,17 +270,78 @@ impl EmuEngine {
         Ok(())
     }
 
-    /// Wakes halted vCPUs that have an event (at quantum boundaries).
-    fn wake(&mut self) {
+    /// Wakes halted vCPUs that have an event (at quantum boundaries): a
+    /// device's, or an interrupt of the PC platform (its timers due now
+    /// fired first) that the vCPU takes.
+    fn wake(&mut self) -> Result<(), EngineError> {
         let mut state = self.shared.borrow_mut();
         let now = GuestNs(self.now);
+        if let Some(pc) = state.bus.pc_mut() {
+            pc.advance(now);
+        }
         for (v, run_state) in self.run_states.iter_mut().enumerate() {
             let vcpu = VcpuId(v as u16);
-            if *run_state == RunState::Halted && state.bus.wake_pending(vcpu, now) {
+            if *run_state != RunState::Halted {
+                continue;
+            }
+            if state.bus.wake_pending(vcpu, now) {
                 *run_state = RunState::Running;
                 state.bus.woke(vcpu, now);
+            } else if platform::wakes(&state, &self.vcpus[v], vcpu).map_err(backend)? {
+                *run_state = RunState::Running;
             }
         }
+        Ok(())
+    }
+
+    /// Maps the PC platform's pages into every instance, once, if the bus
+    /// has the platform.
+    fn map_platform(&mut self) -> Result<(), EngineError> {
+        if self.platform_mapped || self.shared.borrow().bus.pc().is_none() {
+            return Ok(());
+        }
+        for (v, uc) in self.vcpus.iter_mut().enumerate() {
+            let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
+            platform::map_mmio(uc, vcpu, &self.shared).map_err(backend)?;
+            platform::install_msr_hooks(uc, &self.shared).map_err(backend)?;
+            let state = self.shared.borrow();
+            let pc = state.bus.pc().expect("checked above");
+            platform::advertise(uc, pc, vcpu).map_err(backend)?;
+        }
+        self.platform_mapped = true;
+        Ok(())
+    }
+
+    /// A slice of at most `slice` instructions that ends at the PC
+    /// platform's next timer deadline.
+    fn platform_slice(&self, slice: u64) -> u64 {
+        let state = self.shared.borrow();
+        match state.bus.pc().and_then(machine::pc::Pc::next_deadline) {
+            Some(deadline) if deadline.0 > self.now => slice.min(deadline.0 - self.now),
+            _ => slice,
+        }
+    }
+
+    /// Runs vCPU `v` for a slice, its local APIC's interrupt offered at
+    /// the start (its timers due fired first) and acknowledged if taken.
+    fn execute_offered(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
+        let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
+        self.opt_in_to_delivery(v)?;
+        {
+            let mut state = self.shared.borrow_mut();
+            if let Some(pc) = state.bus.pc_mut() {
+                pc.advance(GuestNs(self.now));
+            }
+            if state.delivery[v] == Delivery::Idt {
+                platform::offer(&mut self.vcpus[v], &mut state, vcpu).map_err(backend)?;
+            }
+        }
+        self.shared.borrow_mut().running = Some(vcpu);
+        let end = self.execute(v, slice);
+        let mut state = self.shared.borrow_mut();
+        state.running = None;
+        platform::note_taken(&self.vcpus[v], &mut state, vcpu);
+        end
     }
 
     fn run_inner(&mut self, budget: Instructions) -> Result<RunExit, EngineError> {
@@ -280,15 +352,16 @@ impl EmuEngine {
             self.shared.borrow_mut().block_sizes.clear();
             self.code_stale = false;
         }
+        self.map_platform()?;
         self.budget_end += budget.0;
         while self.now < self.budget_end {
-            if self.sched.remaining == 0 && !self.start_quantum() {
+            if self.sched.remaining == 0 && !self.start_quantum()? {
                 continue;
             }
             let v = usize::from(self.sched.current);
-            let slice = self.sched.remaining.min(self.budget_end - self.now);
+            let slice = self.platform_slice(self.sched.remaining.min(self.budget_end - self.now));
             if self.run_states[v] == RunState::Running {
-                match self.execute(v, slice)? {
+                match self.execute_offered(v, slice)? {
                     SliceEnd::Ran => self.instructions += slice,
                     SliceEnd::Halted => {
                         self.run_states[v] = RunState::Halted;
@@ -319,10 +392,13 @@ impl EmuEngine {
         // was cut (vCPUs wake at quantum boundaries only).
         let state = self.shared.borrow();
         let now = GuestNs(self.now);
-        let idle =
-            self.run_states.iter().enumerate().all(|(v, s)| {
-                *s == RunState::Halted && !state.bus.wake_pending(VcpuId(v as u16), now)
-            });
+        let mut idle = true;
+        for (v, s) in self.run_states.iter().enumerate() {
+            let vcpu = VcpuId(v as u16);
+            idle &= *s == RunState::Halted
+                && !state.bus.wake_pending(vcpu, now)
+                && !platform::wakes(&state, &self.vcpus[v], vcpu).map_err(backend)?;
+        }
         Ok(if idle {
             RunExit::Idle
         } else {
@@ -332,8 +408,8 @@ impl EmuEngine {
 
     /// Picks the next quantum; if no vCPU can run, jumps the clock to the
     /// next deadline (or the budget's end) and returns false.
-    fn start_quantum(&mut self) -> bool {
-        self.wake();
+    fn start_quantum(&mut self) -> Result<bool, EngineError> {
+        self.wake()?;
         let (run_states, stalled_until, now) = (&self.run_states, &self.stalled_until, self.now);
         let runnable = |v: u16| {
             run_states[usize::from(v)] == RunState::Running && stalled_until[usize::from(v)] <= now
@@ -342,7 +418,7 @@ impl EmuEngine {
             Some(switched) => {
                 self.vcpu_switches += u64::from(switched);
                 self.shared.borrow_mut().quantum_start = GuestNs(self.now);
-                true
+                Ok(true)
             }
             None => {
                 let deadline = self.shared.borrow().bus.next_deadline();
@@ -358,7 +434,7 @@ impl EmuEngine {
                 };
                 let next = deadline.map_or(self.budget_end, |d| d.max(self.now + 1));
                 self.now = next.min(self.budget_end);
-                false
+                Ok(false)
             }
         }
     }
@@ -379,7 +455,9 @@ impl EmuEngine {
         Ok(())
     }
 
-    /// Raises external interrupt `vector` on `vcpu`: QEMU takes it at the
+    /// Raises external interrupt `vector` on `vcpu` (on a machine without
+    /// the PC platform: with one, its local APIC decides what is raised,
+    /// at every slice start): QEMU takes it at the
     /// next instruction boundary where IF is set and no interrupt shadow
     /// holds, once. Called between runs, so between instruction-counted
     /// slices: deterministic. A halted vCPU with IF set wakes. One vector

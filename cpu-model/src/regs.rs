@@ -38,6 +38,12 @@ pub(crate) mod pseudo {
     pub const SHADOW: i32 = 1002;
     /// The vector whose delivery triple faulted, or `u64::MAX`.
     pub const TRIPLE: i32 = 1003;
+    /// The CPU model's CPUID leaf 1 ECX feature word.
+    pub const FEAT_1_ECX: i32 = 1004;
+    /// The CPU model's CPUID leaf 1 EDX feature word.
+    pub const FEAT_1_EDX: i32 = 1005;
+    /// The initial APIC ID CPUID leaf 1 reports.
+    pub const APIC_ID: i32 = 1006;
     /// A whole segment register (uc_x86_mmr), in QEMU's order: es, cs,
     /// ss, ds, fs, gs from this id on.
     pub const SEG_ES: i32 = 1010;

@@ -1,7 +1,8 @@
 #!/bin/sh
 # Makes cpu-model/unicorn/unicorn-engine-sys: unicorn-engine-sys 2.1.5 from
 # crates.io with Lockstep's delivery.patch applied (QEMU's own x86 delivery
-# through the guest's IDT, external interrupts, syscall; see the
+# through the guest's IDT, external interrupts, syscall, RDMSR/WRMSR hooks,
+# CPUID leaf 1 feature words; see the
 # pseudo-registers in its include/unicorn/x86.h and cpu-model/EXCEPTIONS.md).
 # The root Cargo.toml points [patch.crates-io] at that directory, so this
 # runs before any cargo command (README's commands and .ci/run do).

@@ -19,10 +19,12 @@ use crate::vcpu::{SystemAllowed, VcpuState};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"LKSTCKPT";
-/// The format version this code writes: 3, whose vCPU states may carry
+/// The format version this code writes: 4, which has a platform section
+/// (the PC platform's state, [`crate::pc`]) after the engine's. Version 3
+/// is the same layout without it; from 3 on, vCPU states may carry
 /// [`crate::SystemRegisters`] (a flag in each state says so).
-pub const VERSION: u16 = 3;
-/// The oldest version this code reads: 2, the same layout whose vCPU
+pub const VERSION: u16 = 4;
+/// The oldest version this code reads: 2, the layout of 3 whose vCPU
 /// states cannot carry system registers.
 pub const VERSION_MIN: u16 = 2;
 /// The default decode limit: 1 GiB of memory plus state.
@@ -64,6 +66,9 @@ pub struct Checkpoint {
     /// The engine's state: an [`crate::EngineEnvelope`] (engine name, guest
     /// time, private bytes).
     pub engine: Vec<u8>,
+    /// The PC platform's saved state; empty for a machine without one
+    /// (and in versions before 4).
+    pub platform: Vec<u8>,
     /// Disk blocks with their contents, sorted.
     pub blocks: Vec<(u64, Vec<u8>)>,
 }
@@ -96,7 +101,12 @@ impl Checkpoint {
         for (index, bytes) in &self.pages {
             w.page(*index).copy_from_slice(bytes);
         }
-        w.state(&self.vcpu_states, &self.devices, &self.engine);
+        w.state(
+            &self.vcpu_states,
+            &self.devices,
+            &self.engine,
+            &self.platform,
+        );
         w.block_count(u32::try_from(self.blocks.len()).expect("blocks fit u32"));
         for (block, bytes) in &self.blocks {
             w.block(*block).copy_from_slice(bytes);
@@ -121,6 +131,7 @@ impl Checkpoint {
             vcpu_states: self.vcpu_states.clone(),
             devices: &self.devices,
             engine: &self.engine,
+            platform: &self.platform,
             blocks: self
                 .blocks
                 .iter()
@@ -138,6 +149,7 @@ fn encoded_bytes(checkpoint: &Checkpoint) -> usize {
         + checkpoint.vcpu_states.len() * 512
         + checkpoint.devices.len()
         + checkpoint.engine.len()
+        + checkpoint.platform.len()
         + checkpoint.blocks.len() * (8 + BLOCK_BYTES)
         + TRAILER_BYTES
 }
@@ -164,6 +176,8 @@ pub struct CheckpointRef<'a> {
     pub devices: &'a [u8],
     /// The engine's state.
     pub engine: &'a [u8],
+    /// The PC platform's state (empty: none).
+    pub platform: &'a [u8],
     /// Disk blocks with their contents, sorted.
     pub blocks: Vec<(u64, &'a [u8])>,
 }
@@ -189,6 +203,11 @@ impl<'a> CheckpointRef<'a> {
             SystemAllowed::Yes
         } else {
             SystemAllowed::No
+        };
+        let platform = if version >= 4 {
+            Section::Present
+        } else {
+            Section::Absent
         };
         let kind = match r.u8()? {
             0 => Kind::Full,
@@ -224,7 +243,7 @@ impl<'a> CheckpointRef<'a> {
         decode_payload(
             &mut Reader::new(&bytes[HEADER_BYTES..trailer_at]),
             kind,
-            system,
+            (system, platform),
         )
     }
 
@@ -240,6 +259,7 @@ impl<'a> CheckpointRef<'a> {
             vcpu_states: self.vcpu_states.clone(),
             devices: self.devices.to_vec(),
             engine: self.engine.to_vec(),
+            platform: self.platform.to_vec(),
             blocks: self.blocks.iter().map(|(n, b)| (*n, b.to_vec())).collect(),
         }
     }
@@ -338,8 +358,14 @@ impl CheckpointWriter {
         self.slot(&index.0.to_le_bytes(), PAGE_SIZE as usize)
     }
 
-    /// After the pages: the vCPUs', devices' and engine's state.
-    pub fn state(&mut self, vcpu_states: &[VcpuState], devices: &[u8], engine: &[u8]) {
+    /// After the pages: the vCPUs', devices', engine's and platform's state.
+    pub fn state(
+        &mut self,
+        vcpu_states: &[VcpuState],
+        devices: &[u8],
+        engine: &[u8],
+        platform: &[u8],
+    ) {
         assert_eq!(self.pages_left, 0, "every page is written before the state");
         self.sum();
         let mut w = Writer::new();
@@ -349,6 +375,7 @@ impl CheckpointWriter {
         }
         w.blob(devices);
         w.blob(engine);
+        w.blob(platform);
         self.bytes.extend_from_slice(&w.into_bytes());
     }
 
@@ -399,10 +426,17 @@ impl CheckpointWriter {
     }
 }
 
+/// Whether a version has a section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Section {
+    Present,
+    Absent,
+}
+
 fn decode_payload<'a>(
     r: &mut Reader<'a>,
     kind: Kind,
-    system: SystemAllowed,
+    (system, platform_section): (SystemAllowed, Section),
 ) -> Result<CheckpointRef<'a>, DecodeError> {
     let sequence = r.u64()?;
     let base_sequence = r.u64()?;
@@ -428,6 +462,10 @@ fn decode_payload<'a>(
     }
     let devices = r.blob()?;
     let engine = r.blob()?;
+    let platform = match platform_section {
+        Section::Present => r.blob()?,
+        Section::Absent => &[],
+    };
     let mut blocks: Vec<(u64, &[u8])> = Vec::new();
     for _ in 0..r.count(1 << 24)? {
         let block = r.u64()?;
@@ -447,6 +485,7 @@ fn decode_payload<'a>(
         vcpu_states,
         devices,
         engine,
+        platform,
         blocks,
     })
 }
@@ -470,6 +509,7 @@ mod tests {
             vcpu_states: vec![initial_vcpu_state(&shape, 0), initial_vcpu_state(&shape, 1)],
             devices: vec![1, 2, 3],
             engine: vec![4, 5],
+            platform: vec![],
             blocks: vec![(0, vec![9; BLOCK_BYTES])],
         }
     }
@@ -556,6 +596,7 @@ mod tests {
             ..Default::default()
         };
         checkpoint.vcpu_states[1].system = Some(system);
+        checkpoint.platform = vec![6, 7, 8];
         checkpoint
     }
 
@@ -581,10 +622,58 @@ mod tests {
         assert!(decoded.vcpu_states[0].system.is_none());
     }
 
+    /// The encoding of `checkpoint` (which has no platform state) in
+    /// format `version`, 2 or 3: version 4's without its empty platform
+    /// section.
+    fn encoded_as(checkpoint: &Checkpoint, version: u16) -> Vec<u8> {
+        assert!(checkpoint.platform.is_empty());
+        let mut bytes = checkpoint.encode();
+        let blocks = 4 + checkpoint.blocks.len() * (8 + BLOCK_BYTES);
+        let blocks_at = bytes.len() - TRAILER_BYTES - blocks;
+        let platform_at = blocks_at - 4;
+        assert_eq!(
+            bytes[platform_at..blocks_at],
+            [0; 4],
+            "an empty platform blob"
+        );
+        bytes.drain(platform_at..blocks_at);
+        let trailer_at = bytes.len() - TRAILER_BYTES;
+        let payload = u32::try_from(trailer_at - HEADER_BYTES).expect("small");
+        bytes[trailer_at..trailer_at + 4].copy_from_slice(&payload.to_le_bytes());
+        as_version(&mut bytes, version);
+        bytes
+    }
+
+    #[test]
+    fn platform_state_round_trips_in_its_own_section() {
+        let checkpoint = with_system_registers();
+        let decoded = Checkpoint::decode(&checkpoint.encode(), CHECKPOINT_BYTES_MAX);
+        assert_eq!(
+            decoded.as_ref().map(|c| &c.platform[..]),
+            Ok(&[6, 7, 8][..])
+        );
+        assert_eq!(decoded, Ok(checkpoint));
+    }
+
+    #[test]
+    fn version_3_is_read_without_a_platform_section() {
+        let mut checkpoint = with_system_registers();
+        checkpoint.platform.clear();
+        let old = encoded_as(&checkpoint, 3);
+        assert_eq!(
+            Checkpoint::decode(&old, CHECKPOINT_BYTES_MAX),
+            Ok(checkpoint)
+        );
+        // A version 4 encoding called 3 has a section too many: its
+        // platform blob's length reads as the block count.
+        let mut relabelled = with_system_registers().encode();
+        as_version(&mut relabelled, 3);
+        assert!(Checkpoint::decode(&relabelled, CHECKPOINT_BYTES_MAX).is_err());
+    }
+
     #[test]
     fn version_2_is_read_and_cannot_carry_system_registers() {
-        let mut plain = sample().encode();
-        as_version(&mut plain, 2);
+        let plain = encoded_as(&sample(), 2);
         assert_eq!(
             Checkpoint::decode(&plain, CHECKPOINT_BYTES_MAX),
             Ok(sample())
@@ -599,7 +688,7 @@ mod tests {
     }
 
     #[test]
-    fn versions_outside_2_to_3_are_refused() {
+    fn versions_outside_2_to_4_are_refused() {
         for version in [0, 1, VERSION + 1, u16::MAX] {
             let mut bytes = sample().encode();
             as_version(&mut bytes, version);
@@ -615,10 +704,11 @@ mod tests {
         let checkpoint = with_system_registers();
         let bytes = checkpoint.encode();
         // The last vCPU state ends with the pending vector (u16) and the
-        // shadow (u8); after it: the device and engine blobs (u32 length
-        // each), the block count and the blocks.
+        // shadow (u8); after it: the device, engine and platform blobs (u32
+        // length each), the block count and the blocks.
         let after = (4 + checkpoint.devices.len())
             + (4 + checkpoint.engine.len())
+            + (4 + checkpoint.platform.len())
             + 4
             + checkpoint.blocks.len() * (8 + BLOCK_BYTES);
         let shadow_at = bytes.len() - TRAILER_BYTES - after - 1;

@@ -1,6 +1,6 @@
 //! The guest-visible machine of Lockstep: memory map and boot state,
-//! devices on port I/O, the checkpoint format, the guest images, and the
-//! [`Engine`] trait that the emulated (`cpu-model`) and KVM (`runtime`)
+//! devices on port I/O, the PC platform (APICs, UART) for Linux guests,
+//! the checkpoint format, the guest images, and the [`Engine`] trait that the emulated (`cpu-model`) and KVM (`runtime`)
 //! engines implement. Nothing here reads the clock; the only I/O is the
 //! file-backed guest disk (`devices::file`) a real host runs on.
 #![forbid(unsafe_code)]
@@ -15,6 +15,7 @@ mod fake;
 pub mod guests;
 pub mod layout;
 pub mod machine;
+pub mod pc;
 pub mod rng;
 pub mod units;
 pub mod vcpu;

@@ -164,6 +164,7 @@ impl<E: Engine> Machine<E> {
             vcpu_states: self.vcpu_states()?,
             devices: self.save_devices(),
             engine: EngineEnvelope::of(&self.engine).encode(),
+            platform: self.bus.save_platform(),
             blocks,
         })
     }
@@ -234,7 +235,8 @@ impl<E: Engine> Machine<E> {
                 let states = self.vcpu_states()?;
                 let devices = self.save_devices();
                 let engine = EngineEnvelope::of(&self.engine).encode();
-                stream.writer.state(&states, &devices, &engine);
+                let platform = self.bus.save_platform();
+                stream.writer.state(&states, &devices, &engine, &platform);
                 stream
                     .writer
                     .block_count(u32::try_from(stream.blocks.len()).expect("blocks fit u32"));
@@ -306,7 +308,9 @@ impl<E: Engine> Machine<E> {
             });
         }
         self.settle()?;
+        let platform = self.bus.decode_platform(checkpoint.platform)?;
         self.bus.restore(&mut Reader::new(checkpoint.devices))?;
+        self.bus.set_platform(platform);
         EngineEnvelope::decode(checkpoint.engine)?.restore_into(&mut self.engine)?;
         for (index, bytes) in &checkpoint.pages {
             self.engine.write_memory(index.gpa(), bytes)?;
@@ -354,6 +358,7 @@ impl<E: Engine> Machine<E> {
         }
         hash.write(&w.into_bytes());
         hash.write(&self.save_devices());
+        hash.write(&self.bus.save_platform());
         hash.write(&self.engine.save_engine_state());
         let mut block = [0u8; BLOCK_BYTES];
         for number in 0..self.bus.store().block_count() {
@@ -400,10 +405,14 @@ pub struct FullCapture {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::IoContext;
     use crate::devices::{MemStore, BLOCK_BYTES};
     use crate::fake::FakeEngine;
     use crate::layout::MEMORY_BYTES_MIN;
-    use crate::units::Gpa;
+    use crate::pc::lapic::{reg, Startup, APIC_BASE_DEFAULT};
+    use crate::pc::vectors::Vector;
+    use crate::pc::Pc;
+    use crate::units::{Gpa, GuestNs};
     use crate::CHECKPOINT_BYTES_MAX;
 
     fn machine() -> Machine<FakeEngine> {
@@ -574,6 +583,98 @@ mod tests {
             other.restore(&full),
             Err(MachineError::ShapeMismatch { .. })
         ));
+    }
+
+    fn pc_machine() -> Machine<FakeEngine> {
+        let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
+        let pc = Pc::new(2, Startup::Running);
+        let bus = DeviceBus::new(2, Box::new(MemStore::new(4))).with_pc(pc);
+        Machine::new(shape, FakeEngine::new(&shape), bus)
+    }
+
+    fn apic(machine: &mut Machine<FakeEngine>, now: u64, offset: u32, value: Option<u32>) -> u32 {
+        let ctx = IoContext {
+            vcpu: VcpuId(1),
+            now: GuestNs(now),
+        };
+        let gpa = Gpa(APIC_BASE_DEFAULT + u64::from(offset));
+        let mut data = value.unwrap_or(0).to_le_bytes();
+        let decoded = match value {
+            Some(_) => machine.bus().mmio_write(ctx, gpa, &data),
+            None => machine.bus().mmio_read(ctx, gpa, &mut data),
+        };
+        assert!(decoded, "the APIC page is the platform's");
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn the_platform_travels_in_its_section_and_restores_mid_timer() {
+        let mut primary = pc_machine();
+        apic(&mut primary, 0, reg::SVR, Some(0x1ff));
+        apic(&mut primary, 0, reg::TIMER_DIVIDE, Some(0b1011));
+        apic(&mut primary, 0, reg::LVT_TIMER, Some(0x2_0040)); // periodic
+        apic(&mut primary, 100, reg::TIMER_INITIAL, Some(1_000));
+        primary.run(Instructions(400)).expect("runs");
+        primary.bus().port_out(
+            IoContext {
+                vcpu: VcpuId(0),
+                now: GuestNs(400),
+            },
+            0x3f8,
+            1,
+            u32::from(b'k'),
+        );
+        assert_eq!(
+            primary.bus().console.take(),
+            b"k",
+            "COM1 writes the console"
+        );
+        let full = primary.checkpoint(Kind::Full).expect("checkpoint");
+        assert!(!full.platform.is_empty());
+        let full = Checkpoint::decode(&full.encode(), CHECKPOINT_BYTES_MAX).expect("decodes");
+        let mut backup = pc_machine();
+        backup.restore(&full).expect("restores");
+        assert_eq!(
+            backup.state_hash().expect("hash"),
+            primary.state_hash().expect("hash")
+        );
+        for machine in [&mut primary, &mut backup] {
+            assert_eq!(apic(machine, 2_350, reg::TIMER_CURRENT, None), 750);
+            let pc = machine.bus().pc().expect("a platform");
+            assert_eq!(pc.next_deadline(), Some(GuestNs(3_100)));
+            assert!(
+                pc.lapic(VcpuId(1)).irr().contains(Vector(0x40)),
+                "fired at 1100"
+            );
+        }
+        assert_eq!(
+            backup.state_hash().expect("hash"),
+            primary.state_hash().expect("hash")
+        );
+    }
+
+    #[test]
+    fn platform_state_restores_only_onto_a_machine_with_a_platform() {
+        let without = machine().checkpoint(Kind::Full).expect("checkpoint");
+        assert!(without.platform.is_empty());
+        let error = pc_machine().restore(&without).unwrap_err().to_string();
+        assert!(error.contains("no state for it"), "{error}");
+        let with = pc_machine().checkpoint(Kind::Full).expect("checkpoint");
+        let error = machine().restore(&with).unwrap_err().to_string();
+        assert!(error.contains("no platform"), "{error}");
+        let mut corrupt = with.clone();
+        corrupt.platform.truncate(corrupt.platform.len() - 1);
+        let mut target = pc_machine();
+        let before = target.state_hash().expect("hash");
+        assert!(matches!(
+            target.restore(&corrupt),
+            Err(MachineError::Decode(DecodeError::Truncated { .. }))
+        ));
+        assert_eq!(
+            target.state_hash().expect("hash"),
+            before,
+            "nothing changed"
+        );
     }
 
     #[test]

@@ -130,7 +130,7 @@ fn count_and_record_rip(a: &mut CodeAssembler, at: u64) -> Result<(), IcedError>
 }
 
 /// The two quadwords of a 64-bit interrupt gate.
-fn gate_words(handler: u64, selector: u64, ist: u64, dpl: u64) -> (u64, u64) {
+pub(crate) fn gate_words(handler: u64, selector: u64, ist: u64, dpl: u64) -> (u64, u64) {
     let low = (handler & 0xffff)
         | (selector << 16)
         | (ist << 32)

@@ -7,5 +7,6 @@ mod exceptions;
 mod guests;
 mod ledger;
 mod longmode;
+mod platform;
 mod stall;
 mod traps;

@@ -6,7 +6,8 @@ use super::disk::{BlockStore, Disk};
 use super::nic::Nic;
 use super::*;
 use crate::codec::{DecodeError, Reader, Writer};
-use crate::units::{GuestNs, VcpuId};
+use crate::pc::Pc;
+use crate::units::{Gpa, GuestNs, VcpuId};
 
 /// Who is doing port I/O, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,6 +34,9 @@ pub struct DeviceBus {
     doorbell: Vec<bool>,
     done: Vec<Option<u32>>,
     unknown_port_accesses: u64,
+    /// The PC platform, for guests that run their own kernel: its COM1
+    /// takes the console's port, its output goes to the console.
+    pc: Option<Pc>,
 }
 
 impl DeviceBus {
@@ -50,7 +54,25 @@ impl DeviceBus {
             doorbell: vec![false; n],
             done: vec![None; n],
             unknown_port_accesses: 0,
+            pc: None,
         }
+    }
+
+    /// These devices with the PC platform `pc` (for as many vCPUs).
+    pub fn with_pc(mut self, pc: Pc) -> DeviceBus {
+        assert_eq!(pc.vcpus(), self.vcpus, "a platform for the bus's vCPUs");
+        self.pc = Some(pc);
+        self
+    }
+
+    /// The PC platform, if the machine has one.
+    pub fn pc(&self) -> Option<&Pc> {
+        self.pc.as_ref()
+    }
+
+    /// The PC platform, mutably.
+    pub fn pc_mut(&mut self) -> Option<&mut Pc> {
+        self.pc.as_mut()
     }
 
     /// The disk's backing store.
@@ -71,6 +93,9 @@ impl DeviceBus {
     /// A guest `in` of `size` bytes (1, 2 or 4) from `port`.
     pub fn port_in(&mut self, ctx: IoContext, port: u16, size: u8) -> u32 {
         let v = self.index(ctx.vcpu);
+        if let Some(value) = self.pc.as_mut().and_then(|pc| pc.port_in(port, size)) {
+            return value;
+        }
         let value = match port {
             PORT_NIC_RX_POP => self.nic.rx_pop(v),
             PORT_NIC_RX_DATA => self.nic.rx_data(v),
@@ -96,6 +121,12 @@ impl DeviceBus {
     /// A guest `out` of `size` bytes of `value` to `port`.
     pub fn port_out(&mut self, ctx: IoContext, port: u16, _size: u8, value: u32) {
         let v = self.index(ctx.vcpu);
+        if let Some(sent) = self.pc.as_mut().and_then(|pc| pc.port_out(port, value)) {
+            for byte in sent {
+                self.console.write(byte);
+            }
+            return;
+        }
         match port {
             PORT_CONSOLE => self.console.write(value as u8),
             PORT_NIC_TX_DATA => self.nic.tx_data(v, value),
@@ -117,6 +148,24 @@ impl DeviceBus {
         }
     }
 
+    /// A guest read of memory-mapped I/O at `gpa`: true if a device (the
+    /// PC platform's APIC pages) answered it into `data`.
+    pub fn mmio_read(&mut self, ctx: IoContext, gpa: Gpa, data: &mut [u8]) -> bool {
+        self.index(ctx.vcpu);
+        self.pc
+            .as_mut()
+            .is_some_and(|pc| pc.mmio_read(ctx, gpa, data))
+    }
+
+    /// A guest write of memory-mapped I/O at `gpa`: true if a device took
+    /// it. The engine then applies what [`Pc::poll_action`] returns.
+    pub fn mmio_write(&mut self, ctx: IoContext, gpa: Gpa, data: &[u8]) -> bool {
+        self.index(ctx.vcpu);
+        self.pc
+            .as_mut()
+            .is_some_and(|pc| pc.mmio_write(ctx, gpa, data))
+    }
+
     /// Whether a halted `vcpu` wakes at `now`: a packet waits, its doorbell
     /// rang, or its clock deadline passed. Level-triggered, so a packet that
     /// arrives between the guest's last poll and its `hlt` is not missed.
@@ -134,10 +183,12 @@ impl DeviceBus {
         }
     }
 
-    /// The earliest clock deadline of any vCPU: when an idle machine next
-    /// has something to do.
+    /// The earliest clock deadline of any vCPU, or of the platform's
+    /// timers: when an idle machine next has something to do.
     pub fn next_deadline(&self) -> Option<GuestNs> {
-        self.wake_at.iter().flatten().min().copied()
+        let clock = self.wake_at.iter().flatten().min().copied();
+        let timers = self.pc.as_ref().and_then(Pc::next_deadline);
+        clock.into_iter().chain(timers).min()
     }
 
     fn index(&self, vcpu: VcpuId) -> usize {
@@ -157,6 +208,39 @@ impl DeviceBus {
             w.u64(self.done[v].map_or(u64::MAX, u64::from));
         }
         w.u64(self.unknown_port_accesses);
+    }
+
+    /// The platform's state: the checkpoint's platform section, empty for
+    /// a machine without one.
+    pub fn save_platform(&self) -> Vec<u8> {
+        let mut w = Writer::new();
+        if let Some(pc) = &self.pc {
+            pc.save(&mut w);
+        }
+        w.into_bytes()
+    }
+
+    /// Decodes a platform section for this bus, changing nothing: a
+    /// machine with a platform needs one (a checkpoint before version 4,
+    /// or of a machine without one, has none), a machine without one
+    /// takes none.
+    pub fn decode_platform(&self, bytes: &[u8]) -> Result<Option<Pc>, DecodeError> {
+        match (&self.pc, bytes.is_empty()) {
+            (None, true) => Ok(None),
+            (None, false) => Err(DecodeError::Invalid(
+                "the checkpoint has PC platform state, the machine no platform".into(),
+            )),
+            (Some(_), true) => Err(DecodeError::Invalid(
+                "the machine has a PC platform, the checkpoint no state for it".into(),
+            )),
+            (Some(_), false) => Ok(Some(Pc::restore(&mut Reader::new(bytes), self.vcpus)?)),
+        }
+    }
+
+    /// Puts in the platform [`DeviceBus::decode_platform`] returned.
+    pub fn set_platform(&mut self, pc: Option<Pc>) {
+        assert_eq!(pc.is_some(), self.pc.is_some(), "decoded for this bus");
+        self.pc = pc;
     }
 
     /// Replaces the devices' state with a saved one (the store is kept).
@@ -226,6 +310,40 @@ mod tests {
         bus.port_out(ctx(0, 0), PORT_DOORBELL, 4, 0b10);
         assert!(bus.wake_pending(VcpuId(1), GuestNs(0)));
         assert!(!bus.wake_pending(VcpuId(0), GuestNs(0)));
+    }
+
+    #[test]
+    fn com1_takes_the_console_port_and_apic_timers_are_deadlines() {
+        use crate::pc::lapic::{reg, Startup, APIC_BASE_DEFAULT};
+        let pc = crate::pc::Pc::new(2, Startup::Running);
+        let mut bus = DeviceBus::new(2, Box::new(MemStore::new(1))).with_pc(pc);
+        bus.port_out(ctx(1, 0), PORT_CONSOLE, 1, u32::from(b'z'));
+        assert_eq!(bus.console.take(), b"z");
+        assert_eq!(
+            bus.port_in(ctx(0, 0), 0x3fd, 1),
+            0x60,
+            "COM1's LSR, not all ones"
+        );
+        let apic = |offset: u32| Gpa(APIC_BASE_DEFAULT + u64::from(offset));
+        assert!(bus.mmio_write(ctx(1, 0), apic(reg::SVR), &0x1ffu32.to_le_bytes()));
+        assert!(bus.mmio_write(ctx(1, 0), apic(reg::LVT_TIMER), &0x40u32.to_le_bytes()));
+        assert!(bus.mmio_write(ctx(1, 10), apic(reg::TIMER_INITIAL), &8u32.to_le_bytes()));
+        assert_eq!(
+            bus.next_deadline(),
+            Some(GuestNs(26)),
+            "8 ticks of 2 ns from 10"
+        );
+        bus.port_out(ctx(0, 0), PORT_CLOCK_WAKE, 4, 20);
+        assert_eq!(
+            bus.next_deadline(),
+            Some(GuestNs(20)),
+            "the earlier of the two"
+        );
+        let mut plain = DeviceBus::new(1, Box::new(MemStore::new(1)));
+        assert!(
+            !plain.mmio_read(ctx(0, 0), apic(reg::ID), &mut [0; 4]),
+            "no platform"
+        );
     }
 
     #[test]

@@ -21,6 +21,11 @@
 //! | 0x560 | out | doorbell| wake the vCPUs whose bits are set in the value |
 //! | 0x570 | out | done    | the guest reports a result (compute guest) |
 //!
+//! A machine with the PC platform ([`crate::pc`]) has a 16550A UART on
+//! COM1 (0x3f8..=0x3ff) instead of the plain console port; what it sends
+//! goes to the same console. Its APIC pages are reached by MMIO
+//! ([`DeviceBus::mmio_read`], [`DeviceBus::mmio_write`]).
+//!
 //! Each vCPU has its own NIC slots, disk buffer and clock latch, so vCPUs do
 //! not interleave inside one multi-port transfer.
 

@@ -27,6 +27,7 @@ pub(crate) fn merge(older: Checkpoint, newer: Checkpoint) -> Checkpoint {
         vcpu_states: newer.vcpu_states,
         devices: newer.devices,
         engine: newer.engine,
+        platform: newer.platform,
         blocks: blocks.into_iter().collect(),
     }
 }
