@@ -364,14 +364,28 @@ unsafe extern "C" fn rdtsc_hook(uc: *mut uc_engine, user_data: *mut c_void) -> i
     1 // skip unicorn's own rdtsc
 }
 
-/// The safe binding's instruction hook has no return value, but rdtsc
-/// hooks must return 1 to replace the host TSC, so this one is raw.
-fn add_rdtsc_hook(uc: &mut Vcpu, shared: &Shared) -> Result<(), uc_error> {
+/// A raw instruction hook's callback: it returns whether it did the
+/// instruction's work (1: unicorn skips its own).
+pub(crate) type RawInsnHook = unsafe extern "C" fn(*mut uc_engine, *mut c_void) -> i32;
+
+/// Adds `callback` as the hook of every `insn` the vCPU runs, with
+/// `shared` as its user data. The safe binding's instruction hooks return
+/// nothing, but rdtsc hooks (and the MSR hooks our patch adds) must
+/// return whether they replaced the instruction, so these are raw.
+///
+/// # Safety
+/// `callback` must read its user data as the `Shared` it is given here
+/// (which the engine keeps alive for as long as the instance), and have
+/// the signature unicorn calls `insn`'s hooks with (`uc_cb_insn_cpuid_t`).
+pub(crate) unsafe fn add_raw_insn_hook(
+    uc: &mut Vcpu,
+    shared: &Shared,
+    insn: X86Insn,
+    callback: RawInsnHook,
+) -> Result<(), uc_error> {
     let mut handle: unicorn_engine::unicorn_const::uc_hook = 0;
-    let callback = rdtsc_hook as unsafe extern "C" fn(*mut uc_engine, *mut c_void) -> i32;
-    // SAFETY: the callback has the signature unicorn calls rdtsc hooks with
-    // (uc_cb_insn_cpuid_t); `user_data` stays valid as argued in
-    // `rdtsc_hook`; begin > end means every address.
+    // SAFETY: the caller vouches for the callback and its user data;
+    // begin > end means every address.
     let error = unsafe {
         unicorn_engine::unicorn_const::uc_hook_add(
             uc.get_handle(),
@@ -381,11 +395,17 @@ fn add_rdtsc_hook(uc: &mut Vcpu, shared: &Shared) -> Result<(), uc_error> {
             Rc::as_ptr(shared) as *mut c_void,
             1u64,
             0u64,
-            X86Insn::RDTSC as i32,
+            insn as i32,
         )
     };
     match error {
         uc_error::OK => Ok(()),
         other => Err(other),
     }
+}
+
+fn add_rdtsc_hook(uc: &mut Vcpu, shared: &Shared) -> Result<(), uc_error> {
+    // SAFETY: `rdtsc_hook` reads its user data as the `Shared` (see there)
+    // and has the rdtsc hooks' signature.
+    unsafe { add_raw_insn_hook(uc, shared, X86Insn::RDTSC, rdtsc_hook) }
 }

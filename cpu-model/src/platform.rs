@@ -7,7 +7,6 @@
 
 use std::cell::RefCell;
 use std::ffi::c_void;
-use std::rc::Rc;
 
 use machine::devices::IoContext;
 use machine::pc::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_BYTES};
@@ -15,9 +14,7 @@ use machine::pc::lapic::{APIC_BASE_DEFAULT, APIC_PAGE_BYTES};
 use machine::pc::vectors::Vector;
 use machine::pc::{CpuidRegs, MsrWrite, Pc};
 use machine::{Gpa, VcpuId};
-use unicorn_engine::unicorn_const::{
-    uc_engine, uc_error, uc_hook, uc_hook_add, uc_reg_read, uc_reg_write, HookType, X86Insn,
-};
+use unicorn_engine::unicorn_const::{uc_engine, uc_error, uc_reg_read, uc_reg_write, X86Insn};
 use unicorn_engine::{RegisterX86, Unicorn};
 
 use crate::hooks::{HookState, Shared, Vcpu};
@@ -159,32 +156,12 @@ unsafe extern "C" fn wrmsr_hook(uc: *mut uc_engine, user_data: *mut c_void) -> i
 /// Hooks RDMSR and WRMSR (our patch calls instruction hooks for them,
 /// which must return whether they did the access: raw hooks, as rdtsc's).
 pub(crate) fn install_msr_hooks(uc: &mut Vcpu, shared: &Shared) -> Result<(), uc_error> {
-    type Callback = unsafe extern "C" fn(*mut uc_engine, *mut c_void) -> i32;
-    for (insn, callback) in [
-        (X86Insn::RDMSR, rdmsr_hook as Callback),
-        (X86Insn::WRMSR, wrmsr_hook as Callback),
-    ] {
-        let mut handle: uc_hook = 0;
-        // SAFETY: the callback has the signature our patch calls MSR hooks
-        // with (uc_cb_insn_cpuid_t); `user_data` stays valid as argued in
-        // `msr_access`; begin > end means every address.
-        let error = unsafe {
-            uc_hook_add(
-                uc.get_handle(),
-                &raw mut handle,
-                HookType::INSN.0 as i32,
-                callback as *mut c_void,
-                Rc::as_ptr(shared) as *mut c_void,
-                1u64,
-                0u64,
-                insn as i32,
-            )
-        };
-        if error != uc_error::OK {
-            return Err(error);
-        }
+    // SAFETY: both read their user data as the `Shared` (see
+    // `msr_access`) and have the signature our patch calls MSR hooks with.
+    unsafe {
+        crate::hooks::add_raw_insn_hook(uc, shared, X86Insn::RDMSR, rdmsr_hook)?;
+        crate::hooks::add_raw_insn_hook(uc, shared, X86Insn::WRMSR, wrmsr_hook)
     }
-    Ok(())
 }
 
 /// CPUID leaf 1 of the instance as the platform shows it: the vCPU's

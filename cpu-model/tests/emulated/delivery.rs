@@ -574,22 +574,10 @@ mod engine {
     }
 
     fn count(machine: &Machine<EmuEngine>) -> u64 {
-        let mut b = [0u8; 8];
-        machine
-            .engine()
-            .read_memory(Gpa(COUNT), &mut b)
-            .expect("reads");
-        u64::from_le_bytes(b)
+        q(machine, COUNT)
     }
 
-    fn q(machine: &Machine<EmuEngine>, at: u64) -> u64 {
-        let mut b = [0u8; 8];
-        machine
-            .engine()
-            .read_memory(Gpa(at), &mut b)
-            .expect("reads");
-        u64::from_le_bytes(b)
-    }
+    use crate::read_u64 as q;
 
     #[test]
     fn a_raised_interrupt_is_taken_once_and_its_frame_is_seen_by_dirty_tracking() {

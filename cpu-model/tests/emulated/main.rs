@@ -10,3 +10,16 @@ mod longmode;
 mod platform;
 mod stall;
 mod traps;
+
+use cpu_model::EmuEngine;
+use machine::{Engine, Gpa, Machine};
+
+/// The little-endian u64 at `at` in a machine's guest memory.
+pub fn read_u64(machine: &Machine<EmuEngine>, at: u64) -> u64 {
+    let mut b = [0u8; 8];
+    machine
+        .engine()
+        .read_memory(Gpa(at), &mut b)
+        .expect("reads");
+    u64::from_le_bytes(b)
+}

@@ -226,14 +226,7 @@ fn machine_of(image: &Image) -> Machine<EmuEngine> {
     machine
 }
 
-fn q(machine: &Machine<EmuEngine>, at: u64) -> u64 {
-    let mut b = [0u8; 8];
-    machine
-        .engine()
-        .read_memory(Gpa(at), &mut b)
-        .expect("reads");
-    u64::from_le_bytes(b)
-}
+use crate::read_u64 as q;
 
 fn pc(machine: &mut Machine<EmuEngine>) -> &Pc {
     machine.bus().pc().expect("a platform")
