@@ -95,6 +95,12 @@ impl Client {
         self.outstanding.len()
     }
 
+    /// The ids of the requests sent and not answered yet, with when each
+    /// was last sent.
+    pub fn outstanding_ids(&self) -> impl Iterator<Item = (u64, Time)> + '_ {
+        self.outstanding.iter().map(|(id, (_, at))| (*id, *at))
+    }
+
     /// Which of `clients` clients an id belongs to.
     pub fn owner(id: u64, clients: u16) -> u16 {
         let k = id.saturating_sub(1) % u64::from(clients.max(1));

@@ -25,6 +25,8 @@ use tokio::net::UdpSocket;
 
 /// Clients at most (the scenario files' bound).
 const CLIENTS_MAX: u16 = faults::scenario::CLIENTS_MAX;
+/// Unanswered requests (and bad replies) named per client at the end.
+const UNANSWERED_SHOWN: usize = 5;
 /// How often the history is flushed to its file.
 const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
@@ -109,6 +111,18 @@ pub fn load(args: LoadArgs) -> anyhow::Result<ExitCode> {
         issued - answered,
         args.history.display()
     );
+    // What a failing run's reader needs first: which requests, since when.
+    for (k, client) in clients.iter().enumerate() {
+        for (id, at) in client.outstanding_ids().take(UNANSWERED_SHOWN) {
+            println!(
+                "load: client {k}: request {id} unanswered, last sent {:.1} ms after the start",
+                at.0 as f64 / 1e6
+            );
+        }
+        for problem in client.bad.iter().take(UNANSWERED_SHOWN) {
+            println!("load: client {k}: bad reply: {problem}");
+        }
+    }
     Ok(if answered == issued && bad == 0 {
         ExitCode::SUCCESS
     } else {
