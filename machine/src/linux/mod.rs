@@ -81,6 +81,10 @@ pub enum LinuxError {
     /// The command line is invalid or too long.
     #[error("command line: {0}")]
     Cmdline(String),
+    /// The initramfs of this many bytes does not fit between the
+    /// decompressed kernel and the top of memory.
+    #[error("an initramfs of {0} bytes does not fit above the kernel")]
+    Initramfs(u64),
     /// The kernel needs more memory to decompress itself into.
     #[error("the kernel needs {needed_bytes} bytes of memory, the machine has {memory_bytes}")]
     MemoryTooSmall {
@@ -118,8 +122,14 @@ pub fn e820_map(shape: &Shape) -> [(u64, u64, u32); 3] {
     ]
 }
 
-/// Lays out the bzImage `kernel` with `cmdline` in a machine of `shape`.
-pub fn load(shape: &Shape, kernel: &[u8], cmdline: &str) -> Result<LinuxImage, LinuxError> {
+/// Lays out the bzImage `kernel` with `cmdline` in a machine of `shape`,
+/// and `initramfs` (a cpio archive) if given, at the top of memory.
+pub fn load(
+    shape: &Shape,
+    kernel: &[u8],
+    cmdline: &str,
+    initramfs: Option<&[u8]>,
+) -> Result<LinuxImage, LinuxError> {
     if shape.vcpus() != 1 {
         return Err(LinuxError::Vcpus(shape.vcpus()));
     }
@@ -143,6 +153,14 @@ pub fn load(shape: &Shape, kernel: &[u8], cmdline: &str) -> Result<LinuxImage, L
     load_cmdline(&guest, GuestAddress(CMDLINE.0), &line)
         .map_err(|e| LinuxError::Cmdline(e.to_string()))?;
 
+    if let Some(initramfs) = initramfs {
+        let (at, size) = place_initramfs(shape, &header, initramfs.len(), loaded.kernel_end)?;
+        guest
+            .write_slice(initramfs, GuestAddress(u64::from(at)))
+            .map_err(|e| LinuxError::Image(format!("initramfs: {e}")))?;
+        header.ramdisk_image = at;
+        header.ramdisk_size = size;
+    }
     header.type_of_loader = LOADER_UNDEFINED;
     header.cmd_line_ptr = u32::try_from(CMDLINE.0).expect("low memory");
     let mut params = boot_params {
@@ -195,6 +213,31 @@ fn check_room(
         });
     }
     Ok(())
+}
+
+/// Where the initramfs goes: page-aligned, as high as memory and the
+/// kernel's `initrd_addr_max` allow, above the decompressed kernel.
+fn place_initramfs(
+    shape: &Shape,
+    header: &linux_loader::loader::bootparam::setup_header,
+    len: usize,
+    kernel_end: u64,
+) -> Result<(u32, u32), LinuxError> {
+    let too_big = || LinuxError::Initramfs(len as u64);
+    let size = u32::try_from(len).map_err(|_| too_big())?;
+    let top = shape
+        .memory_bytes()
+        .min(u64::from(header.initrd_addr_max) + 1);
+    let at = top.checked_sub(u64::from(size)).ok_or_else(too_big)? & !0xfff;
+    let kernel_top = header
+        .pref_address
+        .max(u64::from(header.code32_start))
+        .saturating_add(u64::from(header.init_size))
+        .max(kernel_end);
+    if at < kernel_top {
+        return Err(too_big());
+    }
+    Ok((u32::try_from(at).map_err(|_| too_big())?, size))
 }
 
 /// The boot GDT: null, unused, `__BOOT_CS` (64-bit code: the kernel is

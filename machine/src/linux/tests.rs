@@ -15,6 +15,7 @@ fn bzimage(init_size: u32, payload: &[u8]) -> Vec<u8> {
     image[0x238..0x23c].copy_from_slice(&2047u32.to_le_bytes());
     image[0x258..0x260].copy_from_slice(&0x20_0000u64.to_le_bytes());
     image[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+    image[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
     image.extend_from_slice(payload);
     image
 }
@@ -33,7 +34,7 @@ fn u64_at(memory: &[u8], at: u64) -> u64 {
 fn a_bzimage_boots_at_startup_64_with_its_zero_page_and_command_line() {
     let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
     let payload = [0x90u8; 0x300];
-    let image = load(&shape, &bzimage(0x1000, &payload), "console=ttyS0").expect("loads");
+    let image = load(&shape, &bzimage(0x1000, &payload), "console=ttyS0", None).expect("loads");
     let memory = &image.memory;
     assert_eq!(image.kernel_load, Gpa(0x10_0000));
     assert_eq!(image.entry, Gpa(0x10_0200));
@@ -78,8 +79,8 @@ fn loading_is_reproducible() {
     let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
     let kernel = bzimage(0x1000, &[1, 2, 3]);
     assert_eq!(
-        load(&shape, &kernel, DEFAULT_CMDLINE),
-        load(&shape, &kernel, DEFAULT_CMDLINE)
+        load(&shape, &kernel, DEFAULT_CMDLINE, None),
+        load(&shape, &kernel, DEFAULT_CMDLINE, None)
     );
 }
 
@@ -88,19 +89,51 @@ fn what_cannot_boot_is_an_error_not_a_panic() {
     let one = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
     let two = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
     let kernel = bzimage(0x1000, &[0x90; 16]);
-    assert_eq!(load(&two, &kernel, ""), Err(LinuxError::Vcpus(2)));
+    assert_eq!(load(&two, &kernel, "", None), Err(LinuxError::Vcpus(2)));
     assert!(matches!(
-        load(&one, &bzimage(0x40_0000, &[0x90; 16]), ""),
+        load(&one, &bzimage(0x40_0000, &[0x90; 16]), "", None),
         Err(LinuxError::MemoryTooSmall { .. })
     ));
     assert!(matches!(
-        load(&one, &[0u8; 4096], ""),
+        load(&one, &[0u8; 4096], "", None),
         Err(LinuxError::Image(_))
     ));
-    assert!(matches!(load(&one, &[], ""), Err(LinuxError::Image(_))));
+    assert!(matches!(
+        load(&one, &[], "", None),
+        Err(LinuxError::Image(_))
+    ));
     let long = "x".repeat(CMDLINE_BYTES_MAX * 2);
     assert!(matches!(
-        load(&one, &kernel, &long),
+        load(&one, &kernel, &long, None),
         Err(LinuxError::Cmdline(_))
     ));
+}
+
+#[test]
+fn an_initramfs_goes_page_aligned_to_the_top_of_memory() {
+    let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
+    let kernel = bzimage(0x1000, &[0x90; 16]);
+    let initramfs = vec![0x07u8; 5000];
+    let image = load(&shape, &kernel, "", Some(&initramfs)).expect("loads");
+    let at = MEMORY_BYTES_MIN - 8192;
+    assert_eq!(
+        u32_at(&image.memory, ZERO_PAGE.0 + 0x218),
+        at as u32,
+        "ramdisk_image"
+    );
+    assert_eq!(
+        u32_at(&image.memory, ZERO_PAGE.0 + 0x21c),
+        5000,
+        "ramdisk_size"
+    );
+    assert_eq!(
+        &image.memory[at as usize..at as usize + 5000],
+        &initramfs[..]
+    );
+    // One that would overlap the decompressed kernel is refused.
+    let big = vec![0u8; (MEMORY_BYTES_MIN - 0x20_0000) as usize];
+    assert_eq!(
+        load(&shape, &kernel, "", Some(&big)),
+        Err(LinuxError::Initramfs(big.len() as u64))
+    );
 }
