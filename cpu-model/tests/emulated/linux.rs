@@ -7,7 +7,7 @@
 //   cargo test --release -p cpu-model --test emulated linux -- --ignored --nocapture
 // LOCKSTEP_LINUX_INSTRUCTIONS sets how far the measuring run goes;
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
-// and wall time.
+// and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk.
 
 use std::time::Instant;
 
@@ -96,6 +96,22 @@ fn run(kernel: &[u8], seed: u64, instructions_max: u64, until: impl Fn(&[u8]) ->
         let budget = CHUNK.min(instructions_max - boot.now());
         if let Err(error) = boot.machine.run(Instructions(budget)) {
             boot.error = Some(error);
+        }
+        if std::env::var_os("LOCKSTEP_LINUX_APIC").is_some() {
+            // The local APIC's timer each chunk: whether the kernel's tick
+            // is armed and moving.
+            let now = boot.now();
+            if let Some(pc) = boot.machine.bus().pc() {
+                let lapic = pc.lapic(machine::VcpuId(0));
+                eprintln!(
+                    "apic at {now}: enabled {} tsc_deadline {} next {:?} isr {:?} irr {:?}",
+                    lapic.enabled(),
+                    lapic.tsc_deadline(),
+                    pc.next_deadline(),
+                    lapic.isr(),
+                    lapic.irr()
+                );
+            }
         }
         let new = boot.machine.bus().console.take();
         if std::env::var_os("LOCKSTEP_LINUX_ECHO").is_some() && !new.is_empty() {
