@@ -865,4 +865,50 @@ mod tests {
         }));
         assert_eq!(indirect.hooked.len(), 1);
     }
+
+    /// A guest that stores to one data page, then reports done.
+    fn one_store() -> GuestImage {
+        image(|a| {
+            a.mov(rax, machine::layout::GUEST_DATA.0)?;
+            a.mov(qword_ptr(rax), 7)?;
+            a.hlt()
+        })
+    }
+
+    fn config() -> EmuConfig {
+        EmuConfig {
+            seed: 1,
+            quantum: Quantum::default(),
+            counting: Counting::Slices,
+        }
+    }
+
+    #[test]
+    fn every_page_tracking_reports_all_memory_and_cannot_be_undone() {
+        let shape = Shape::new(1, machine::layout::MEMORY_BYTES_MIN).expect("valid");
+        let mut bus = DeviceBus::new(1, Box::new(machine::devices::MemStore::new(1)));
+        let mut tracked = EmuEngine::new(shape, &one_store(), config()).expect("boots");
+        tracked.take_dirty_pages().expect("takes");
+        tracked.run(&mut bus, Instructions(100)).expect("runs");
+        let page =
+            PageIndex(u32::try_from(machine::layout::GUEST_DATA.0 / PAGE_SIZE).expect("low"));
+        assert!(tracked.take_dirty_pages().expect("takes").contains(&page));
+
+        let mut open = EmuEngine::new(shape, &one_store(), config()).expect("boots");
+        open.set_dirty_tracking(DirtyTracking::EveryPage)
+            .expect("switches");
+        open.run(&mut bus, Instructions(100)).expect("runs");
+        assert_eq!(
+            open.take_dirty_pages().expect("takes").len(),
+            shape.pages() as usize
+        );
+        let mut stored = [0u8; 8];
+        open.read_memory(machine::layout::GUEST_DATA, &mut stored)
+            .expect("reads");
+        assert_eq!(u64::from_le_bytes(stored), 7, "the store went through");
+        assert!(open
+            .set_dirty_tracking(DirtyTracking::WriteProtect)
+            .is_err());
+        assert!(open.set_dirty_tracking(DirtyTracking::EveryPage).is_ok());
+    }
 }
