@@ -9,9 +9,11 @@
 //!
 //! linux-loader (rust-vmm) reads the bzImage and lays out the zero page
 //! and command line; this module decides where things go and what the
-//! machine looks like to the kernel. No MP table and no ACPI tables: the
-//! kernel finds the local APIC through CPUID and runs it in virtual-wire
-//! mode (see [`DEFAULT_CMDLINE`]).
+//! machine looks like to the kernel: an MP table ([`mptable`]) names the
+//! vCPUs' local APICs, the I/O APIC and the ISA interrupts; there are no
+//! ACPI tables (see [`DEFAULT_CMDLINE`]).
+
+pub mod mptable;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -45,9 +47,8 @@ pub const BOOT_DS: u16 = 0x18;
 ///   first line on through the early console, polled, no interrupt needed;
 /// - `nokaslr`: the kernel decompresses to its preferred address, so a
 ///   rip in a report names the same code on every run and build;
-/// - `acpi=off`: there are no ACPI tables to find (nor an MP table: the
-///   kernel then uses the local APIC in virtual-wire mode, the I/O APIC
-///   off);
+/// - `acpi=off`: there are no ACPI tables to find; the MP table says
+///   where the APICs are;
 /// - `pci=off`: there is no PCI host bridge to probe;
 /// - `tsc_early_khz=1000000 tsc=reliable`: the TSC counts guest
 ///   nanoseconds (1 GHz), and there is no PIT or HPET to calibrate it
@@ -182,6 +183,12 @@ pub fn load(
     )
     .map_err(|e| LinuxError::Image(e.to_string()))?;
 
+    guest
+        .write_slice(
+            &mptable::mp_table(shape.vcpus()),
+            GuestAddress(mptable::MP_TABLE),
+        )
+        .map_err(|e| LinuxError::Image(format!("MP table: {e}")))?;
     let mut memory = vec![0u8; bytes];
     guest
         .read_slice(&mut memory, GuestAddress(0))
@@ -266,6 +273,8 @@ fn boot_vcpu_state(shape: &Shape, entry: Gpa) -> VcpuState {
 
 // The zero page, the command line and the GDT lie below the stacks, apart.
 const _: () = {
+    assert!(mptable::MP_TABLE >= LOW_RAM_END);
+    assert!(mptable::MP_TABLE + mptable::MP_TABLE_BYTES_MAX as u64 <= 0xa_0000);
     assert!(GDT.0 + 0x1000 <= ZERO_PAGE.0);
     assert!(ZERO_PAGE.0 + 0x1000 <= CMDLINE.0);
     assert!(CMDLINE.0 + CMDLINE_BYTES_MAX as u64 <= STACKS.0);

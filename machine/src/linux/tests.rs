@@ -66,6 +66,10 @@ fn a_bzimage_boots_at_startup_64_with_its_zero_page_and_command_line() {
     assert_eq!(u64_at(memory, GDT.0 + 0x10), 0x00AF_9A00_0000_FFFF);
     assert_eq!(u64_at(memory, GDT.0 + 0x18), 0x00CF_9200_0000_FFFF);
     assert_eq!(u64_at(memory, 0x4008), 0x20_0000 | 0xe3);
+    // The MP table in the reserved last KiB of base memory.
+    let mp = mptable::MP_TABLE as usize;
+    assert_eq!(&memory[mp..mp + 4], b"_MP_");
+    assert_eq!(&memory[mp + 16..mp + 20], b"PCMP");
     let vcpu = &image.vcpu_states[0];
     assert_eq!(vcpu.rip, 0x10_0200);
     assert_eq!(vcpu.gprs[gpr::RSI], ZERO_PAGE.0);
