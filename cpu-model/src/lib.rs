@@ -88,6 +88,20 @@ fn backend(error: uc_error) -> EngineError {
     EngineError::Backend(format!("unicorn: {error:?}"))
 }
 
+/// How the engine finds the pages a checkpoint delta must carry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DirtyTracking {
+    /// Write-protect every page at each checkpoint and catch the first
+    /// writes: deltas hold only the pages written.
+    WriteProtect,
+    /// Map all of RAM writable and report every page dirty: deltas are
+    /// whole memory, but guest stores run at full speed. For a guest that
+    /// writes much of memory once (a kernel decompressing itself), where
+    /// write-protection costs a hooked store per write and a memory-map
+    /// rebuild, growing with the pages opened, per hot page.
+    EveryPage,
+}
+
 /// Whether the last slice of a vCPU ended in `hlt`.
 enum SliceEnd {
     Ran,
@@ -120,6 +134,7 @@ pub struct EmuEngine {
     /// Whether the instances map the PC platform's APIC pages (done at the
     /// first run with a bus that has the platform).
     platform_mapped: bool,
+    dirty_tracking: DirtyTracking,
 }
 
 impl std::fmt::Debug for EmuEngine {
@@ -203,17 +218,49 @@ impl EmuEngine {
         config: EmuConfig,
     ) -> Result<EmuEngine, EngineError> {
         let memory = image.boot_memory(&shape);
-        let ram = ram::GuestRam::new(&memory);
+        let boot_states: Vec<VcpuState> = (0..shape.vcpus())
+            .map(|v| machine::boot::initial_vcpu_state(&shape, v))
+            .collect();
+        EmuEngine::start(shape, &memory, boot_states, Halts::of(image), config)
+    }
+
+    /// Boots a machine of `shape` from `memory` with each vCPU in
+    /// `boot_states`: a guest that is not one of the assembled images (a
+    /// Linux kernel laid out by [`machine::linux::load`]). Its code is not
+    /// swept for `hlt` and `pause`: a `hlt` ends no slice (the vCPU runs
+    /// on after it) and a `pause` does not yield.
+    pub fn boot(
+        shape: Shape,
+        memory: &[u8],
+        boot_states: Vec<VcpuState>,
+        config: EmuConfig,
+    ) -> Result<EmuEngine, EngineError> {
+        if memory.len() as u64 != shape.memory_bytes()
+            || boot_states.len() != usize::from(shape.vcpus())
+        {
+            return Err(EngineError::Backend(format!(
+                "boot: {} bytes and {} vCPU states for {shape:?}",
+                memory.len(),
+                boot_states.len()
+            )));
+        }
+        EmuEngine::start(shape, memory, boot_states, Halts::default(), config)
+    }
+
+    fn start(
+        shape: Shape,
+        memory: &[u8],
+        boot_states: Vec<VcpuState>,
+        halts: Halts,
+        config: EmuConfig,
+    ) -> Result<EmuEngine, EngineError> {
+        let ram = ram::GuestRam::new(memory);
         let shared: Shared = Rc::new(RefCell::new(HookState::new(
             shape.vcpus(),
             shape.pages(),
             config.seed,
             ram.as_mut_ptr(),
         )));
-        let halts = Halts::of(image);
-        let boot_states: Vec<VcpuState> = (0..shape.vcpus())
-            .map(|v| machine::boot::initial_vcpu_state(&shape, v))
-            .collect();
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
@@ -240,7 +287,30 @@ impl EmuEngine {
             instructions: 0,
             vcpu_switches: 0,
             platform_mapped: false,
+            dirty_tracking: DirtyTracking::WriteProtect,
         })
+    }
+
+    /// Switches how dirty pages are found (engines start with
+    /// [`DirtyTracking::WriteProtect`]); only to [`DirtyTracking::EveryPage`],
+    /// which opens all of RAM for writing in every instance.
+    pub fn set_dirty_tracking(&mut self, tracking: DirtyTracking) -> Result<(), EngineError> {
+        match (self.dirty_tracking, tracking) {
+            (DirtyTracking::WriteProtect, DirtyTracking::EveryPage) => {
+                let len = self.ram.len();
+                for (uc, writable) in self.vcpus.iter_mut().zip(&mut self.writable) {
+                    uc.mem_protect(0, len, Prot::ALL).map_err(backend)?;
+                    uc.ctl_flush_tlb().map_err(backend)?;
+                    writable.clear();
+                }
+                self.dirty_tracking = tracking;
+                Ok(())
+            }
+            (now, wanted) if now == wanted => Ok(()),
+            (now, wanted) => Err(EngineError::Backend(format!(
+                "dirty tracking {now:?} cannot become {wanted:?}"
+            ))),
+        }
     }
 
     /// Fault injection: vCPU `vcpu` makes no progress for `for_ns` of guest
@@ -633,6 +703,13 @@ impl Engine for EmuEngine {
     }
 
     fn take_dirty_pages(&mut self) -> Result<Vec<PageIndex>, EngineError> {
+        if self.dirty_tracking == DirtyTracking::EveryPage {
+            let mut state = self.shared.borrow_mut();
+            for page in std::mem::take(&mut state.dirty_list) {
+                state.dirty[page as usize] = false;
+            }
+            return Ok((0..self.shape.pages()).map(PageIndex).collect());
+        }
         let mut pages = std::mem::take(&mut self.shared.borrow_mut().dirty_list);
         pages.sort_unstable();
         let mut state = self.shared.borrow_mut();
@@ -787,5 +864,51 @@ mod tests {
             a.ret()
         }));
         assert_eq!(indirect.hooked.len(), 1);
+    }
+
+    /// A guest that stores to one data page, then reports done.
+    fn one_store() -> GuestImage {
+        image(|a| {
+            a.mov(rax, machine::layout::GUEST_DATA.0)?;
+            a.mov(qword_ptr(rax), 7)?;
+            a.hlt()
+        })
+    }
+
+    fn config() -> EmuConfig {
+        EmuConfig {
+            seed: 1,
+            quantum: Quantum::default(),
+            counting: Counting::Slices,
+        }
+    }
+
+    #[test]
+    fn every_page_tracking_reports_all_memory_and_cannot_be_undone() {
+        let shape = Shape::new(1, machine::layout::MEMORY_BYTES_MIN).expect("valid");
+        let mut bus = DeviceBus::new(1, Box::new(machine::devices::MemStore::new(1)));
+        let mut tracked = EmuEngine::new(shape, &one_store(), config()).expect("boots");
+        tracked.take_dirty_pages().expect("takes");
+        tracked.run(&mut bus, Instructions(100)).expect("runs");
+        let page =
+            PageIndex(u32::try_from(machine::layout::GUEST_DATA.0 / PAGE_SIZE).expect("low"));
+        assert!(tracked.take_dirty_pages().expect("takes").contains(&page));
+
+        let mut open = EmuEngine::new(shape, &one_store(), config()).expect("boots");
+        open.set_dirty_tracking(DirtyTracking::EveryPage)
+            .expect("switches");
+        open.run(&mut bus, Instructions(100)).expect("runs");
+        assert_eq!(
+            open.take_dirty_pages().expect("takes").len(),
+            shape.pages() as usize
+        );
+        let mut stored = [0u8; 8];
+        open.read_memory(machine::layout::GUEST_DATA, &mut stored)
+            .expect("reads");
+        assert_eq!(u64::from_le_bytes(stored), 7, "the store went through");
+        assert!(open
+            .set_dirty_tracking(DirtyTracking::WriteProtect)
+            .is_err());
+        assert!(open.set_dirty_tracking(DirtyTracking::EveryPage).is_ok());
     }
 }

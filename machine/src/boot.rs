@@ -38,7 +38,7 @@ pub const EFER_LONG_MODE: u64 = 0x500;
 /// rflags at boot: only the always-one bit; interrupts off.
 pub const RFLAGS_BOOT: u64 = 0x2;
 
-fn put_u64(memory: &mut [u8], at: u64, value: u64) {
+pub(crate) fn put_u64(memory: &mut [u8], at: u64, value: u64) {
     let at = usize::try_from(at).expect("boot structures are in the first MiB");
     memory[at..at + 8].copy_from_slice(&value.to_le_bytes());
 }
@@ -51,14 +51,7 @@ pub fn write_boot_state(memory: &mut [u8], shape: &Shape, params: &[u64; BOOT_PA
     for (i, entry) in GDT_ENTRIES.iter().enumerate() {
         put_u64(memory, GDT.0 + 8 * i as u64, *entry);
     }
-    put_u64(memory, PML4.0, PDPT.0 | PTE_PRESENT_WRITABLE);
-    put_u64(memory, PDPT.0, PD.0 | PTE_PRESENT_WRITABLE);
-    let large_pages = shape.memory_bytes() / MEMORY_BYTES_ALIGN;
-    assert!(large_pages <= 512);
-    for i in 0..large_pages {
-        let entry = (i * MEMORY_BYTES_ALIGN) | PTE_PRESENT_WRITABLE | PDE_LARGE_PAGE;
-        put_u64(memory, PD.0 + 8 * i, entry);
-    }
+    write_identity_map(memory, shape);
     put_u64(memory, BOOT_INFO.0, BOOT_MAGIC);
     put_u64(
         memory,
@@ -76,6 +69,20 @@ pub fn write_boot_state(memory: &mut [u8], shape: &Shape, params: &[u64; BOOT_PA
             BOOT_INFO.0 + BOOT_INFO_PARAMS + 8 * i as u64,
             *param,
         );
+    }
+}
+
+/// Writes the page tables at [`PML4`], [`PDPT`] and [`PD`] that
+/// identity-map all of memory with 2 MiB pages (and nothing past it).
+pub fn write_identity_map(memory: &mut [u8], shape: &Shape) {
+    assert_eq!(memory.len() as u64, shape.memory_bytes());
+    put_u64(memory, PML4.0, PDPT.0 | PTE_PRESENT_WRITABLE);
+    put_u64(memory, PDPT.0, PD.0 | PTE_PRESENT_WRITABLE);
+    let large_pages = shape.memory_bytes() / MEMORY_BYTES_ALIGN;
+    assert!(large_pages <= 512);
+    for i in 0..large_pages {
+        let entry = (i * MEMORY_BYTES_ALIGN) | PTE_PRESENT_WRITABLE | PDE_LARGE_PAGE;
+        put_u64(memory, PD.0 + 8 * i, entry);
     }
 }
 

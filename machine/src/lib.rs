@@ -14,6 +14,7 @@ pub mod engine;
 mod fake;
 pub mod guests;
 pub mod layout;
+pub mod linux;
 pub mod machine;
 pub mod pc;
 pub mod rng;

@@ -6,6 +6,7 @@ mod delivery;
 mod exceptions;
 mod guests;
 mod ledger;
+mod linux;
 mod longmode;
 mod platform;
 mod stall;
