@@ -231,13 +231,24 @@ impl Primary {
         }
     }
 
+    /// When the open epoch of a guest that went idle in it may end early
+    /// (see [`Node::handle_guest_idle`]): `None` while it may not (not
+    /// asked, not running, no backup, a delta in flight). The one rule for
+    /// both the node's timeout and the end itself, so that a deadline is
+    /// never set that the end would refuse (the driver would spin on it).
+    fn idle_end_at(&self, config: &Config) -> Option<Time> {
+        (self.idle_end_wanted
+            && self.phase == Phase::Running
+            && matches!(self.pairing, Pairing::Paired { .. })
+            && self.unacked.is_empty())
+        .then(|| self.epoch_started.add_ns(config.epoch_idle_min_ns))
+    }
+
     pub(super) fn deadline(&self, config: &Config, peer_heard: Time, now: Time) -> Option<Time> {
         let mut deadlines = Vec::with_capacity(4);
         if self.phase == Phase::Running {
             deadlines.push(self.epoch_started.add_ns(config.epoch_duration_ns));
-            if self.idle_end_wanted && self.unacked.is_empty() {
-                deadlines.push(self.epoch_started.add_ns(config.epoch_idle_min_ns));
-            }
+            deadlines.extend(self.idle_end_at(config));
         }
         if self.watching().is_some() {
             deadlines.push(peer_heard.add_ns(self.peer_patience_ns(config)));
@@ -477,16 +488,10 @@ impl Node {
     /// never holds the guest for acks, and at most one early delta is
     /// unacknowledged).
     fn end_idle_epoch(&mut self) {
-        let (now, min) = (self.now, self.config.epoch_idle_min_ns);
         let Role::Primary(p) = &self.role else {
             return;
         };
-        if p.idle_end_wanted
-            && p.phase == Phase::Running
-            && matches!(p.pairing, Pairing::Paired { .. })
-            && p.unacked.is_empty()
-            && now >= p.epoch_started.add_ns(min)
-        {
+        if p.idle_end_at(&self.config).is_some_and(|at| self.now >= at) {
             self.stats.idle_epoch_ends += 1;
             self.end_epoch();
         }
