@@ -1,6 +1,7 @@
 //! Moving a [`VcpuState`] in and out of a unicorn instance.
 
-use machine::vcpu::{DescriptorTable, Segment};
+use machine::boot::boot_segment;
+use machine::vcpu::{DescriptorTable, FpuState, Segment};
 use machine::{RunState, SystemRegisters, VcpuState};
 use unicorn_engine::unicorn_const::uc_error;
 use unicorn_engine::RegisterX86;
@@ -62,26 +63,39 @@ const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 const MSR_SYSENTER: [u32; 3] = [0x174, 0x175, 0x176];
 const MSR_PAT: u32 = 0x277;
 
-/// The boot selectors of CS and SS (unicorn boots 64-bit mode with every
-/// selector 0, and QEMU's delivery pushes them: an `iretq` to CS 0 is
-/// #GP). Only the selectors: the descriptor caches already are flat ring-0
-/// 64-bit, and in 64-bit mode a write of CS/SS stores the selector only.
-fn write_boot_selectors(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
-    uc.reg_write(RegisterX86::CS, u64::from(state.selectors[0]))?;
-    uc.reg_write(RegisterX86::SS, u64::from(state.selectors[5]))
+/// The boot segments, whole: unicorn boots 64-bit mode with every
+/// selector 0 and descriptor caches without the L bit (its hidden flags
+/// say 64-bit), and QEMU's delivery pushes the selectors (an `iretq` to
+/// CS 0 is #GP), while a checkpoint carries the caches as read: a restore
+/// of caches without L would run the code as 16-bit. So each register
+/// gets what loading its selector from the boot GDT gives.
+fn write_boot_segments(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
+    write_segments(uc, &state.selectors.map(boot_segment))
 }
 
-/// Reads a register that unicorn fills as a C struct (uc_x86_mmr, 24
-/// bytes; uc_x86_msr, 16 bytes, its id in the first 4) into `buf`.
+/// Writes cs, ds, es, fs, gs, ss whole; SS last: its DPL is the CPL.
+fn write_segments(uc: &mut Vcpu, segments: &[Segment; 6]) -> Result<(), uc_error> {
+    for (segment, index) in segments.iter().zip(SEGMENT_QEMU_INDEX) {
+        if index != 2 {
+            write_mmr(uc, pseudo::SEG_ES + index, mmr_of(segment))?;
+        }
+    }
+    write_mmr(uc, pseudo::SEG_ES + 2, mmr_of(&segments[5]))
+}
+
+/// Reads a register that unicorn fills as a C struct or array
+/// (uc_x86_mmr, 24 bytes; uc_x86_msr, 16 bytes, its id in the first 4;
+/// an x87 register, 10 bytes; an xmm register, 16 bytes) into `buf`.
 fn read_struct(uc: &Vcpu, regid: i32, buf: &mut [u8]) -> Result<(), uc_error> {
     assert!(
-        buf.len() == 24 || buf.len() == 16,
-        "a uc_x86_mmr or uc_x86_msr"
+        matches!(buf.len(), 24 | 16 | 10),
+        "a uc_x86_mmr, uc_x86_msr, x87 or xmm register"
     );
-    // SAFETY: `buf` is live, writable and as long as the struct unicorn
-    // writes for `regid` (the callers pass the mmr size for the segment
-    // and table registers and the msr size for UC_X86_REG_MSR); the
-    // instance is not running (no hook is on the stack).
+    // SAFETY: `buf` is live, writable and as long as what unicorn writes
+    // for `regid` (the callers pass the mmr size for the segment and
+    // table registers, the msr size for UC_X86_REG_MSR, 10 bytes for
+    // FP0-7 and 16 for XMM0-15); the instance is not running (no hook is
+    // on the stack).
     let error = unsafe {
         unicorn_engine::unicorn_const::uc_reg_read(uc.get_handle(), regid, buf.as_mut_ptr().cast())
     };
@@ -170,6 +184,83 @@ pub(crate) fn pending_interrupt(uc: &Vcpu) -> Result<Option<u8>, uc_error> {
     Ok(u8::try_from(uc.reg_read(pseudo::IRQ)?).ok())
 }
 
+/// The x87 registers in physical order (R0-R7, what FXSAVE's tag word
+/// numbers), not stack order (ST0-7, which moves with the top of stack).
+const FP_PHYSICAL: [RegisterX86; 8] = [
+    RegisterX86::FP0,
+    RegisterX86::FP1,
+    RegisterX86::FP2,
+    RegisterX86::FP3,
+    RegisterX86::FP4,
+    RegisterX86::FP5,
+    RegisterX86::FP6,
+    RegisterX86::FP7,
+];
+
+const XMM: [RegisterX86; 16] = [
+    RegisterX86::XMM0,
+    RegisterX86::XMM1,
+    RegisterX86::XMM2,
+    RegisterX86::XMM3,
+    RegisterX86::XMM4,
+    RegisterX86::XMM5,
+    RegisterX86::XMM6,
+    RegisterX86::XMM7,
+    RegisterX86::XMM8,
+    RegisterX86::XMM9,
+    RegisterX86::XMM10,
+    RegisterX86::XMM11,
+    RegisterX86::XMM12,
+    RegisterX86::XMM13,
+    RegisterX86::XMM14,
+    RegisterX86::XMM15,
+];
+
+/// The last x87 instruction's and operand's addresses: QEMU keeps them,
+/// but executes no instruction that reads them back except FXSAVE, so
+/// they round-trip as values.
+fn read_fpu(uc: &Vcpu) -> Result<FpuState, uc_error> {
+    let mut fpu = FpuState {
+        fcw: uc.reg_read(RegisterX86::FPCW)? as u16,
+        fsw: uc.reg_read(RegisterX86::FPSW)? as u16,
+        ftw: uc.reg_read(RegisterX86::FPTAG)? as u16,
+        fop: uc.reg_read(RegisterX86::FOP)? as u16,
+        fip: uc.reg_read(RegisterX86::FIP)?,
+        fdp: uc.reg_read(RegisterX86::FDP)?,
+        mxcsr: uc.reg_read(RegisterX86::MXCSR)? as u32,
+        ..FpuState::default()
+    };
+    for (value, register) in fpu.st.iter_mut().zip(FP_PHYSICAL) {
+        read_struct(uc, register as i32, value)?;
+    }
+    for (value, register) in fpu.xmm.iter_mut().zip(XMM) {
+        let mut bytes = [0u8; 16];
+        read_struct(uc, register as i32, &mut bytes)?;
+        *value = u128::from_le_bytes(bytes);
+    }
+    Ok(fpu)
+}
+
+/// Writes the x87/SSE state: the status word first (it sets the top of
+/// stack), the tag word after the registers (QEMU keeps only its empty
+/// bits and computes the rest from the registers, as FXSAVE does).
+fn write_fpu(uc: &mut Vcpu, fpu: &FpuState) -> Result<(), uc_error> {
+    uc.reg_write(RegisterX86::FPCW, u64::from(fpu.fcw))?;
+    uc.reg_write(RegisterX86::FPSW, u64::from(fpu.fsw))?;
+    for (value, register) in fpu.st.iter().zip(FP_PHYSICAL) {
+        uc.reg_write_long(register, value)?;
+    }
+    uc.reg_write(RegisterX86::FPTAG, u64::from(fpu.ftw))?;
+    uc.reg_write(RegisterX86::FOP, u64::from(fpu.fop))?;
+    uc.reg_write(RegisterX86::FIP, fpu.fip)?;
+    uc.reg_write(RegisterX86::FDP, fpu.fdp)?;
+    uc.reg_write(RegisterX86::MXCSR, u64::from(fpu.mxcsr))?;
+    for (value, register) in fpu.xmm.iter().zip(XMM) {
+        uc.reg_write_long(register, &value.to_le_bytes())?;
+    }
+    Ok(())
+}
+
 fn read_system(uc: &Vcpu) -> Result<SystemRegisters, uc_error> {
     let mut segments = [Segment::default(); 6];
     for (segment, index) in segments.iter_mut().zip(SEGMENT_QEMU_INDEX) {
@@ -199,6 +290,7 @@ fn read_system(uc: &Vcpu) -> Result<SystemRegisters, uc_error> {
         pat: read_msr(uc, MSR_PAT)?,
         pending_interrupt: pending_interrupt(uc)?,
         interrupt_shadow: uc.reg_read(pseudo::SHADOW)? != 0,
+        fpu: read_fpu(uc)?,
     })
 }
 
@@ -209,13 +301,7 @@ fn write_system(uc: &mut Vcpu, system: &SystemRegisters) -> Result<(), uc_error>
     write_mmr(uc, RegisterX86::IDTR as i32, idt)?;
     write_mmr(uc, RegisterX86::TR as i32, mmr_of(&system.tr))?;
     write_mmr(uc, RegisterX86::LDTR as i32, mmr_of(&system.ldtr))?;
-    // SS last: its DPL is the CPL.
-    for (segment, index) in system.segments.iter().zip(SEGMENT_QEMU_INDEX) {
-        if index != 2 {
-            write_mmr(uc, pseudo::SEG_ES + index, mmr_of(segment))?;
-        }
-    }
-    write_mmr(uc, pseudo::SEG_ES + 2, mmr_of(&system.segments[5]))?;
+    write_segments(uc, &system.segments)?;
     uc.reg_write(RegisterX86::CR2, system.cr2)?;
     uc.reg_write(RegisterX86::CR8, system.cr8)?;
     for (id, value) in [
@@ -231,6 +317,7 @@ fn write_system(uc: &mut Vcpu, system: &SystemRegisters) -> Result<(), uc_error>
     ] {
         write_msr(uc, id, value)?;
     }
+    write_fpu(uc, &system.fpu)?;
     let pending = system.pending_interrupt.map_or(0x100, u64::from);
     uc.reg_write(pseudo::IRQ, pending)?;
     uc.reg_write(pseudo::SHADOW, u64::from(system.interrupt_shadow))
@@ -239,8 +326,8 @@ fn write_system(uc: &mut Vcpu, system: &SystemRegisters) -> Result<(), uc_error>
 /// Reads the state this engine keeps. Without delivery (the assembled
 /// guests) the segment selectors, EFER and the GDT register are the boot
 /// values: unicorn starts in flat 64-bit mode and those guests never
-/// change them; with it, they and the [`SystemRegisters`] are read. x87/SSE
-/// state is not carried (the guests do not use it).
+/// change them; with it, they and the [`SystemRegisters`] are read, the
+/// x87/SSE state among them (the assembled guests use none).
 pub(crate) fn read(
     uc: &Vcpu,
     run_state: RunState,
@@ -301,7 +388,11 @@ pub(crate) fn write(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
             uc.reg_write(pseudo::DELIVER, 1)?;
         }
         None => {
-            write_boot_selectors(uc, state)?;
+            write_boot_segments(uc, state)?;
+            // unicorn starts with control word 0 yet rounds at 64 bits:
+            // a state of its own, which a restore (whose control word
+            // write sets the rounding) could not reproduce.
+            write_fpu(uc, &FpuState::default())?;
             uc.reg_write(pseudo::DELIVER, 0)?;
         }
     }

@@ -15,15 +15,18 @@ use crate::codec::{DecodeError, Reader, Writer};
 use crate::devices::BLOCK_BYTES;
 use crate::layout::Shape;
 use crate::units::{PageIndex, PAGE_SIZE};
-use crate::vcpu::{SystemAllowed, VcpuState};
+use crate::vcpu::{VcpuLayout, VcpuState};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"LKSTCKPT";
-/// The format version this code writes: 4, which has a platform section
-/// (the PC platform's state, [`crate::pc`]) after the engine's. Version 3
-/// is the same layout without it; from 3 on, vCPU states may carry
-/// [`crate::SystemRegisters`] (a flag in each state says so).
-pub const VERSION: u16 = 4;
+/// The format version this code writes: 5, whose vCPU states' system
+/// registers end with the x87/SSE state ([`crate::vcpu::FpuState`]).
+/// Version 4 is the same without it (it reads as the power-on state);
+/// from 4 on there is a platform section (the PC platform's state,
+/// [`crate::pc`]) after the engine's, which version 3 lacks; from 3 on,
+/// vCPU states may carry [`crate::SystemRegisters`] (a flag in each state
+/// says so).
+pub const VERSION: u16 = 5;
 /// The oldest version this code reads: 2, the layout of 3 whose vCPU
 /// states cannot carry system registers.
 pub const VERSION_MIN: u16 = 2;
@@ -199,10 +202,10 @@ impl<'a> CheckpointRef<'a> {
         if !(VERSION_MIN..=VERSION).contains(&version) {
             return Err(DecodeError::Version(version));
         }
-        let system = if version >= 3 {
-            SystemAllowed::Yes
-        } else {
-            SystemAllowed::No
+        let system = match version {
+            5.. => VcpuLayout::Full,
+            3 | 4 => VcpuLayout::SystemWithoutFpu,
+            _ => VcpuLayout::NoSystem,
         };
         let platform = if version >= 4 {
             Section::Present
@@ -436,7 +439,7 @@ enum Section {
 fn decode_payload<'a>(
     r: &mut Reader<'a>,
     kind: Kind,
-    (system, platform_section): (SystemAllowed, Section),
+    (system, platform_section): (VcpuLayout, Section),
 ) -> Result<CheckpointRef<'a>, DecodeError> {
     let sequence = r.u64()?;
     let base_sequence = r.u64()?;
@@ -593,6 +596,14 @@ mod tests {
                 limit: 0x67,
                 attributes: 0x8b,
             },
+            fpu: crate::vcpu::FpuState {
+                fsw: 0x3800,
+                ftw: 0x3fff,
+                mxcsr: 0x1fa0,
+                st: [[0, 0, 0, 0, 0, 0, 0, 0x80, 0xff, 0x3f]; 8],
+                xmm: std::array::from_fn(|i| (i as u128) << 64 | 0x5a5a),
+                ..Default::default()
+            },
             ..Default::default()
         };
         checkpoint.vcpu_states[1].system = Some(system);
@@ -622,12 +633,35 @@ mod tests {
         assert!(decoded.vcpu_states[0].system.is_none());
     }
 
-    /// The encoding of `checkpoint` (which has no platform state) in
-    /// format `version`, 2 or 3: version 4's without its empty platform
-    /// section.
+    /// The encoding of `checkpoint` in format `version`, 2, 3 or 4: this
+    /// version's without the x87/SSE state of its vCPUs (which must be
+    /// the power-on state, what older versions read as) and, before 4,
+    /// without its platform section (which must be empty).
     fn encoded_as(checkpoint: &Checkpoint, version: u16) -> Vec<u8> {
-        assert!(checkpoint.platform.is_empty());
         let mut bytes = checkpoint.encode();
+        for state in &checkpoint.vcpu_states {
+            let Some(system) = &state.system else {
+                continue;
+            };
+            assert_eq!(system.fpu, crate::vcpu::FpuState::default());
+            let mut w = Writer::new();
+            state.encode(&mut w);
+            let record = w.into_bytes();
+            let at = bytes
+                .windows(record.len())
+                .position(|window| window == record)
+                .expect("the state's encoding");
+            let end = at + record.len();
+            bytes.drain(end - crate::vcpu::FPU_BYTES..end);
+        }
+        if version == 4 {
+            let trailer_at = bytes.len() - TRAILER_BYTES;
+            let payload = u32::try_from(trailer_at - HEADER_BYTES).expect("small");
+            bytes[trailer_at..trailer_at + 4].copy_from_slice(&payload.to_le_bytes());
+            as_version(&mut bytes, version);
+            return bytes;
+        }
+        assert!(checkpoint.platform.is_empty());
         let blocks = 4 + checkpoint.blocks.len() * (8 + BLOCK_BYTES);
         let blocks_at = bytes.len() - TRAILER_BYTES - blocks;
         let platform_at = blocks_at - 4;
@@ -655,9 +689,45 @@ mod tests {
         assert_eq!(decoded, Ok(checkpoint));
     }
 
+    /// [`with_system_registers`] with the power-on x87/SSE state.
+    fn with_system_registers_fpu_reset() -> Checkpoint {
+        let mut checkpoint = with_system_registers();
+        if let Some(system) = &mut checkpoint.vcpu_states[1].system {
+            system.fpu = crate::vcpu::FpuState::default();
+        }
+        checkpoint
+    }
+
+    #[test]
+    fn version_4_is_read_with_the_power_on_fpu_state() {
+        let checkpoint = with_system_registers_fpu_reset();
+        let old = encoded_as(&checkpoint, 4);
+        assert_eq!(
+            Checkpoint::decode(&old, CHECKPOINT_BYTES_MAX),
+            Ok(checkpoint)
+        );
+        // A version 5 encoding called 4 has x87/SSE bytes too many, and
+        // one with x87/SSE state changes it when called 4.
+        let mut relabelled = with_system_registers().encode();
+        as_version(&mut relabelled, 4);
+        assert_ne!(
+            Checkpoint::decode(&relabelled, CHECKPOINT_BYTES_MAX),
+            Ok(with_system_registers())
+        );
+    }
+
+    #[test]
+    fn the_fpu_state_round_trips() {
+        let checkpoint = with_system_registers();
+        let decoded = Checkpoint::decode(&checkpoint.encode(), CHECKPOINT_BYTES_MAX);
+        let fpu = |c: &Checkpoint| c.vcpu_states[1].system.as_ref().map(|s| s.fpu);
+        assert_eq!(decoded.as_ref().ok().and_then(fpu), fpu(&checkpoint));
+        assert_ne!(fpu(&checkpoint), Some(crate::vcpu::FpuState::default()));
+    }
+
     #[test]
     fn version_3_is_read_without_a_platform_section() {
-        let mut checkpoint = with_system_registers();
+        let mut checkpoint = with_system_registers_fpu_reset();
         checkpoint.platform.clear();
         let old = encoded_as(&checkpoint, 3);
         assert_eq!(
@@ -666,7 +736,7 @@ mod tests {
         );
         // A version 4 encoding called 3 has a section too many: its
         // platform blob's length reads as the block count.
-        let mut relabelled = with_system_registers().encode();
+        let mut relabelled = encoded_as(&with_system_registers_fpu_reset(), 4);
         as_version(&mut relabelled, 3);
         assert!(Checkpoint::decode(&relabelled, CHECKPOINT_BYTES_MAX).is_err());
     }
@@ -688,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn versions_outside_2_to_4_are_refused() {
+    fn versions_outside_2_to_5_are_refused() {
         for version in [0, 1, VERSION + 1, u16::MAX] {
             let mut bytes = sample().encode();
             as_version(&mut bytes, version);
@@ -703,10 +773,11 @@ mod tests {
     fn a_bad_pending_vector_or_shadow_is_refused() {
         let checkpoint = with_system_registers();
         let bytes = checkpoint.encode();
-        // The last vCPU state ends with the pending vector (u16) and the
-        // shadow (u8); after it: the device, engine and platform blobs (u32
+        // The last vCPU state ends with the pending vector (u16), the
+        // shadow (u8) and the x87/SSE state; after it: the device, engine and platform blobs (u32
         // length each), the block count and the blocks.
-        let after = (4 + checkpoint.devices.len())
+        let after = crate::vcpu::FPU_BYTES
+            + (4 + checkpoint.devices.len())
             + (4 + checkpoint.engine.len())
             + (4 + checkpoint.platform.len())
             + 4

@@ -128,6 +128,94 @@ pub struct SystemRegisters {
     pub pending_interrupt: Option<u8>,
     /// The instruction after `sti` or `mov ss` blocks interrupts.
     pub interrupt_shadow: bool,
+    /// x87, MMX and SSE registers.
+    pub fpu: FpuState,
+}
+
+/// The x87, MMX and SSE state, the fields of an FXSAVE image: a kernel
+/// guest's processes compute with it, and Linux itself uses SSE (in
+/// `memcpy` variants, checksums, crypto) between `kernel_fpu_begin` and
+/// `_end`, so a vCPU stopped anywhere may hold live values in it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FpuState {
+    /// The x87 control word.
+    pub fcw: u16,
+    /// The x87 status word, the top of stack in bits 11-13.
+    pub fsw: u16,
+    /// The full x87 tag word, two bits per physical register (3: empty).
+    pub ftw: u16,
+    /// The last x87 opcode.
+    pub fop: u16,
+    /// The last x87 instruction's address.
+    pub fip: u64,
+    /// The last x87 operand's address.
+    pub fdp: u64,
+    /// SSE control and status.
+    pub mxcsr: u32,
+    /// Physical x87 registers R0-R7 (also MMX0-7): the 64-bit
+    /// significand, then sign and exponent, little-endian.
+    pub st: [[u8; 10]; 8],
+    /// xmm0-xmm15.
+    pub xmm: [u128; 16],
+}
+
+impl Default for FpuState {
+    /// The state at power-on and after INIT: every x87 register empty,
+    /// all exceptions masked.
+    fn default() -> FpuState {
+        FpuState {
+            fcw: 0x37f,
+            fsw: 0,
+            ftw: 0xffff,
+            fop: 0,
+            fip: 0,
+            fdp: 0,
+            mxcsr: 0x1f80,
+            st: [[0; 10]; 8],
+            xmm: [0; 16],
+        }
+    }
+}
+
+/// The length of an [`FpuState`]'s encoding.
+pub const FPU_BYTES: usize = 4 * 2 + 2 * 8 + 4 + 8 * 10 + 16 * 16;
+
+impl FpuState {
+    fn encode(&self, w: &mut Writer) {
+        for value in [self.fcw, self.fsw, self.ftw, self.fop] {
+            w.u16(value);
+        }
+        w.u64(self.fip);
+        w.u64(self.fdp);
+        w.u32(self.mxcsr);
+        for register in &self.st {
+            w.raw(register);
+        }
+        for register in self.xmm {
+            w.raw(&register.to_le_bytes());
+        }
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<FpuState, DecodeError> {
+        let mut fpu = FpuState {
+            fcw: r.u16()?,
+            fsw: r.u16()?,
+            ftw: r.u16()?,
+            fop: r.u16()?,
+            fip: r.u64()?,
+            fdp: r.u64()?,
+            mxcsr: r.u32()?,
+            ..FpuState::default()
+        };
+        for register in &mut fpu.st {
+            register.copy_from_slice(r.raw(10)?);
+        }
+        for register in &mut fpu.xmm {
+            let bytes = r.raw(16)?.try_into().expect("16 bytes");
+            *register = u128::from_le_bytes(bytes);
+        }
+        Ok(fpu)
+    }
 }
 
 /// Set in the run-state byte when [`SystemRegisters`] follow it.
@@ -176,9 +264,10 @@ impl SystemRegisters {
         // 0x100 = none: one field for the vector and its absence.
         w.u16(self.pending_interrupt.map_or(0x100, u16::from));
         w.u8(u8::from(self.interrupt_shadow));
+        self.fpu.encode(w);
     }
 
-    fn decode(r: &mut Reader<'_>) -> Result<SystemRegisters, DecodeError> {
+    fn decode(r: &mut Reader<'_>, layout: VcpuLayout) -> Result<SystemRegisters, DecodeError> {
         let mut segments = [Segment::default(); 6];
         for segment in &mut segments {
             *segment = Segment::decode(r)?;
@@ -203,6 +292,10 @@ impl SystemRegisters {
             1 => true,
             other => return Err(DecodeError::Invalid(format!("interrupt shadow {other}"))),
         };
+        let fpu = match layout {
+            VcpuLayout::Full => FpuState::decode(r)?,
+            VcpuLayout::SystemWithoutFpu | VcpuLayout::NoSystem => FpuState::default(),
+        };
         let [cr2, cr8, star, lstar, cstar, sfmask, kernel_gs_base, cs, esp, eip, pat] = msrs;
         Ok(SystemRegisters {
             segments,
@@ -220,6 +313,7 @@ impl SystemRegisters {
             pat,
             pending_interrupt,
             interrupt_shadow,
+            fpu,
         })
     }
 }
@@ -260,10 +354,9 @@ impl VcpuState {
         }
     }
 
-    /// Decodes a state written by [`VcpuState::encode`]; `system` says
-    /// whether the encoding may carry [`SystemRegisters`] (checkpoints
-    /// before version 3 cannot).
-    pub fn decode(r: &mut Reader<'_>, system: SystemAllowed) -> Result<VcpuState, DecodeError> {
+    /// Decodes a state written by [`VcpuState::encode`] or, as `layout`
+    /// says, by an older version of it.
+    pub fn decode(r: &mut Reader<'_>, layout: VcpuLayout) -> Result<VcpuState, DecodeError> {
         let mut gprs = [0u64; 16];
         for value in &mut gprs {
             *value = r.u64()?;
@@ -284,14 +377,14 @@ impl VcpuState {
             1 => RunState::Halted,
             other => return Err(DecodeError::Invalid(format!("run state {other}"))),
         };
-        let system = match (byte & SYSTEM_FOLLOWS != 0, system) {
+        let system = match (byte & SYSTEM_FOLLOWS != 0, layout) {
             (false, _) => None,
-            (true, SystemAllowed::Yes) => Some(SystemRegisters::decode(r)?),
-            (true, SystemAllowed::No) => {
+            (true, VcpuLayout::NoSystem) => {
                 return Err(DecodeError::Invalid(
                     "system registers in an encoding that cannot carry them".into(),
                 ))
             }
+            (true, layout) => Some(SystemRegisters::decode(r, layout)?),
         };
         let [rip, rflags, cr0, cr3, cr4, efer, fs_base, gs_base] = regs;
         Ok(VcpuState {
@@ -313,11 +406,15 @@ impl VcpuState {
     }
 }
 
-/// Whether a [`VcpuState`] encoding may carry [`SystemRegisters`].
+/// What a [`VcpuState`] encoding may carry, by the checkpoint version
+/// that wrote it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SystemAllowed {
-    /// Checkpoints of version 3 on, state hashes.
-    Yes,
-    /// Version 2 checkpoints.
-    No,
+pub enum VcpuLayout {
+    /// Version 2: no [`SystemRegisters`].
+    NoSystem,
+    /// Versions 3 and 4: [`SystemRegisters`] without the x87/SSE state,
+    /// which reads as the power-on state.
+    SystemWithoutFpu,
+    /// Version 5 on, and state hashes: everything.
+    Full,
 }

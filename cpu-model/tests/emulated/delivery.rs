@@ -725,4 +725,94 @@ mod engine {
         let state = machine.engine().vcpu_state(VcpuId(0)).expect("state");
         assert!(state.system.is_none(), "no IDT: no system registers");
     }
+
+    /// A guest with an IDT (so a delivering vCPU, which carries system
+    /// registers) that computes in x87 and SSE registers only: two x87
+    /// pushes, then a loop that adds into st0, xmm3 and xmm4 under a
+    /// rounding mode of its own in MXCSR.
+    fn fpu_image() -> GuestImage {
+        let mut a = CodeAssembler::new(64).expect("64-bit");
+        let mut spin = a.create_label();
+        a.lidt(ptr(IDT_DESCRIPTOR)).expect("asm");
+        a.mov(rax, cr4).expect("asm");
+        a.or(rax, 0x600).expect("asm"); // OSFXSR | OSXMMEXCPT
+        a.mov(cr4, rax).expect("asm");
+        a.mov(dword_ptr(COUNT + 64), 0x7f80).expect("asm"); // round down
+        a.ldmxcsr(dword_ptr(COUNT + 64)).expect("asm");
+        a.fld1().expect("asm");
+        a.fldpi().expect("asm");
+        a.mov(rbx, 3u64).expect("asm");
+        a.movq(xmm5, rbx).expect("asm");
+        a.set_label(&mut spin).expect("asm");
+        a.fadd_2(st0, st1).expect("asm");
+        a.inc(rbx).expect("asm");
+        a.cvtsi2sd(xmm2, rbx).expect("asm");
+        a.addsd(xmm3, xmm2).expect("asm");
+        a.paddq(xmm4, xmm5).expect("asm");
+        a.jmp(spin).expect("asm");
+        let code = a.assemble(GUEST_CODE.0).expect("assembles");
+        GuestImage {
+            code,
+            params: [0; 8],
+        }
+    }
+
+    fn fpu_machine() -> Machine<EmuEngine> {
+        let image = Image {
+            image: fpu_image(),
+            spin: 0..0,
+            handler: 0..0,
+        };
+        let mut machine = machine_of(&image);
+        let mut descriptor = (16u16 * 256 - 1).to_le_bytes().to_vec();
+        descriptor.extend_from_slice(&IDT.to_le_bytes());
+        machine
+            .engine_mut()
+            .write_memory(Gpa(IDT_DESCRIPTOR), &descriptor)
+            .expect("idtr");
+        machine
+    }
+
+    #[test]
+    fn a_checkpoint_carries_the_x87_and_sse_state_and_resumes_identically() {
+        let mut uninterrupted = fpu_machine();
+        uninterrupted.run(Instructions(30_000)).expect("runs");
+        let reference = uninterrupted.state_hash().expect("hash");
+        let fpu = uninterrupted.vcpu_states().expect("states")[0]
+            .system
+            .clone()
+            .expect("delivering")
+            .fpu;
+        // From the power-on state, two pushes: the top of stack is R6, R6
+        // and R7 hold nonzero values (tag 0, valid), the rest are empty.
+        assert_eq!((fpu.fsw >> 11) & 7, 6, "top {:#x}", fpu.fsw);
+        assert_eq!(fpu.ftw, 0x0fff, "tags {:#x}", fpu.ftw);
+        assert_eq!(fpu.fcw, 0x37f);
+        assert_eq!(fpu.mxcsr, 0x7f80);
+        assert_ne!(fpu.xmm[3], 0, "xmm3 accumulates");
+        assert_eq!(fpu.xmm[5], 3);
+        assert_eq!(fpu.xmm[4] % 3, 0, "xmm4 adds 3 at a time");
+
+        let mut original = fpu_machine();
+        original.run(Instructions(10_000)).expect("runs");
+        let checkpoint = through_bytes(&original.checkpoint(Kind::Full).expect("checkpoint"));
+        let saved = checkpoint.vcpu_states[0].system.clone().expect("system");
+        assert_ne!(saved.fpu, fpu, "mid-run, the state is not yet the end's");
+        // A fresh machine that computed for a while already: the restore
+        // must replace its x87/SSE state, not keep it.
+        let mut fresh = fpu_machine();
+        fresh.run(Instructions(3_333)).expect("runs");
+        fresh.restore(&checkpoint).expect("restores");
+        assert_eq!(
+            fresh.vcpu_states().expect("states")[0]
+                .system
+                .clone()
+                .map(|s| s.fpu),
+            Some(saved.fpu)
+        );
+        for (name, machine) in [("original", &mut original), ("fresh", &mut fresh)] {
+            machine.run(Instructions(20_000)).expect(name);
+            assert_eq!(machine.state_hash().expect("hash"), reference, "{name}");
+        }
+    }
 }

@@ -32,6 +32,14 @@ const FIRST_LINE: &str = "Linux version 6.1";
 /// The last line of a boot without a root file system.
 const END_OF_BOOT: &str = "end Kernel panic";
 
+/// The number in environment variable `name`, or `default`.
+fn env_u64(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
 /// The kernel's bytes, or None after saying loudly how to fetch it.
 fn kernel() -> Option<Vec<u8>> {
     let path = std::env::var("LOCKSTEP_LINUX_KERNEL").unwrap_or_else(|_| KERNEL.to_string());
@@ -209,10 +217,7 @@ fn debians_kernel_prints_its_first_console_line_over_com1_deterministically() {
 #[ignore = "needs guest-linux/fetch-kernel.sh's kernel; a measurement, not a check"]
 fn how_far_debians_kernel_boots() {
     let Some(kernel) = kernel() else { return };
-    let instructions_max = std::env::var("LOCKSTEP_LINUX_INSTRUCTIONS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(20_000_000_000u64);
+    let instructions_max = env_u64("LOCKSTEP_LINUX_INSTRUCTIONS", 20_000_000_000);
     let started = Instant::now();
     let mut boot = run(&kernel, 5, instructions_max, |console| {
         // Without a root file system the boot ends in this panic (and the
@@ -223,4 +228,81 @@ fn how_far_debians_kernel_boots() {
     if let Some(path) = std::env::var_os("LOCKSTEP_LINUX_CONSOLE") {
         std::fs::write(&path, &boot.console).expect("writes the console");
     }
+}
+
+/// Where the mid-boot checkpoint is taken: past the decompressor (its
+/// first console line is at 4.54 G), the kernel initialising its drivers
+/// with its tick armed.
+const MID_BOOT: u64 = 5_000_000_000;
+/// How far both machines run after it.
+const AFTER_CHECKPOINT: u64 = 300_000_000;
+
+/// Runs `machine` `instructions` further, in chunks, and returns the
+/// console it printed meanwhile.
+fn run_on(machine: &mut Machine<EmuEngine>, instructions: u64) -> Vec<u8> {
+    let end = machine.engine().now().0 + instructions;
+    let mut console = Vec::new();
+    while machine.engine().now().0 < end {
+        let budget = CHUNK.min(end - machine.engine().now().0);
+        machine.run(Instructions(budget)).expect("runs");
+        console.extend(machine.bus().console.take());
+    }
+    console
+}
+
+#[test]
+#[ignore = "needs guest-linux/fetch-kernel.sh's kernel; minutes of emulation"]
+fn a_checkpoint_taken_mid_boot_restores_in_a_fresh_machine_to_the_same_state() {
+    let Some(kernel) = kernel() else { return };
+    let at = env_u64("LOCKSTEP_LINUX_CHECKPOINT_AT", MID_BOOT);
+    let started = Instant::now();
+    let mut original = run(&kernel, 5, at, |_| false);
+    assert!(original.error.is_none(), "{:?}", original.error);
+    assert_eq!(original.now(), at);
+    assert!(
+        first_line(&original.console).is_some(),
+        "mid-boot: the kernel proper is running"
+    );
+    let checkpoint = original
+        .machine
+        .checkpoint(machine::Kind::Full)
+        .expect("checkpoint");
+    let bytes = checkpoint.encode();
+    let checkpoint =
+        machine::Checkpoint::decode(&bytes, machine::CHECKPOINT_BYTES_MAX).expect("decodes");
+    let system = checkpoint.vcpu_states[0]
+        .system
+        .clone()
+        .expect("the kernel's vCPU carries its system registers");
+    eprintln!(
+        "checkpoint at {at} instructions ({:.1} s): {} bytes, rip {:#x}, mxcsr {:#x}, fcw {:#x}",
+        started.elapsed().as_secs_f64(),
+        bytes.len(),
+        checkpoint.vcpu_states[0].rip,
+        system.fpu.mxcsr,
+        system.fpu.fcw
+    );
+
+    let mut fresh = linux_machine(&kernel, 5);
+    fresh.restore(&checkpoint).expect("restores");
+    assert_eq!(fresh.engine().now().0, at);
+    let console_fresh = run_on(&mut fresh, AFTER_CHECKPOINT);
+    let console_original = run_on(&mut original.machine, AFTER_CHECKPOINT);
+    eprintln!(
+        "after the checkpoint: {} console bytes each, {:.1} s in all",
+        console_original.len(),
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&console_fresh),
+        String::from_utf8_lossy(&console_original)
+    );
+    assert!(
+        !console_original.is_empty(),
+        "the kernel printed after the checkpoint"
+    );
+    assert_eq!(
+        fresh.state_hash().expect("hash"),
+        original.machine.state_hash().expect("hash")
+    );
 }
