@@ -1,6 +1,5 @@
 //! Moving a [`VcpuState`] in and out of a unicorn instance.
 
-use machine::boot::boot_segment;
 use machine::vcpu::{DescriptorTable, FpuState, Segment};
 use machine::{RunState, SystemRegisters, VcpuState};
 use unicorn_engine::unicorn_const::uc_error;
@@ -68,9 +67,19 @@ const MSR_PAT: u32 = 0x277;
 /// say 64-bit), and QEMU's delivery pushes the selectors (an `iretq` to
 /// CS 0 is #GP), while a checkpoint carries the caches as read: a restore
 /// of caches without L would run the code as 16-bit. So each register
-/// gets what loading its selector from the boot GDT gives.
+/// gets what loading its selector from the state's GDT (in guest memory)
+/// gives.
 fn write_boot_segments(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
-    write_segments(uc, &state.selectors.map(boot_segment))
+    let mut segments = [Segment::default(); 6];
+    for (segment, &selector) in segments.iter_mut().zip(&state.selectors) {
+        let offset = u64::from(selector & !7);
+        if offset + 7 <= u64::from(state.gdt_limit) {
+            let mut entry = [0u8; 8];
+            uc.mem_read(state.gdt_base + offset, &mut entry)?;
+            *segment = Segment::from_descriptor(selector, u64::from_le_bytes(entry));
+        }
+    }
+    write_segments(uc, &segments)
 }
 
 /// Writes cs, ds, es, fs, gs, ss whole; SS last: its DPL is the CPL.

@@ -6,7 +6,7 @@ use crate::layout::{
     Shape, BOOT_INFO, CODE_SELECTOR, DATA_SELECTOR, GDT, GUEST_CODE, MEMORY_BYTES_ALIGN, PD, PDPT,
     PML4,
 };
-use crate::vcpu::{gpr, RunState, Segment, VcpuState};
+use crate::vcpu::{gpr, RunState, VcpuState};
 
 /// Number of guest-specific parameters in the boot info page.
 pub const BOOT_PARAMS: usize = 8;
@@ -86,33 +86,6 @@ pub fn write_identity_map(memory: &mut [u8], shape: &Shape) {
     }
 }
 
-/// The segment register that loading `selector` from the boot GDT gives
-/// (what the descriptor caches of a vCPU at boot hold): the null
-/// segment for a selector outside the GDT.
-pub fn boot_segment(selector: u16) -> Segment {
-    let Some(&entry) = GDT_ENTRIES.get(usize::from(selector >> 3)) else {
-        return Segment::default();
-    };
-    if entry == 0 {
-        return Segment::default();
-    }
-    let base = (entry >> 16) & 0xff_ffff | ((entry >> 56) & 0xff) << 24;
-    let limit = (entry & 0xffff) | ((entry >> 48) & 0xf) << 16;
-    let granular = entry & (1 << 55) != 0;
-    let access = (entry >> 40) & 0xff;
-    let flags = (entry >> 52) & 0xf;
-    Segment {
-        selector,
-        base,
-        limit: if granular {
-            (limit << 12 | 0xfff) as u32
-        } else {
-            limit as u32
-        },
-        attributes: (access | flags << 12) as u16,
-    }
-}
-
 /// The registers of vCPU `vcpu` at boot: long mode, rip at the guest's
 /// entry, rsp at its own stack, rdi = its index, rsi = the boot info page.
 pub fn initial_vcpu_state(shape: &Shape, vcpu: u16) -> VcpuState {
@@ -142,17 +115,26 @@ pub fn initial_vcpu_state(shape: &Shape, vcpu: u16) -> VcpuState {
 #[cfg(test)]
 mod segment_tests {
     use super::*;
+    use crate::vcpu::Segment;
 
     #[test]
     fn the_boot_segments_are_flat_64_bit_code_and_flat_data() {
-        let code = boot_segment(CODE_SELECTOR);
+        let at = |selector: u16| GDT_ENTRIES[usize::from(selector >> 3)];
+        let code = Segment::from_descriptor(CODE_SELECTOR, at(CODE_SELECTOR));
         assert_eq!((code.base, code.limit), (0, u32::MAX));
         assert_eq!(code.attributes, 0xa09a, "G, L, P, S, execute/read");
-        let data = boot_segment(DATA_SELECTOR);
+        let data = Segment::from_descriptor(DATA_SELECTOR, at(DATA_SELECTOR));
         assert_eq!((data.base, data.limit), (0, u32::MAX));
         assert_eq!(data.attributes, 0xc092, "G, D/B, P, S, read/write");
-        assert_eq!(boot_segment(0), Segment::default());
-        assert_eq!(boot_segment(0x18), Segment::default(), "past the GDT");
+        assert_eq!(Segment::from_descriptor(0, at(0)), Segment::default());
+        let bytes = Segment::from_descriptor(0x18, 0x1245_9234_5678_4321);
+        assert_eq!(
+            (bytes.base, bytes.limit, bytes.attributes),
+            (0x1234_5678, 0x5_4321, 0x4092),
+            "base in three parts, a byte-granular limit, D and present data"
+        );
+        let absent = Segment::from_descriptor(0x18, 0x1245_1234_5678_4321);
+        assert_eq!(absent, Segment::default(), "not present: null");
     }
 }
 

@@ -222,6 +222,31 @@ impl FpuState {
 const SYSTEM_FOLLOWS: u8 = 0x80;
 
 impl Segment {
+    /// The segment register that loading `selector` with `descriptor`
+    /// (its 8-byte GDT entry) gives: the null segment for selector 0 or
+    /// a descriptor that is not present.
+    pub fn from_descriptor(selector: u16, descriptor: u64) -> Segment {
+        const PRESENT: u64 = 1 << 47;
+        const GRANULAR: u64 = 1 << 55;
+        if selector >> 3 == 0 || descriptor & PRESENT == 0 {
+            return Segment::default();
+        }
+        let base = (descriptor >> 16) & 0xff_ffff | ((descriptor >> 56) & 0xff) << 24;
+        let limit = ((descriptor & 0xffff) | ((descriptor >> 48) & 0xf) << 16) as u32;
+        let access = (descriptor >> 40) & 0xff;
+        let flags = (descriptor >> 52) & 0xf;
+        Segment {
+            selector,
+            base,
+            limit: if descriptor & GRANULAR != 0 {
+                limit << 12 | 0xfff
+            } else {
+                limit
+            },
+            attributes: (access | flags << 12) as u16,
+        }
+    }
+
     fn encode(&self, w: &mut Writer) {
         w.u16(self.selector);
         w.u64(self.base);
