@@ -8,6 +8,8 @@
 // run them with
 //   cargo test --release -p cpu-model --test emulated linux -- --ignored --nocapture
 // LOCKSTEP_LINUX_INSTRUCTIONS sets how far the measuring run goes;
+// LOCKSTEP_LINUX_CMDLINE replaces the command line (e.g. DEFAULT_CMDLINE
+// with `initcall_debug loglevel=8`, to see where the boot's time goes);
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
 // and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk.
 
@@ -80,7 +82,9 @@ fn initramfs() -> Option<Vec<u8>> {
 
 fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<EmuEngine> {
     let shape = Shape::new(1, MEMORY_BYTES).expect("valid");
-    let image = load(&shape, kernel, DEFAULT_CMDLINE, initramfs).expect("the kernel loads");
+    let cmdline =
+        std::env::var("LOCKSTEP_LINUX_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.to_string());
+    let image = load(&shape, kernel, &cmdline, initramfs).expect("the kernel loads");
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),

@@ -556,6 +556,30 @@ mod tests {
     use crate::layout::{Shape, MEMORY_BYTES_MIN};
 
     #[test]
+    fn a_journal_read_from_its_blocks_ends_at_its_first_zero_record() {
+        let record = |seq: u64| {
+            let word = (u64::from(STATUS_REJECTED) << 32) | (3 << 16) | 4;
+            [seq, seq + 100, word, 9]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let zero = vec![0; RECORD_BYTES];
+        let blocks = [record(1), record(2), zero, record(4), vec![0; 5]].concat();
+        let journal = journal_from_blocks(&blocks);
+        assert_eq!(journal.len(), 2);
+        let second = Record {
+            seq: 2,
+            id: 102,
+            from: 4,
+            to: 3,
+            status: u64::from(STATUS_REJECTED),
+            amount: 9,
+        };
+        assert_eq!(journal[1], second);
+    }
+
+    #[test]
     fn a_request_decodes_as_encoded_and_a_wrong_length_is_an_error() {
         let request = Request {
             id: u64::MAX - 3,
