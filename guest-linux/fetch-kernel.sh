@@ -31,30 +31,13 @@ for tool in apt-get apt-cache dpkg-deb sha256sum; do
     }
 done
 
-check() {
-    [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$DEB_SHA256" ]
-}
-
+. "$here/pinned-deb.sh"
 mkdir -p "$out"
-if [ -f "$out/$KERNEL" ] && [ -f "$deb" ] && check "$deb"; then
+if [ -f "$out/$KERNEL" ] && deb_matches "$deb" "$DEB_SHA256"; then
     echo "fetch-kernel.sh: $out/$KERNEL ready ($PACKAGE $PACKAGE_VERSION)"
     exit 0
 fi
-
-if [ ! -f "$deb" ] || ! check "$deb"; then
-    served=$(apt-cache policy "$PACKAGE" 2>/dev/null | sed -n 's/^ *Candidate: *//p')
-    if [ "$served" != "$PACKAGE_VERSION" ]; then
-        echo "fetch-kernel.sh: the archive serves $PACKAGE ${served:-(none; run apt-get update)}," \
-            "not the pinned $PACKAGE_VERSION" >&2
-        exit 1
-    fi
-    rm -f "$deb"
-    (cd "$out" && apt-get download "$PACKAGE=$PACKAGE_VERSION")
-    if ! check "$deb"; then
-        echo "fetch-kernel.sh: $deb does not match the pinned sha256 $DEB_SHA256" >&2
-        exit 1
-    fi
-fi
+fetch_pinned_deb fetch-kernel.sh "$PACKAGE" "$PACKAGE_VERSION" "$DEB_SHA256" "$deb"
 
 work=$(mktemp -d "$out/.extract.XXXXXX")
 trap 'rm -rf "$work"' EXIT

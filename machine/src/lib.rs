@@ -1,5 +1,5 @@
 //! The guest-visible machine of Lockstep: memory map and boot state,
-//! devices on port I/O, the PC platform (APICs, UART) for Linux guests,
+//! devices on port I/O, the PC platform (APICs, UART, RTC) for Linux guests,
 //! the checkpoint format, the guest images, and the [`Engine`] trait that the emulated (`cpu-model`) and KVM (`runtime`)
 //! engines implement. Nothing here reads the clock; the only I/O is the
 //! file-backed guest disk (`devices::file`) a real host runs on.

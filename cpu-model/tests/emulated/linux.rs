@@ -1,11 +1,15 @@
 // Debian's unmodified kernel on the emulated engine: the bzImage laid out
 // by machine::linux (64-bit boot protocol), the PC platform on the bus
-// (local APIC, I/O APIC, COM1), the console collected from COM1. The
-// kernel is not in the repo: guest-linux/fetch-kernel.sh fetches it (or
-// set LOCKSTEP_LINUX_KERNEL to a bzImage). These tests are #[ignore]d:
+// (local APIC, I/O APIC, COM1, RTC), the console collected from COM1.
+// The kernel is not in the repo: guest-linux/fetch-kernel.sh fetches it
+// (or set LOCKSTEP_LINUX_KERNEL to a bzImage); nor is the initramfs:
+// guest-linux/build-initramfs.sh builds it (or set
+// LOCKSTEP_LINUX_INITRAMFS to a cpio archive). These tests are #[ignore]d:
 // run them with
 //   cargo test --release -p cpu-model --test emulated linux -- --ignored --nocapture
 // LOCKSTEP_LINUX_INSTRUCTIONS sets how far the measuring run goes;
+// LOCKSTEP_LINUX_CMDLINE replaces the command line (e.g. DEFAULT_CMDLINE
+// with `initcall_debug loglevel=8`, to see where the boot's time goes);
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
 // and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk.
 
@@ -22,6 +26,10 @@ const KERNEL: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
     "/../guest-linux/kernel/vmlinuz-6.1.0-47-amd64"
 );
+const INITRAMFS: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/../guest-linux/initramfs/initramfs.cpio"
+);
 /// The kernel decompresses itself to 16 MiB and needs 64 MiB there.
 const MEMORY_BYTES: u64 = 256 << 20;
 /// Instructions per run between looks at the console.
@@ -29,6 +37,10 @@ const CHUNK: u64 = 20_000_000;
 /// How far the first-line test goes before it gives up.
 const FIRST_LINE_INSTRUCTIONS_MAX: u64 = 6_000_000_000;
 const FIRST_LINE: &str = "Linux version 6.1";
+/// The first line the initramfs's /init prints.
+const USERSPACE_LINE: &str = "lockstep-guest: userspace up";
+/// How far the userspace test goes before it gives up.
+const USERSPACE_INSTRUCTIONS_MAX: u64 = 12_000_000_000;
 /// The last line of a boot without a root file system.
 const END_OF_BOOT: &str = "end Kernel panic";
 
@@ -40,24 +52,47 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The kernel's bytes, or None after saying loudly how to fetch it.
-fn kernel() -> Option<Vec<u8>> {
-    let path = std::env::var("LOCKSTEP_LINUX_KERNEL").unwrap_or_else(|_| KERNEL.to_string());
+/// The bytes at `$variable` or `default`, or None after saying loudly
+/// which script makes them.
+fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option<Vec<u8>> {
+    let path = std::env::var(variable).unwrap_or_else(|_| default.to_string());
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
             eprintln!("==================================================================");
-            eprintln!("SKIPPED: no Linux kernel at {path} ({error}).");
-            eprintln!("Fetch it with guest-linux/fetch-kernel.sh (or set LOCKSTEP_LINUX_KERNEL).");
+            eprintln!("SKIPPED: no {what} at {path} ({error}).");
+            eprintln!("Make it with guest-linux/{script} (or set {variable}).");
             eprintln!("==================================================================");
             None
         }
     }
 }
 
-fn linux_machine(kernel: &[u8], seed: u64) -> Machine<EmuEngine> {
+/// The kernel's bytes, or None after saying loudly how to fetch it.
+fn kernel() -> Option<Vec<u8>> {
+    guest_file(
+        "LOCKSTEP_LINUX_KERNEL",
+        KERNEL,
+        "Linux kernel",
+        "fetch-kernel.sh",
+    )
+}
+
+/// The initramfs's bytes, or None after saying loudly how to build it.
+fn initramfs() -> Option<Vec<u8>> {
+    guest_file(
+        "LOCKSTEP_LINUX_INITRAMFS",
+        INITRAMFS,
+        "initramfs",
+        "build-initramfs.sh",
+    )
+}
+
+fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<EmuEngine> {
     let shape = Shape::new(1, MEMORY_BYTES).expect("valid");
-    let image = load(&shape, kernel, DEFAULT_CMDLINE, None).expect("the kernel loads");
+    let cmdline =
+        std::env::var("LOCKSTEP_LINUX_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.to_string());
+    let image = load(&shape, kernel, &cmdline, initramfs).expect("the kernel loads");
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
@@ -91,11 +126,17 @@ impl Boot {
     }
 }
 
-/// Runs the kernel until `until(console)` or `instructions_max`.
-fn run(kernel: &[u8], seed: u64, instructions_max: u64, until: impl Fn(&[u8]) -> bool) -> Boot {
+/// Runs the kernel (with `initramfs`, if any) until `until(console)` or
+/// `instructions_max`.
+fn run(
+    (kernel, initramfs): (&[u8], Option<&[u8]>),
+    seed: u64,
+    instructions_max: u64,
+    until: impl Fn(&[u8]) -> bool,
+) -> Boot {
     let started = Instant::now();
     let mut boot = Boot {
-        machine: linux_machine(kernel, seed),
+        machine: linux_machine(kernel, initramfs, seed),
         console: Vec::new(),
         first_line: None,
         error: None,
@@ -132,7 +173,7 @@ fn run(kernel: &[u8], seed: u64, instructions_max: u64, until: impl Fn(&[u8]) ->
             );
         }
         boot.console.extend(new);
-        if boot.first_line.is_none() && first_line(&boot.console).is_some() {
+        if boot.first_line.is_none() && line(&boot.console, FIRST_LINE).is_some() {
             boot.first_line = Some((boot.now(), started.elapsed().as_secs_f64()));
         }
         if boot.error.is_some() {
@@ -142,10 +183,10 @@ fn run(kernel: &[u8], seed: u64, instructions_max: u64, until: impl Fn(&[u8]) ->
     boot
 }
 
-/// The console's line that starts with `FIRST_LINE`, once complete.
-fn first_line(console: &[u8]) -> Option<String> {
+/// The console's line that starts with `start`, once complete.
+fn line(console: &[u8], start: &str) -> Option<String> {
     let text = String::from_utf8_lossy(console);
-    let at = text.find(FIRST_LINE)?;
+    let at = text.find(start)?;
     let end = text[at..].find('\n')?;
     Some(text[at..at + end].trim_end().to_string())
 }
@@ -190,17 +231,21 @@ fn report(boot: &mut Boot, wall_s: f64) {
 fn debians_kernel_prints_its_first_console_line_over_com1_deterministically() {
     let Some(kernel) = kernel() else { return };
     let started = Instant::now();
-    let mut one = run(&kernel, 5, FIRST_LINE_INSTRUCTIONS_MAX, |c| {
-        first_line(c).is_some()
+    let mut one = run((&kernel, None), 5, FIRST_LINE_INSTRUCTIONS_MAX, |c| {
+        line(c, FIRST_LINE).is_some()
     });
     report(&mut one, started.elapsed().as_secs_f64());
-    let line = first_line(&one.console).expect("the kernel's first console line");
-    assert!(line.starts_with(FIRST_LINE), "{line}");
+    let first = line(&one.console, FIRST_LINE).expect("the kernel's first console line");
+    assert!(first.starts_with(FIRST_LINE), "{first}");
     assert!(one.error.is_none(), "{:?}", one.error);
-    // The same seed to the same instruction: the same console, the same
-    // state.
+    assert_same_run(&mut one, (&kernel, None));
+}
+
+/// A second run with the same seed to the same instruction: the same
+/// console, the same state.
+fn assert_same_run(one: &mut Boot, image: (&[u8], Option<&[u8]>)) {
     let at = one.now();
-    let mut two = run(&kernel, 5, at, |_| false);
+    let mut two = run(image, 5, at, |_| false);
     assert_eq!(two.now(), at);
     assert_eq!(one.console, two.console);
     let (hash_one, hash_two) = (
@@ -219,11 +264,18 @@ fn how_far_debians_kernel_boots() {
     let Some(kernel) = kernel() else { return };
     let instructions_max = env_u64("LOCKSTEP_LINUX_INSTRUCTIONS", 20_000_000_000);
     let started = Instant::now();
-    let mut boot = run(&kernel, 5, instructions_max, |console| {
-        // Without a root file system the boot ends in this panic (and the
-        // kernel then spins in it).
-        String::from_utf8_lossy(console).contains(END_OF_BOOT)
-    });
+    // With LOCKSTEP_LINUX_INITRAMFS set, the boot with that initramfs.
+    let initramfs = std::env::var_os("LOCKSTEP_LINUX_INITRAMFS").and_then(|_| initramfs());
+    let mut boot = run(
+        (&kernel, initramfs.as_deref()),
+        5,
+        instructions_max,
+        |console| {
+            // Without a root file system the boot ends in this panic (and the
+            // kernel then spins in it).
+            String::from_utf8_lossy(console).contains(END_OF_BOOT)
+        },
+    );
     report(&mut boot, started.elapsed().as_secs_f64());
     if let Some(path) = std::env::var_os("LOCKSTEP_LINUX_CONSOLE") {
         std::fs::write(&path, &boot.console).expect("writes the console");
@@ -235,7 +287,7 @@ fn how_far_debians_kernel_boots() {
 /// with its tick armed.
 const MID_BOOT: u64 = 5_000_000_000;
 /// How far both machines run after it.
-const AFTER_CHECKPOINT: u64 = 300_000_000;
+const AFTER_CHECKPOINT: u64 = 1_000_000_000;
 
 /// Runs `machine` `instructions` further, in chunks, and returns the
 /// console it printed meanwhile.
@@ -256,11 +308,11 @@ fn a_checkpoint_taken_mid_boot_restores_in_a_fresh_machine_to_the_same_state() {
     let Some(kernel) = kernel() else { return };
     let at = env_u64("LOCKSTEP_LINUX_CHECKPOINT_AT", MID_BOOT);
     let started = Instant::now();
-    let mut original = run(&kernel, 5, at, |_| false);
+    let mut original = run((&kernel, None), 5, at, |_| false);
     assert!(original.error.is_none(), "{:?}", original.error);
     assert_eq!(original.now(), at);
     assert!(
-        first_line(&original.console).is_some(),
+        line(&original.console, FIRST_LINE).is_some(),
         "mid-boot: the kernel proper is running"
     );
     let checkpoint = original
@@ -283,7 +335,7 @@ fn a_checkpoint_taken_mid_boot_restores_in_a_fresh_machine_to_the_same_state() {
         system.fpu.fcw
     );
 
-    let mut fresh = linux_machine(&kernel, 5);
+    let mut fresh = linux_machine(&kernel, None, 5);
     fresh.restore(&checkpoint).expect("restores");
     assert_eq!(fresh.engine().now().0, at);
     let console_fresh = run_on(&mut fresh, AFTER_CHECKPOINT);
@@ -305,4 +357,36 @@ fn a_checkpoint_taken_mid_boot_restores_in_a_fresh_machine_to_the_same_state() {
         fresh.state_hash().expect("hash"),
         original.machine.state_hash().expect("hash")
     );
+}
+
+/// The initramfs's /init prints its first line: the kernel unpacked the
+/// archive, ran busybox as init, mounted devtmpfs, proc and sysfs and
+/// tried the virtio modules; and a second run with the same seed gives
+/// the same console and state at the same instruction.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn debians_kernel_runs_the_initramfs_init_to_its_first_line_deterministically() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let started = Instant::now();
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let mut one = run(image, 5, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, USERSPACE_LINE).is_some()
+    });
+    report(&mut one, started.elapsed().as_secs_f64());
+    eprintln!(
+        "userspace line at {} instructions, {:.1} s wall",
+        one.now(),
+        started.elapsed().as_secs_f64()
+    );
+    assert!(one.error.is_none(), "{:?}", one.error);
+    let up = line(&one.console, USERSPACE_LINE).expect("init's first line");
+    assert_eq!(up, USERSPACE_LINE);
+    let text = String::from_utf8_lossy(&one.console);
+    assert!(
+        text.contains("Run /init as init process"),
+        "the kernel ran /init"
+    );
+    assert_same_run(&mut one, image);
 }

@@ -93,7 +93,7 @@ impl DeviceBus {
     /// A guest `in` of `size` bytes (1, 2 or 4) from `port`.
     pub fn port_in(&mut self, ctx: IoContext, port: u16, size: u8) -> u32 {
         let v = self.index(ctx.vcpu);
-        if let Some(value) = self.pc.as_mut().and_then(|pc| pc.port_in(port, size)) {
+        if let Some(value) = self.pc.as_mut().and_then(|pc| pc.port_in(ctx, port, size)) {
             return value;
         }
         let value = match port {
@@ -121,7 +121,11 @@ impl DeviceBus {
     /// A guest `out` of `size` bytes of `value` to `port`.
     pub fn port_out(&mut self, ctx: IoContext, port: u16, _size: u8, value: u32) {
         let v = self.index(ctx.vcpu);
-        if let Some(sent) = self.pc.as_mut().and_then(|pc| pc.port_out(port, value)) {
+        if let Some(sent) = self
+            .pc
+            .as_mut()
+            .and_then(|pc| pc.port_out(ctx, port, value))
+        {
             for byte in sent {
                 self.console.write(byte);
             }
@@ -233,7 +237,11 @@ impl DeviceBus {
             (Some(_), true) => Err(DecodeError::Invalid(
                 "the machine has a PC platform, the checkpoint no state for it".into(),
             )),
-            (Some(_), false) => Ok(Some(Pc::restore(&mut Reader::new(bytes), self.vcpus)?)),
+            (Some(pc), false) => Ok(Some(Pc::restore(
+                &mut Reader::new(bytes),
+                self.vcpus,
+                pc.rtc().epoch(),
+            )?)),
         }
     }
 

@@ -23,7 +23,8 @@
 //!
 //! A machine with the PC platform ([`crate::pc`]) has a 16550A UART on
 //! COM1 (0x3f8..=0x3ff) instead of the plain console port; what it sends
-//! goes to the same console. Its APIC pages are reached by MMIO
+//! goes to the same console; the CMOS RTC answers ports 0x70 and 0x71.
+//! Its APIC pages are reached by MMIO
 //! ([`DeviceBus::mmio_read`], [`DeviceBus::mmio_write`]).
 //!
 //! Each vCPU has its own NIC slots, disk buffer and clock latch, so vCPUs do

@@ -317,13 +317,36 @@ fn read_u64<E: Engine>(machine: &Machine<E>, address: u64) -> Result<u64, Machin
     Ok(u64::from_le_bytes(bytes))
 }
 
-struct Record {
-    seq: u64,
-    id: u64,
-    from: u64,
-    to: u64,
-    status: u64,
-    amount: u64,
+/// One journal record as the ledger writes it (see [`super::ledger`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Record {
+    /// Its sequence number, from 1.
+    pub seq: u64,
+    /// The request id it decides.
+    pub id: u64,
+    /// The source account (16 bits of it).
+    pub from: u64,
+    /// The destination account (16 bits of it).
+    pub to: u64,
+    /// One of the `STATUS_*` values.
+    pub status: u64,
+    /// The amount.
+    pub amount: u64,
+}
+
+impl Record {
+    /// The record at the start of `bytes` (at least [`RECORD_BYTES`]).
+    pub fn decode(bytes: &[u8]) -> Record {
+        let word = u64_at(bytes, 16);
+        Record {
+            seq: u64_at(bytes, 0),
+            id: u64_at(bytes, 8),
+            from: word & 0xffff,
+            to: (word >> 16) & 0xffff,
+            status: word >> 32,
+            amount: u64_at(bytes, 24),
+        }
+    }
 }
 
 fn read_journal<E: Engine>(
@@ -340,17 +363,100 @@ fn read_journal<E: Engine>(
                 .read_block(k / RECORDS_PER_BLOCK, &mut block)?;
         }
         let at = (k % RECORDS_PER_BLOCK) as usize * RECORD_BYTES;
-        let word = u64_at(&block, at + 16);
-        out.push(Record {
-            seq: u64_at(&block, at),
-            id: u64_at(&block, at + 8),
-            from: word & 0xffff,
-            to: (word >> 16) & 0xffff,
-            status: word >> 32,
-            amount: u64_at(&block, at + 24),
-        });
+        out.push(Record::decode(&block[at..]));
     }
     Ok(out)
+}
+
+/// The journal in `blocks` (a disk's bytes from block 0, as a service
+/// that keeps no record count in memory writes it): its records up to
+/// the first all-zero one.
+pub fn journal_from_blocks(blocks: &[u8]) -> Vec<Record> {
+    blocks
+        .chunks_exact(RECORD_BYTES)
+        .take_while(|bytes| bytes.iter().any(|b| *b != 0))
+        .map(Record::decode)
+        .collect()
+}
+
+/// What [`check_journal`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JournalCheck {
+    /// Every violation, the clients' `bad_replies` first.
+    pub violations: Vec<LedgerProblem>,
+    /// The balances the journal's replay gives.
+    pub balances: Vec<u64>,
+    /// Transfers applied.
+    pub applied: u64,
+    /// Transfers rejected or invalid.
+    pub refused: u64,
+}
+
+/// Checks a journal against the replies the clients received, whatever
+/// wrote it: records in sequence, no id twice, every decision the right
+/// one for the balances the records before it leave, every reply that
+/// of its record, and, when every request was answered, `expected_ids`
+/// distinct ids journaled.
+pub fn check_journal(
+    config: &LedgerConfig,
+    journal: &[Record],
+    replies: &BTreeMap<u64, Reply>,
+    bad_replies: &[LedgerProblem],
+    expected_ids: Option<u64>,
+) -> JournalCheck {
+    let mut violations = bad_replies.to_vec();
+    let mut balances = vec![config.initial_balance; config.accounts as usize];
+    let (mut applied, mut refused) = (0, 0);
+    let mut ids = BTreeSet::new();
+    for (k, record) in journal.iter().enumerate() {
+        if record.seq != k as u64 + 1 {
+            violations.push(LedgerProblem::new(
+                ProblemKind::JournalOutOfSequence,
+                format!("journal record {k} has seq {}", record.seq),
+            ));
+        }
+        if !ids.insert(record.id) {
+            violations.push(LedgerProblem::new(
+                ProblemKind::JournaledTwice,
+                format!("id {} journaled twice", record.id),
+            ));
+        }
+        if let Err(problem) = replay(&mut balances, record) {
+            violations.push(LedgerProblem::new(
+                ProblemKind::WrongDecision,
+                format!("journal record {k}: {problem}"),
+            ));
+        }
+        if record.status == u64::from(STATUS_APPLIED) {
+            applied += 1;
+        } else {
+            refused += 1;
+        }
+    }
+    for reply in replies.values() {
+        let matches = reply.seq >= 1
+            && journal
+                .get(reply.seq as usize - 1)
+                .is_some_and(|r| r.id == reply.id && r.status == reply.status);
+        if !matches {
+            violations.push(LedgerProblem::new(
+                ProblemKind::ReplyContradictsJournal,
+                format!("reply {reply:?} does not match the journal"),
+            ));
+        }
+    }
+    if let Some(expected) = expected_ids.filter(|e| ids.len() as u64 != *e) {
+        violations.push(LedgerProblem::new(
+            ProblemKind::IdsJournaledWrong,
+            format!("{} ids journaled for {expected} requests", ids.len()),
+        ));
+    }
+    JournalCheck {
+        violations,
+        balances,
+        applied,
+        refused,
+    }
 }
 
 /// Checks the ledger: money is conserved, replaying the journal gives the
@@ -384,37 +490,14 @@ pub fn check_ledger<E: Engine>(
     expected_ids: Option<u64>,
 ) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
     let config = *config;
-    let mut violations = bad_replies.to_vec();
     let records = read_u64(machine, SEQ)?;
     let journal = read_journal(machine, records)?;
-    let mut balances = vec![config.initial_balance; config.accounts as usize];
-    let (mut applied, mut refused) = (0, 0);
-    let mut ids = BTreeSet::new();
-    for (k, record) in journal.iter().enumerate() {
-        if record.seq != k as u64 + 1 {
-            violations.push(LedgerProblem::new(
-                ProblemKind::JournalOutOfSequence,
-                format!("journal record {k} has seq {}", record.seq),
-            ));
-        }
-        if !ids.insert(record.id) {
-            violations.push(LedgerProblem::new(
-                ProblemKind::JournaledTwice,
-                format!("id {} journaled twice", record.id),
-            ));
-        }
-        if let Err(problem) = replay(&mut balances, record) {
-            violations.push(LedgerProblem::new(
-                ProblemKind::WrongDecision,
-                format!("journal record {k}: {problem}"),
-            ));
-        }
-        if record.status == u64::from(STATUS_APPLIED) {
-            applied += 1;
-        } else {
-            refused += 1;
-        }
-    }
+    let JournalCheck {
+        mut violations,
+        balances,
+        applied,
+        refused,
+    } = check_journal(&config, &journal, replies, bad_replies, expected_ids);
     let mut total_money = 0u64;
     for (account, expected) in balances.iter().enumerate() {
         let offset = read_u64(machine, BALANCES + 8 * account as u64)?;
@@ -431,24 +514,6 @@ pub fn check_ledger<E: Engine>(
         violations.push(LedgerProblem::new(
             ProblemKind::MoneyNotConserved,
             format!("money not conserved: {total_money}"),
-        ));
-    }
-    for reply in replies.values() {
-        let matches = reply.seq >= 1
-            && journal
-                .get(reply.seq as usize - 1)
-                .is_some_and(|r| r.id == reply.id && r.status == reply.status);
-        if !matches {
-            violations.push(LedgerProblem::new(
-                ProblemKind::ReplyContradictsJournal,
-                format!("reply {reply:?} does not match the journal"),
-            ));
-        }
-    }
-    if let Some(expected) = expected_ids.filter(|e| ids.len() as u64 != *e) {
-        violations.push(LedgerProblem::new(
-            ProblemKind::IdsJournaledWrong,
-            format!("{} ids journaled for {expected} requests", ids.len()),
         ));
     }
     let mut contended = Vec::new();
@@ -489,6 +554,30 @@ mod tests {
     use crate::devices::MemStore;
     use crate::fake::FakeEngine;
     use crate::layout::{Shape, MEMORY_BYTES_MIN};
+
+    #[test]
+    fn a_journal_read_from_its_blocks_ends_at_its_first_zero_record() {
+        let record = |seq: u64| {
+            let word = (u64::from(STATUS_REJECTED) << 32) | (3 << 16) | 4;
+            [seq, seq + 100, word, 9]
+                .iter()
+                .flat_map(|w| w.to_le_bytes())
+                .collect::<Vec<u8>>()
+        };
+        let zero = vec![0; RECORD_BYTES];
+        let blocks = [record(1), record(2), zero, record(4), vec![0; 5]].concat();
+        let journal = journal_from_blocks(&blocks);
+        assert_eq!(journal.len(), 2);
+        let second = Record {
+            seq: 2,
+            id: 102,
+            from: 4,
+            to: 3,
+            status: u64::from(STATUS_REJECTED),
+            amount: 9,
+        };
+        assert_eq!(journal[1], second);
+    }
 
     #[test]
     fn a_request_decodes_as_encoded_and_a_wrong_length_is_an_error() {

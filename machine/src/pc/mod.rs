@@ -1,13 +1,13 @@
 //! The PC platform an unmodified Linux kernel expects: a local APIC per
 //! vCPU (xAPIC page at 0xfee0_0000, IA32_APIC_BASE, the timer with
-//! IA32_TSC_DEADLINE), the I/O APIC at 0xfec0_0000 and a 16550A UART on
-//! COM1. Engine-agnostic and deterministic: every input carries guest
+//! IA32_TSC_DEADLINE), the I/O APIC at 0xfec0_0000, a 16550A UART on
+//! COM1 and the CMOS real-time clock ([`rtc`]). Engine-agnostic and deterministic: every input carries guest
 //! time or none, nothing reads a clock, nothing iterates a hash map.
 //!
 //! The engine drives it:
 //! - MMIO of the two APIC pages: [`Pc::mmio_read`], [`Pc::mmio_write`];
-//!   port I/O of COM1 through the [`crate::DeviceBus`], which moves the
-//!   UART's output into its console;
+//!   port I/O of COM1 and the RTC through the [`crate::DeviceBus`], which
+//!   moves the UART's output into its console;
 //! - RDMSR/WRMSR of IA32_APIC_BASE and IA32_TSC_DEADLINE: [`Pc::msr_read`],
 //!   [`Pc::msr_write`]; CPUID leaf 1: [`Pc::cpuid`];
 //! - time: [`Pc::advance`] fires the timers due, [`Pc::next_deadline`]
@@ -21,6 +21,7 @@
 pub mod ioapic;
 pub mod lapic;
 pub mod message;
+pub mod rtc;
 pub mod timer;
 pub mod uart;
 pub mod vectors;
@@ -36,6 +37,7 @@ use crate::units::{Gpa, GuestNs, VcpuId};
 use ioapic::{IoApic, Line, IOAPIC_BASE, IOAPIC_WINDOW_BYTES, IOREGSEL};
 use lapic::{LocalApic, Processor, Startup, Written, APIC_BASE_DEFAULT, APIC_PAGE_BYTES};
 use message::{DeliveryMode, Destination, Level, Message, TriggerMode};
+use rtc::{Rtc, UnixSeconds, DEFAULT_EPOCH, RTC_DATA_PORT, RTC_INDEX_PORT};
 use uart::{Uart, UartEffect, COM1_BASE, COM1_IRQ, COM1_PORTS};
 use vectors::Vector;
 
@@ -44,6 +46,14 @@ use vectors::Vector;
 pub const ACTIONS_MAX: usize = 64;
 /// Most vCPUs a platform has: xAPIC IDs are a byte and 0xff broadcasts.
 pub const PC_VCPUS_MAX: u16 = 255;
+
+/// The platform state's parts after its first layout (local APICs, I/O
+/// APIC, UART, actions, stats), each a tag byte and a length-prefixed
+/// blob, in any order, each at most once: a state of an older layout has
+/// none of them and still decodes, and a part added later (a device's
+/// state) is one more tag, not a change to the others.
+/// The CMOS real-time clock's part.
+pub const PART_RTC: u8 = 1;
 
 /// What the engine must do to a vCPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,12 +133,13 @@ pub struct PcStats {
     pub writes_ignored: u64,
 }
 
-/// The platform: local APICs, I/O APIC, UART.
+/// The platform: local APICs, I/O APIC, UART, RTC.
 #[derive(Debug, PartialEq)]
 pub struct Pc {
     lapics: Vec<LocalApic>,
     ioapic: IoApic,
     uart: Uart,
+    rtc: Rtc,
     actions: VecDeque<PcAction>,
     stats: PcStats,
 }
@@ -137,7 +148,8 @@ impl Pc {
     /// A platform for `vcpus` vCPUs after power-up: vCPU 0 is the
     /// bootstrap processor, APIC IDs are vCPU indices, and the other vCPUs
     /// are in `aps` (waiting for a start-up IPI, as on hardware, or
-    /// running, as Lockstep's own guests start).
+    /// running, as Lockstep's own guests start). Its RTC reads
+    /// [`DEFAULT_EPOCH`] at guest time 0.
     pub fn new(vcpus: u16, aps: Startup) -> Pc {
         assert!((1..=PC_VCPUS_MAX).contains(&vcpus), "{vcpus} vCPUs");
         let lapics = (0..vcpus)
@@ -153,9 +165,16 @@ impl Pc {
             lapics,
             ioapic: IoApic::default(),
             uart: Uart::default(),
+            rtc: Rtc::new(DEFAULT_EPOCH),
             actions: VecDeque::new(),
             stats: PcStats::default(),
         }
+    }
+
+    /// This platform with its RTC reading `epoch` at guest time 0.
+    pub fn with_rtc_epoch(mut self, epoch: UnixSeconds) -> Pc {
+        self.rtc = Rtc::new(epoch);
+        self
     }
 
     /// How many vCPUs (local APICs).
@@ -171,6 +190,11 @@ impl Pc {
     /// The I/O APIC.
     pub fn ioapic(&self) -> &IoApic {
         &self.ioapic
+    }
+
+    /// The real-time clock.
+    pub fn rtc(&self) -> &Rtc {
+        &self.rtc
     }
 
     /// What the platform ignored.
@@ -461,13 +485,20 @@ impl Pc {
         effect.sent
     }
 
-    /// A guest `in` from `port`, if it is COM1's.
-    pub fn port_in(&mut self, port: u16, size: u8) -> Option<u32> {
-        let offset = com1_offset(port)?;
-        let (value, effect) = self.uart.read(offset);
-        let sent = self.uart_effect(effect);
-        assert!(sent.is_empty(), "a read sends nothing");
-        // The UART is 8 bits wide: the bytes above its register float high.
+    /// A guest `in` of `size` bytes from `port` at `ctx.now`, if it is
+    /// COM1's or the RTC's. Both are 8 bits wide: the bytes above the
+    /// register float high.
+    pub fn port_in(&mut self, ctx: IoContext, port: u16, size: u8) -> Option<u32> {
+        let value = match port {
+            RTC_INDEX_PORT => 0xff, // write-only
+            RTC_DATA_PORT => self.rtc.read_data(ctx.now),
+            _ => {
+                let (value, effect) = self.uart.read(com1_offset(port)?);
+                let sent = self.uart_effect(effect);
+                assert!(sent.is_empty(), "a read sends nothing");
+                value
+            }
+        };
         let float = match size {
             1 => 0,
             2 => 0xff00,
@@ -476,11 +507,18 @@ impl Pc {
         Some(u32::from(value) | float)
     }
 
-    /// A guest `out` to `port`, if it is COM1's: the bytes the UART sent.
-    pub fn port_out(&mut self, port: u16, value: u32) -> Option<Vec<u8>> {
-        let offset = com1_offset(port)?;
-        let effect = self.uart.write(offset, value as u8);
-        Some(self.uart_effect(effect))
+    /// A guest `out` to `port` at `ctx.now`, if it is COM1's or the
+    /// RTC's: the bytes the UART sent.
+    pub fn port_out(&mut self, ctx: IoContext, port: u16, value: u32) -> Option<Vec<u8>> {
+        match port {
+            RTC_INDEX_PORT => self.rtc.write_index(value as u8),
+            RTC_DATA_PORT => self.rtc.write_data(ctx.now, value as u8),
+            _ => {
+                let effect = self.uart.write(com1_offset(port)?, value as u8);
+                return Some(self.uart_effect(effect));
+            }
+        }
+        Some(Vec::new())
     }
 
     /// The host types `bytes` on COM1: how many its FIFO took.
@@ -513,10 +551,21 @@ impl Pc {
         w.u64(self.stats.messages_ignored);
         w.u64(self.stats.actions_dropped);
         w.u64(self.stats.writes_ignored);
+        // The parts added since: each tagged and length-delimited.
+        let mut rtc = Writer::new();
+        self.rtc.save(&mut rtc);
+        w.u8(PART_RTC);
+        w.blob(&rtc.into_bytes());
     }
 
-    /// Decodes a saved platform for `vcpus` vCPUs: the whole of `r`.
-    pub fn restore(r: &mut Reader<'_>, vcpus: u16) -> Result<Pc, DecodeError> {
+    /// Decodes a saved platform for `vcpus` vCPUs whose RTC reads
+    /// `rtc_epoch` at guest time 0: the whole of `r`. A state saved before
+    /// the platform had an RTC gets one as at power-up.
+    pub fn restore(
+        r: &mut Reader<'_>,
+        vcpus: u16,
+        rtc_epoch: UnixSeconds,
+    ) -> Result<Pc, DecodeError> {
         let count = r.u16()?;
         if count != vcpus {
             return Err(DecodeError::Invalid(format!(
@@ -554,11 +603,26 @@ impl Pc {
             actions_dropped: r.u64()?,
             writes_ignored: r.u64()?,
         };
-        r.finish()?;
+        let mut rtc = None;
+        while !r.at_end() {
+            match r.u8()? {
+                PART_RTC if rtc.is_none() => {
+                    let mut part = Reader::new(r.blob()?);
+                    rtc = Some(Rtc::restore(&mut part, rtc_epoch)?);
+                    part.finish()?;
+                }
+                tag => {
+                    return Err(DecodeError::Invalid(format!(
+                        "platform part {tag} unknown or repeated"
+                    )))
+                }
+            }
+        }
         Ok(Pc {
             lapics,
             ioapic,
             uart,
+            rtc: rtc.unwrap_or_else(|| Rtc::new(rtc_epoch)),
             actions,
             stats,
         })

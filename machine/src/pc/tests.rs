@@ -570,21 +570,32 @@ fn com1_output_is_console_bytes_and_its_interrupt_reaches_pin_4() {
     let mut pc = Pc::new(1, Startup::Running);
     enable(&mut pc, 0);
     route(&mut pc, 4, 0x0000_0024, 0);
-    assert_eq!(pc.port_out(0x3f8, u32::from(b'L')), Some(b"L".to_vec()));
-    assert_eq!(pc.port_out(0x3f7, 0), None, "not COM1");
-    assert_eq!(pc.port_in(0x400, 1), None);
+    assert_eq!(
+        pc.port_out(ctx(0, 0), 0x3f8, u32::from(b'L')),
+        Some(b"L".to_vec())
+    );
+    assert_eq!(pc.port_out(ctx(0, 0), 0x3f7, 0), None, "not COM1");
+    assert_eq!(pc.port_in(ctx(0, 0), 0x400, 1), None);
     assert!(!irr(&pc, 0, 0x24), "interrupts off");
-    assert_eq!(pc.port_out(0x3f9, 0x02), Some(vec![]), "IER: THR empty");
+    assert_eq!(
+        pc.port_out(ctx(0, 0), 0x3f9, 0x02),
+        Some(vec![]),
+        "IER: THR empty"
+    );
     assert!(irr(&pc, 0, 0x24));
     assert_eq!(pc.acknowledge(VcpuId(0)), Some(Vector(0x24)));
-    assert_eq!(pc.port_in(0x3fa, 1), Some(0xc2), "IIR: FIFOs, THR empty");
+    assert_eq!(
+        pc.port_in(ctx(0, 0), 0x3fa, 1),
+        Some(0xc2),
+        "IIR: FIFOs, THR empty"
+    );
     write(&mut pc, 0, 0, reg::EOI, 0);
-    pc.port_out(0x3f9, 0x01); // receive only
+    pc.port_out(ctx(0, 0), 0x3f9, 0x01); // receive only
     assert_eq!(pc.uart_receive(b"hi"), 2);
     assert!(irr(&pc, 0, 0x24), "received data interrupt");
-    assert_eq!(pc.port_in(0x3f8, 1), Some(u32::from(b'h')));
+    assert_eq!(pc.port_in(ctx(0, 0), 0x3f8, 1), Some(u32::from(b'h')));
     assert_eq!(
-        pc.port_in(0x3fd, 2),
+        pc.port_in(ctx(0, 0), 0x3fd, 2),
         Some(0xff00 | 0x61),
         "LSR: data ready, THR empty, idle"
     );
@@ -690,8 +701,10 @@ fn busy() -> Pc {
     ipi(&mut pc, 0, 0x0000_0045, 1);
     write(&mut pc, 1, 0, reg::LVT_TIMER, 0x4_0031);
     pc.msr_write(ctx(1, 0), MSR_TSC_DEADLINE, 7_777);
-    pc.port_out(0x3f9, 0x01);
+    pc.port_out(ctx(0, 0), 0x3f9, 0x01);
     pc.uart_receive(b"abc");
+    rtc_write(&mut pc, 1_000, rtc::reg::B, rtc::B_BINARY | rtc::B_24_HOUR);
+    rtc_write(&mut pc, 1_000, 0x40, 0x99);
     ipi(&mut pc, 0, 0x0000_0400, 1);
     pc.advance(GuestNs(1_500));
     pc
@@ -703,11 +716,80 @@ fn saved(pc: &Pc) -> Vec<u8> {
     w.into_bytes()
 }
 
+fn rtc_write(pc: &mut Pc, now: u64, index: u8, value: u8) {
+    assert_eq!(
+        pc.port_out(ctx(0, now), 0x70, u32::from(index)),
+        Some(vec![])
+    );
+    assert_eq!(
+        pc.port_out(ctx(0, now), 0x71, u32::from(value)),
+        Some(vec![])
+    );
+}
+
+fn rtc_read(pc: &mut Pc, now: u64, index: u8) -> u8 {
+    pc.port_out(ctx(0, now), 0x70, u32::from(index));
+    let value = pc.port_in(ctx(0, now), 0x71, 1).expect("the RTC's port");
+    u8::try_from(value).expect("a byte read")
+}
+
+/// The length of `busy()`'s state without its tagged parts: the layout
+/// before the RTC.
+fn first_layout_len(bytes: &[u8]) -> usize {
+    let mut w = Writer::new();
+    Rtc::new(DEFAULT_EPOCH).save(&mut w);
+    bytes.len() - 1 - 4 - w.into_bytes().len()
+}
+
+#[test]
+fn the_rtc_answers_on_ports_0x70_and_0x71_in_guest_time() {
+    let mut pc = Pc::new(1, Startup::Running).with_rtc_epoch(UnixSeconds(1_000_000_000));
+    assert_eq!(rtc_read(&mut pc, 0, rtc::reg::SECONDS), 0x40, "BCD");
+    assert_eq!(rtc_read(&mut pc, 2_000_000_000, rtc::reg::SECONDS), 0x42);
+    assert_eq!(
+        rtc_read(&mut pc, 0, 0x80 | rtc::reg::MINUTES),
+        0x46,
+        "NMI mask bit"
+    );
+    assert_eq!(
+        pc.port_in(ctx(0, 0), 0x71, 2),
+        Some(0xff00 | 0x46),
+        "8 bits wide"
+    );
+    assert_eq!(
+        pc.port_in(ctx(0, 0), 0x70, 1),
+        Some(0xff),
+        "write-only index"
+    );
+    assert_eq!(pc.port_in(ctx(0, 0), 0x72, 1), None, "not the RTC's");
+    assert_eq!(pc.rtc().epoch(), UnixSeconds(1_000_000_000));
+}
+
+#[test]
+fn a_platform_state_from_before_the_rtc_restores_with_a_power_up_rtc() {
+    let pc = busy();
+    let bytes = saved(&pc);
+    let old = &bytes[..first_layout_len(&bytes)];
+    let epoch = UnixSeconds(1_000_000_000);
+    let back = Pc::restore(&mut Reader::new(old), 2, epoch).expect("the older layout decodes");
+    assert_eq!(back.rtc(), &Rtc::new(epoch));
+    assert_eq!(back.lapics, pc.lapics);
+    assert_eq!(back.uart, pc.uart);
+    // The RTC's part twice, or a part nobody knows, is corrupt.
+    let part = &bytes[old.len()..];
+    let twice = [&bytes[..], part].concat();
+    let error = Pc::restore(&mut Reader::new(&twice), 2, epoch).unwrap_err();
+    assert!(error.to_string().contains("part 1"), "{error}");
+    let mut unknown = bytes.clone();
+    unknown[old.len()] = 0xee;
+    assert!(Pc::restore(&mut Reader::new(&unknown), 2, epoch).is_err());
+}
+
 #[test]
 fn a_restored_platform_goes_on_exactly_as_the_original_mid_timer() {
     let mut pc = busy();
     let bytes = saved(&pc);
-    let mut back = Pc::restore(&mut Reader::new(&bytes), 2).expect("decodes");
+    let mut back = Pc::restore(&mut Reader::new(&bytes), 2, DEFAULT_EPOCH).expect("decodes");
     assert_eq!(back, pc);
     assert_eq!(saved(&back), bytes);
     assert_eq!(back.next_deadline(), pc.next_deadline());
@@ -730,7 +812,7 @@ fn a_restored_platform_goes_on_exactly_as_the_original_mid_timer() {
     }
     for pc in [&mut pc, &mut back] {
         assert_eq!(pc.poll_action(), Some(PcAction::Nmi { vcpu: VcpuId(1) }));
-        assert_eq!(pc.port_in(0x3f8, 1), Some(u32::from(b'a')));
+        assert_eq!(pc.port_in(ctx(0, 0), 0x3f8, 1), Some(u32::from(b'a')));
         write(pc, 1, 9_000, reg::EOI, 0);
     }
     assert_eq!(saved(&back), saved(&pc));
@@ -739,16 +821,17 @@ fn a_restored_platform_goes_on_exactly_as_the_original_mid_timer() {
 #[test]
 fn a_truncated_or_overlong_platform_state_is_an_error() {
     let bytes = saved(&busy());
-    for len in 0..bytes.len() {
+    let older_layout = first_layout_len(&bytes);
+    for len in (0..bytes.len()).filter(|len| *len != older_layout) {
         assert!(
-            Pc::restore(&mut Reader::new(&bytes[..len]), 2).is_err(),
+            Pc::restore(&mut Reader::new(&bytes[..len]), 2, DEFAULT_EPOCH).is_err(),
             "cut at {len}"
         );
     }
     let mut longer = bytes.clone();
     longer.push(0);
-    assert!(Pc::restore(&mut Reader::new(&longer), 2).is_err());
-    let error = Pc::restore(&mut Reader::new(&bytes), 3).unwrap_err();
+    assert!(Pc::restore(&mut Reader::new(&longer), 2, DEFAULT_EPOCH).is_err());
+    let error = Pc::restore(&mut Reader::new(&bytes), 3, DEFAULT_EPOCH).unwrap_err();
     assert!(error.to_string().contains("vCPUs"), "{error}");
 }
 
@@ -760,7 +843,7 @@ fn corrupt_platform_states_never_panic() {
             let at = usize::from(at) % bytes.len();
             bytes[at] ^= mask;
         }
-        if let Ok(mut pc) = Pc::restore(&mut Reader::new(&bytes), 2) {
+        if let Ok(mut pc) = Pc::restore(&mut Reader::new(&bytes), 2, DEFAULT_EPOCH) {
             // Whatever decodes runs.
             pc.advance(GuestNs(u64::MAX / 2));
             pc.next_deadline();
@@ -809,8 +892,10 @@ fn guest_nonsense_on_the_apic_pages_and_msrs_never_panics() {
                         usize::from(offset % 30),
                         [Line::Low, Line::High][usize::from(kind >> 7)],
                     );
-                    pc.port_out(0x3f8 + offset % 8, value);
-                    pc.port_in(0x3f8 + (offset >> 3) % 8, 1);
+                    pc.port_out(c, 0x3f8 + offset % 8, value);
+                    pc.port_in(c, 0x3f8 + (offset >> 3) % 8, 1);
+                    pc.port_out(c, 0x70 + offset % 2, value);
+                    pc.port_in(c, 0x70 + (offset >> 1) % 2, 4);
                 }
             }
             pc.advance(GuestNs(now));
@@ -821,7 +906,7 @@ fn guest_nonsense_on_the_apic_pages_and_msrs_never_panics() {
         }
         // Whatever the guest did, the state saves and restores.
         let bytes = saved(&pc);
-        let back = Pc::restore(&mut Reader::new(&bytes), 2);
+        let back = Pc::restore(&mut Reader::new(&bytes), 2, DEFAULT_EPOCH);
         TestResult::from_bool(back.as_ref() == Ok(&pc))
     }
     QuickCheck::new()
