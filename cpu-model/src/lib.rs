@@ -69,23 +69,6 @@ pub struct EmuConfig {
     pub seed: u64,
     /// Quantum lengths.
     pub quantum: Quantum,
-    /// How [`EngineStats::instructions`] is counted (both ways exactly
-    /// now: see [`Counting`]).
-    pub counting: Counting,
-}
-
-/// How exactly the engine counts retired instructions. Since every slice
-/// runs on our unicorn patch's inline instruction budget (the BUDGET
-/// pseudo-register), which says after each slice how many instructions
-/// it ran, both count every slice exactly, at no cost; `Precise` once
-/// added a block hook for slices that end in `hlt`. Kept so that
-/// configurations and callers need not change.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counting {
-    /// Every slice counted exactly.
-    Slices,
-    /// The same as `Slices`.
-    Precise,
 }
 
 fn backend(error: uc_error) -> EngineError {
@@ -891,7 +874,6 @@ mod tests {
         EmuConfig {
             seed: 1,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         }
     }
 

@@ -8,7 +8,7 @@
 // slices) ends somewhere else.
 
 use cpu_model::raw::RawUnicorn;
-use cpu_model::{Counting, DirtyTracking, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
 use iced_x86::code_asm::*;
 use machine::devices::{DeviceBus, MemStore};
 use machine::guests::GuestImage;
@@ -286,11 +286,7 @@ fn reference(image: &GuestImage, n: u64) -> ([u64; 16], u64, u64, Vec<u8>) {
 /// An engine of `quantum` and `tracking` run for `n` instructions in
 /// `Engine::run` calls of the lengths `runs` cycles through.
 fn engine_run(quantum: Quantum, tracking: DirtyTracking, n: u64, runs: &[u64]) -> EmuEngine {
-    let config = EmuConfig {
-        seed: 7,
-        quantum,
-        counting: Counting::Slices,
-    };
+    let config = EmuConfig { seed: 7, quantum };
     let mut engine = EmuEngine::new(shape(), &dirtier(), config).expect("boots");
     engine.set_dirty_tracking(tracking).expect("tracking");
     let mut bus = DeviceBus::new(1, Box::new(MemStore::new(1)));

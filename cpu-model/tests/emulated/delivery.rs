@@ -451,7 +451,7 @@ fn a_fault_with_no_gate_is_a_triple_fault_error_not_a_silent_stop() {
 
 mod engine {
     use super::gate_words;
-    use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+    use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
     use iced_x86::code_asm::*;
     use iced_x86::BlockEncoderOptions;
     use machine::devices::MemStore;
@@ -548,7 +548,6 @@ mod engine {
         let config = EmuConfig {
             seed: 5,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         emulated_machine(shape, &image.image, config, Box::new(MemStore::new(1))).expect("boots")
     }

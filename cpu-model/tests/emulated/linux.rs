@@ -11,7 +11,7 @@
 
 use std::time::Instant;
 
-use cpu_model::{Counting, DirtyTracking, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
 use machine::devices::{DeviceBus, MemStore};
 use machine::linux::{load, DEFAULT_CMDLINE};
 use machine::pc::lapic::Startup;
@@ -53,7 +53,6 @@ fn linux_machine(kernel: &[u8], seed: u64) -> Machine<EmuEngine> {
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let mut engine =
         EmuEngine::boot(shape, &image.memory, image.vcpu_states, config).expect("boots");
