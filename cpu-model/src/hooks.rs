@@ -42,10 +42,6 @@ pub(crate) struct HookState {
     pub ram_len: u64,
     /// Set by the hook on a `hlt`: the address of the `hlt` executed.
     pub halting: Option<u64>,
-    /// With precise counting: instructions of the blocks entered in the
-    /// current slice, and each block's instruction count by address.
-    pub block_instructions: u64,
-    pub block_sizes: std::collections::BTreeMap<u64, u64>,
     /// The first fault of the current run.
     pub fault: Option<(VcpuId, FaultKind)>,
     /// Set by the hook when a disk command took store time: the vCPU
@@ -91,8 +87,6 @@ impl HookState {
             ram,
             ram_len: u64::from(pages) * PAGE_SIZE,
             halting: None,
-            block_instructions: 0,
-            block_sizes: std::collections::BTreeMap::new(),
             fault: None,
             disk_wait_ns: 0,
             yielded: false,
@@ -194,29 +188,6 @@ pub(crate) fn install(
         false
     })?;
     add_rdtsc_hook(uc, shared)
-}
-
-/// Counts the instructions of every block entered, so a slice that ends
-/// in `hlt` (which ends its block) knows how many instructions it ran.
-pub(crate) fn install_block_counter(uc: &mut Vcpu, shared: &Shared) -> Result<(), uc_error> {
-    let s = shared.clone();
-    uc.add_block_hook(1, 0, move |uc, address, size| {
-        let mut state = s.borrow_mut();
-        let count = match state.block_sizes.get(&address) {
-            Some(count) => *count,
-            None => {
-                let mut bytes = vec![0u8; size as usize];
-                let _ = uc.mem_read(address, &mut bytes);
-                let count = Decoder::with_ip(64, &bytes, address, DecoderOptions::NONE)
-                    .iter()
-                    .count() as u64;
-                state.block_sizes.insert(address, count);
-                count
-            }
-        };
-        state.block_instructions += count;
-    })?;
-    Ok(())
 }
 
 /// Stores a page takes through the hook in one epoch before it is made

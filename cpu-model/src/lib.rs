@@ -69,19 +69,6 @@ pub struct EmuConfig {
     pub seed: u64,
     /// Quantum lengths.
     pub quantum: Quantum,
-    /// Count the instructions of slices that end in `hlt` exactly (a hook
-    /// on every translated block; costs speed). Without it they are not
-    /// counted, and [`EngineStats::instructions`] is a lower bound.
-    pub counting: Counting,
-}
-
-/// How exactly the engine counts retired instructions.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Counting {
-    /// Count slices that run to their end; fast.
-    Slices,
-    /// Also count slices that end in `hlt`, by a block hook.
-    Precise,
 }
 
 fn backend(error: uc_error) -> EngineError {
@@ -106,6 +93,14 @@ pub enum DirtyTracking {
 enum SliceEnd {
     Ran,
     Halted,
+}
+
+/// What a slice did: how it ended and how many instructions it ran (as a
+/// code hook on every instruction would count them: see the BUDGET
+/// pseudo-register in our patch's include/unicorn/x86.h).
+struct Slice {
+    end: SliceEnd,
+    instructions: u64,
 }
 
 /// The emulated engine.
@@ -264,10 +259,7 @@ impl EmuEngine {
         let mut vcpus = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            let mut uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
-            if config.counting == Counting::Precise {
-                hooks::install_block_counter(&mut uc, &shared).map_err(backend)?;
-            }
+            let uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
             vcpus.push(uc);
         }
         Ok(EmuEngine {
@@ -394,7 +386,7 @@ impl EmuEngine {
 
     /// Runs vCPU `v` for a slice, its local APIC's interrupt offered at
     /// the start (its timers due fired first) and acknowledged if taken.
-    fn execute_offered(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
+    fn execute_offered(&mut self, v: usize, slice: u64) -> Result<Slice, EngineError> {
         let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
         self.opt_in_to_delivery(v)?;
         {
@@ -419,7 +411,6 @@ impl EmuEngine {
             for uc in &mut self.vcpus {
                 uc.ctl_flush_tb().map_err(backend)?;
             }
-            self.shared.borrow_mut().block_sizes.clear();
             self.code_stale = false;
         }
         self.map_platform()?;
@@ -431,12 +422,10 @@ impl EmuEngine {
             let v = usize::from(self.sched.current);
             let slice = self.platform_slice(self.sched.remaining.min(self.budget_end - self.now));
             if self.run_states[v] == RunState::Running {
-                match self.execute_offered(v, slice)? {
-                    SliceEnd::Ran => self.instructions += slice,
-                    SliceEnd::Halted => {
-                        self.run_states[v] = RunState::Halted;
-                        self.instructions += self.shared.borrow().block_instructions;
-                    }
+                let ran = self.execute_offered(v, slice)?;
+                self.instructions += ran.instructions;
+                if let SliceEnd::Halted = ran.end {
+                    self.run_states[v] = RunState::Halted;
                 }
             }
             self.now += slice;
@@ -563,20 +552,25 @@ impl EmuEngine {
     }
 
     /// Runs vCPU `v` for `slice` instructions or until it halts.
-    fn execute(&mut self, v: usize, slice: u64) -> Result<SliceEnd, EngineError> {
+    fn execute(&mut self, v: usize, slice: u64) -> Result<Slice, EngineError> {
         self.opt_in_to_delivery(v)?;
         let uc = &mut self.vcpus[v];
         let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
         {
             let mut state = self.shared.borrow_mut();
             state.halting = None;
-            state.block_instructions = 0;
             state.slice_start = Some(rip);
         }
-        // emu_start takes a count of 0 to mean "no limit".
+        // A budget of 0 means "no budget" (then emu_start runs unbounded).
         assert!(slice > 0, "an empty slice would run unbounded");
-        let count = usize::try_from(slice).expect("quanta are small");
-        let result = uc.emu_start(rip, 0, 0, count);
+        uc.reg_write(regs::pseudo::BUDGET, slice).map_err(backend)?;
+        let result = uc.emu_start(rip, 0, 0, 0);
+        let left = uc.reg_read(regs::pseudo::BUDGET).map_err(backend)?;
+        assert!(
+            left <= slice,
+            "the budget only shrinks: {left} of {slice} left"
+        );
+        let instructions = slice - left;
         let unprotect = std::mem::take(&mut self.shared.borrow_mut().unprotect);
         for &page in &unprotect {
             let gpa = u64::from(page) * PAGE_SIZE;
@@ -593,11 +587,12 @@ impl EmuEngine {
                 let halting = self.shared.borrow_mut().halting.take();
                 let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
                 let halted = self.halts.ended_in_hlt(rip, halting);
-                return Ok(if halted {
+                let end = if halted {
                     SliceEnd::Halted
                 } else {
                     SliceEnd::Ran
-                });
+                };
+                return Ok(Slice { end, instructions });
             }
             (None, Err(uc_error::INSN_INVALID)) => FaultKind::InvalidOpcode,
             (None, Err(uc_error::EXCEPTION))
@@ -879,7 +874,6 @@ mod tests {
         EmuConfig {
             seed: 1,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         }
     }
 

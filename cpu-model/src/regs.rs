@@ -44,6 +44,9 @@ pub(crate) mod pseudo {
     pub const FEAT_1_EDX: i32 = 1005;
     /// The initial APIC ID CPUID leaf 1 reports.
     pub const APIC_ID: i32 = 1006;
+    /// The instruction budget of the following runs (0: none); reads
+    /// the instructions left.
+    pub const BUDGET: i32 = 1007;
     /// A whole segment register (uc_x86_mmr), in QEMU's order: es, cs,
     /// ss, ds, fs, gs from this id on.
     pub const SEG_ES: i32 = 1010;

@@ -2,8 +2,15 @@
 # Makes cpu-model/unicorn/unicorn-engine-sys: unicorn-engine-sys 2.1.5 from
 # crates.io with Lockstep's delivery.patch applied (QEMU's own x86 delivery
 # through the guest's IDT, external interrupts, syscall, RDMSR/WRMSR hooks,
-# CPUID leaf 1 feature words; see the
+# CPUID leaf 1 feature words, an exact instruction budget counted inline
+# per translation block; see the
 # pseudo-registers in its include/unicorn/x86.h and cpu-model/EXCEPTIONS.md).
+#
+# To change the patch: edit the prepared tree, then regenerate the patch
+# against a pristine extraction of the crate, a/ pristine and b/ edited:
+#   diff -ruN --exclude=.lockstep-prepared a b > delivery.patch
+# (with the timestamps dropped from the ---/+++ lines), and check that a
+# fresh run of this script reproduces the edited tree exactly.
 # The root Cargo.toml points [patch.crates-io] at that directory, so this
 # runs before any cargo command (README's commands and .ci/run do).
 #

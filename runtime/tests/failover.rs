@@ -4,7 +4,7 @@
 //! must see no reply contradicted and the survivor's ledger must hold every
 //! transfer the client was told about.
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger::STATUS_APPLIED;
 use machine::guests::ledger_load::{
@@ -41,7 +41,6 @@ fn machine(seed: u64) -> Machine<EmuEngine> {
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     emulated_machine(shape, &image, config, Box::new(MemStore::new(64))).expect("boots")
 }

@@ -6,7 +6,7 @@
 use crate::client::Client;
 use crate::spec::{Endpoint, HostRef, LinkFaultKind, RunSpec};
 use crate::trace::{digest, Kind, Trace};
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
 use machine::devices::{BlockStore, IntegrityStore, MemStore, SharedStore};
 use machine::guests::ledger_load::LedgerConfig;
@@ -244,7 +244,6 @@ impl World {
         let config = EmuConfig {
             seed: self.spec.seed ^ (index as u64 + 1),
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         let disk = Rc::clone(
             self.hosts[index]

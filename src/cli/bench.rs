@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use cpu_model::raw::RawUnicorn;
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::MemStore;
 use machine::guests::Guest;
 use machine::layout::MEMORY_BYTES_MIN;
@@ -78,7 +78,6 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
                 min: args.quantum_min,
                 max: args.quantum_max,
             },
-            counting: Counting::Slices,
         };
         let mut machine = emulated_machine(shape, &image, config, Box::new(MemStore::new(1)))?;
         let started = Instant::now();

@@ -3,7 +3,7 @@
 //! file, line and field, as scenario files get).
 
 use anyhow::Context;
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use faults::{field_error, parse_toml, FileError};
 use machine::guests::ledger_load::LedgerConfig;
 use machine::guests::Guest;
@@ -400,7 +400,6 @@ pub fn node(args: NodeArgs) -> anyhow::Result<ExitCode> {
             let config = EmuConfig {
                 seed,
                 quantum: Quantum::default(),
-                counting: Counting::Slices,
             };
             let mut machine =
                 emulated_machine(shape, &image, config, store).map_err(|e| e.to_string())?;

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context};
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::{IoContext, MemStore, PORT_DOORBELL};
 use machine::guests::ledger_load::{LedgerConfig, LedgerLoad};
 use machine::guests::{compute, Guest, GuestImage};
@@ -98,7 +98,6 @@ fn throughput_compute(vcpus: u16, iterations: u64) -> anyhow::Result<()> {
     let config = EmuConfig {
         seed: 1,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let mut emu = emulated_machine(shape, &image, config, Box::new(MemStore::new(1)))?;
     let started = Instant::now();
@@ -158,7 +157,6 @@ fn throughput_ledger(requests: u64) -> anyhow::Result<()> {
     let emu_config = EmuConfig {
         seed: 1,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let mut emu = emulated_machine(shape, &image, emu_config, Box::new(MemStore::new(blocks)))?;
     let mut load = LedgerLoad::new(config, 1);

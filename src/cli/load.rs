@@ -5,7 +5,7 @@
 //! survivor's final checkpoint.
 
 use anyhow::{bail, Context};
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{LedgerConfig, Request};
 use machine::guests::Guest;
@@ -313,7 +313,6 @@ pub fn check(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let config = EmuConfig {
         seed: 0,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let mut machine = emulated_machine(
         shape,

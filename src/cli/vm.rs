@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad};
 use machine::guests::{compute, dirtier, Guest};
@@ -80,7 +80,6 @@ pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
             let config = EmuConfig {
                 seed: args.seed,
                 quantum: Quantum::default(),
-                counting: Counting::Precise,
             };
             let boot = |guest: Guest, params: [u64; 8], blocks: u64| {
                 let image = guest.image(params)?;

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{LedgerConfig, LedgerLoad};
 use machine::guests::{Guest, GuestImage};
@@ -39,7 +39,6 @@ impl Scenario {
         let config = EmuConfig {
             seed,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         let store = MemStore::new(REQUESTS / 16 + 16);
         emulated_machine(self.shape, &self.image, config, Box::new(store)).expect("boots")
@@ -181,7 +180,6 @@ fn a_backup_applying_every_delta_follows_the_dirtier() {
         let config = EmuConfig {
             seed,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots")
     };
@@ -246,7 +244,6 @@ fn a_run_cut_anywhere_ends_the_same() {
         let config = EmuConfig {
             seed: 9,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots")
     };

@@ -18,7 +18,7 @@ const IDT: u64 = 0x7000;
 const TSS: u64 = 0x8000;
 const IST1_TOP: u64 = 0x8_8000;
 /// Not present, beside ABSENT.
-const ABSENT2: u64 = 0x30_4000;
+pub(crate) const ABSENT2: u64 = 0x30_4000;
 /// A user page, not present.
 const USER_ABSENT: u64 = 0x20_8000;
 /// The 64-bit TSS descriptor (two GDT entries, selector 0x38).
@@ -30,7 +30,7 @@ const DELIVER: i32 = 1000;
 const IRQ: i32 = 1001;
 const TRIPLE: i32 = 1003;
 
-struct Labels {
+pub(crate) struct Labels {
     pf: CodeLabel,
     de: CodeLabel,
     ud: CodeLabel,
@@ -54,7 +54,7 @@ impl Labels {
     }
 }
 
-type Main = fn(&mut CodeAssembler, &mut Labels) -> Result<(), IcedError>;
+pub(crate) type Main = fn(&mut CodeAssembler, &mut Labels) -> Result<(), IcedError>;
 
 /// Handlers: #PF maps the page at CR2 and records what it was given; #DE
 /// skips the 3-byte div and #UD the 2-byte ud2; #GP records and halts; the
@@ -145,8 +145,8 @@ fn gate(memory: &mut [u8], vector: u64, handler: u64, ist: u64) {
     put(memory, IDT + 16 * vector + 8, high);
 }
 
-struct Guest {
-    uc: Unicorn<'static, ()>,
+pub(crate) struct Guest {
+    pub(crate) uc: Unicorn<'static, ()>,
     mark: u64,
     entry: u64,
     intr_hooks: Rc<Cell<u32>>,
@@ -154,7 +154,7 @@ struct Guest {
 
 impl Guest {
     /// A guest whose kernel runs `main` and whose user code is `user`.
-    fn new(main: Main, user: Main) -> Guest {
+    pub(crate) fn new(main: Main, user: Main) -> Guest {
         Guest::with_gates(main, user, true)
     }
 
@@ -227,7 +227,7 @@ impl Guest {
     }
 }
 
-fn none(a: &mut CodeAssembler, _: &mut Labels) -> Result<(), IcedError> {
+pub(crate) fn none(a: &mut CodeAssembler, _: &mut Labels) -> Result<(), IcedError> {
     a.hlt()
 }
 
@@ -451,7 +451,7 @@ fn a_fault_with_no_gate_is_a_triple_fault_error_not_a_silent_stop() {
 
 mod engine {
     use super::gate_words;
-    use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+    use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
     use iced_x86::code_asm::*;
     use iced_x86::BlockEncoderOptions;
     use machine::devices::MemStore;
@@ -548,7 +548,6 @@ mod engine {
         let config = EmuConfig {
             seed: 5,
             quantum: Quantum::default(),
-            counting: Counting::Slices,
         };
         emulated_machine(shape, &image.image, config, Box::new(MemStore::new(1))).expect("boots")
     }

@@ -1,6 +1,6 @@
 // The guests run on the emulated engine and do what they should.
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::MemStore;
 use machine::guests::{compute, Guest};
 use machine::layout::MEMORY_BYTES_MIN;
@@ -10,7 +10,6 @@ fn config(seed: u64) -> EmuConfig {
     EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     }
 }
 

@@ -1,7 +1,7 @@
 // The ledger on the emulated engine: determinism, interleavings, and the
 // invariant over many seeds.
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad, LedgerReport};
 use machine::guests::Guest;
@@ -18,7 +18,6 @@ fn run(vcpus: u16, seed: u64, requests: u64) -> (Machine<EmuEngine>, LedgerLoad)
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let store = MemStore::new(requests / 16 + 16);
     let mut machine = emulated_machine(shape, &image, config, Box::new(store)).expect("boots");

@@ -15,7 +15,7 @@
 
 use std::time::Instant;
 
-use cpu_model::{Counting, DirtyTracking, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
 use machine::devices::{DeviceBus, MemStore};
 use machine::linux::{load, DEFAULT_CMDLINE};
 use machine::pc::lapic::Startup;
@@ -96,7 +96,6 @@ fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let mut engine =
         EmuEngine::boot(shape, &image.memory, image.vcpu_states, config).expect("boots");

@@ -1,6 +1,7 @@
 //! Whole-engine tests of the emulated machine, in one test binary so that
 //! unicorn is linked once.
 
+mod budget;
 mod checkpoint;
 mod delivery;
 mod exceptions;

@@ -4,7 +4,7 @@
 // the handler EOIs through MMIO. Time is guest time: the interrupt comes
 // at the deadline the guest armed, on every run alike.
 
-use cpu_model::{Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{EmuConfig, EmuEngine, Quantum};
 use iced_x86::code_asm::*;
 use iced_x86::BlockEncoderOptions;
 use machine::devices::{DeviceBus, MemStore};
@@ -191,7 +191,6 @@ fn machine_of(image: &Image) -> Machine<EmuEngine> {
     let config = EmuConfig {
         seed: 9,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let engine = EmuEngine::new(shape, &image.image, config).expect("boots");
     let bus = DeviceBus::new(1, Box::new(MemStore::new(1))).with_pc(Pc::new(1, Startup::Running));

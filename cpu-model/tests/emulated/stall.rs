@@ -2,7 +2,7 @@
 // duration of guest time, the others run on, and it resumes afterwards. A
 // disk command that takes store time stalls the vCPU that issued it.
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::{BlockStore, MemStore, StoreError, BLOCK_BYTES};
 use machine::guests::ledger_load::{LedgerConfig, Request};
 use machine::guests::{compute, Guest};
@@ -19,7 +19,6 @@ fn a_stalled_vcpu_waits_out_its_stall_while_the_others_run() {
     let config = EmuConfig {
         seed: 3,
         quantum: Quantum::default(),
-        counting: Counting::Precise,
     };
     let mut machine =
         emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots");
@@ -88,7 +87,6 @@ fn reply_after_ns(io_ns: u64) -> u64 {
     let config = EmuConfig {
         seed: 5,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     let store = Slow {
         inner: MemStore::new(16),

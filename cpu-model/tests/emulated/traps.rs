@@ -1,7 +1,7 @@
 // Faults end a run with an error naming vCPU, rip and the code there;
 // rdtsc and rdrand are fed from the engine's seeded clock and rng.
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use iced_x86::code_asm::*;
 use machine::devices::MemStore;
 use machine::guests::GuestImage;
@@ -23,7 +23,6 @@ fn machine_with(
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     emulated_machine(shape, &image, config, Box::new(MemStore::new(1))).expect("boots")
 }

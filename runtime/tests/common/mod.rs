@@ -2,7 +2,7 @@
 //! both engines, running to idle, and the engine-neutral final state.
 #![allow(dead_code)]
 
-use cpu_model::{emulated_machine, Counting, EmuConfig, EmuEngine, Quantum};
+use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use machine::codec::Writer;
 use machine::devices::{MemStore, BLOCK_BYTES};
 use machine::guests::GuestImage;
@@ -37,7 +37,6 @@ pub fn emu(shape: Shape, image: &GuestImage, seed: u64) -> Machine<EmuEngine> {
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
-        counting: Counting::Slices,
     };
     emulated_machine(shape, image, config, Box::new(MemStore::new(BLOCKS))).expect("emu boots")
 }
