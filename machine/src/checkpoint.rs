@@ -19,11 +19,15 @@ use crate::vcpu::{SystemAllowed, VcpuState};
 
 /// The first bytes of every checkpoint.
 pub const MAGIC: [u8; 8] = *b"LKSTCKPT";
-/// The format version this code writes: 4, which has a platform section
-/// (the PC platform's state, [`crate::pc`]) after the engine's. Version 3
-/// is the same layout without it; from 3 on, vCPU states may carry
-/// [`crate::SystemRegisters`] (a flag in each state says so).
-pub const VERSION: u16 = 4;
+/// The format version this code writes: 5, whose platform section may
+/// carry, after the PC platform's state, further parts that delimit
+/// themselves (a tag and a blob: the virtio devices',
+/// [`crate::virtio::PLATFORM_PART_VIRTIO`]); a version 4 section is one
+/// without parts. Version 4 has a platform section (the PC platform's
+/// state, [`crate::pc`]) after the engine's; version 3 is the same layout
+/// without it; from 3 on, vCPU states may carry [`crate::SystemRegisters`]
+/// (a flag in each state says so).
+pub const VERSION: u16 = 5;
 /// The oldest version this code reads: 2, the layout of 3 whose vCPU
 /// states cannot carry system registers.
 pub const VERSION_MIN: u16 = 2;
@@ -653,6 +657,19 @@ mod tests {
             Ok(&[6, 7, 8][..])
         );
         assert_eq!(decoded, Ok(checkpoint));
+    }
+
+    #[test]
+    fn version_4_is_read_with_the_same_platform_section() {
+        // Version 5 only lets the section carry parts after the PC's
+        // state; a version 4 section is one without.
+        let checkpoint = with_system_registers();
+        let mut bytes = checkpoint.encode();
+        as_version(&mut bytes, 4);
+        assert_eq!(
+            Checkpoint::decode(&bytes, CHECKPOINT_BYTES_MAX),
+            Ok(checkpoint)
+        );
     }
 
     #[test]

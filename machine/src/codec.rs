@@ -163,6 +163,11 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// Whether every byte was read.
+    pub fn is_empty(&self) -> bool {
+        self.offset == self.bytes.len()
+    }
+
     /// Errors unless every byte was read.
     pub fn finish(&self) -> Result<(), DecodeError> {
         if self.offset != self.bytes.len() {

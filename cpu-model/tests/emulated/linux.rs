@@ -6,13 +6,14 @@
 // run them with
 //   cargo test --release -p cpu-model --test emulated linux -- --ignored --nocapture
 // LOCKSTEP_LINUX_INSTRUCTIONS sets how far the measuring run goes;
+// LOCKSTEP_LINUX_INITRAMFS=file boots with that initramfs (a cpio);
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
 // and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk.
 
 use std::time::Instant;
 
 use cpu_model::{Counting, DirtyTracking, EmuConfig, EmuEngine, Quantum};
-use machine::devices::{DeviceBus, MemStore};
+use machine::devices::{BlockStore, DeviceBus, MemStore, BLOCK_BYTES};
 use machine::linux::{load, DEFAULT_CMDLINE};
 use machine::pc::lapic::Startup;
 use machine::pc::Pc;
@@ -47,9 +48,26 @@ fn kernel() -> Option<Vec<u8>> {
     }
 }
 
+/// The virtio disk's blocks: 1 MiB, its first sector naming it.
+const DISK_BLOCKS: u64 = 2048;
+const DISK_LABEL: &[u8] = b"LOCKSTEP-VDA";
+/// The virtio NIC's MAC (locally administered).
+const MAC: [u8; 6] = [0x02, 0x4c, 0x4b, 0x53, 0x54, 0x01];
+
+fn disk() -> MemStore {
+    let mut store = MemStore::new(DISK_BLOCKS);
+    let mut first = [0u8; BLOCK_BYTES];
+    first[..DISK_LABEL.len()].copy_from_slice(DISK_LABEL);
+    store.write_block(0, &first).expect("in range");
+    store
+}
+
 fn linux_machine(kernel: &[u8], seed: u64) -> Machine<EmuEngine> {
     let shape = Shape::new(1, MEMORY_BYTES).expect("valid");
-    let image = load(&shape, kernel, DEFAULT_CMDLINE, None).expect("the kernel loads");
+    let initramfs = std::env::var_os("LOCKSTEP_LINUX_INITRAMFS")
+        .map(|path| std::fs::read(&path).expect("reads the initramfs"));
+    let image =
+        load(&shape, kernel, DEFAULT_CMDLINE, initramfs.as_deref()).expect("the kernel loads");
     let config = EmuConfig {
         seed,
         quantum: Quantum::default(),
@@ -62,7 +80,9 @@ fn linux_machine(kernel: &[u8], seed: u64) -> Machine<EmuEngine> {
     engine
         .set_dirty_tracking(DirtyTracking::EveryPage)
         .expect("switches");
-    let bus = DeviceBus::new(1, Box::new(MemStore::new(1))).with_pc(Pc::new(1, Startup::Running));
+    let bus = DeviceBus::new(1, Box::new(disk()))
+        .with_pc(Pc::new(1, Startup::Running))
+        .with_virtio(MAC);
     Machine::new(shape, engine, bus)
 }
 
@@ -171,6 +191,14 @@ fn report(boot: &mut Boot, wall_s: f64) {
                 system.cr2, system.idt, system.segments[0]
             );
         }
+    }
+    if let Some(virtio) = boot.machine.bus().virtio() {
+        eprintln!(
+            "virtio: {:?}; block status {:#x}, net status {:#x}",
+            virtio.counts(),
+            virtio.block.transport().status(),
+            virtio.net.transport().status()
+        );
     }
     if let Some(error) = &boot.error {
         eprintln!("run ended in an error: {error}");

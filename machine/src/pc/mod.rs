@@ -517,6 +517,14 @@ impl Pc {
 
     /// Decodes a saved platform for `vcpus` vCPUs: the whole of `r`.
     pub fn restore(r: &mut Reader<'_>, vcpus: u16) -> Result<Pc, DecodeError> {
+        let pc = Pc::restore_part(r, vcpus)?;
+        r.finish()?;
+        Ok(pc)
+    }
+
+    /// Decodes a saved platform for `vcpus` vCPUs from the start of `r`,
+    /// leaving what follows it (the platform section's other parts).
+    pub fn restore_part(r: &mut Reader<'_>, vcpus: u16) -> Result<Pc, DecodeError> {
         let count = r.u16()?;
         if count != vcpus {
             return Err(DecodeError::Invalid(format!(
@@ -554,7 +562,6 @@ impl Pc {
             actions_dropped: r.u64()?,
             writes_ignored: r.u64()?,
         };
-        r.finish()?;
         Ok(Pc {
             lapics,
             ioapic,
