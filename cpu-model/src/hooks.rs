@@ -104,6 +104,13 @@ pub(crate) fn placeholder_bus(vcpus: u16) -> DeviceBus {
 }
 
 pub(crate) type Shared = Rc<RefCell<HookState>>;
+
+/// Notes `page` written since the last checkpoint (once in the list).
+pub(crate) fn mark_dirty(state: &mut HookState, page: u32) {
+    if !std::mem::replace(&mut state.dirty[page as usize], true) {
+        state.dirty_list.push(page);
+    }
+}
 pub(crate) type Vcpu = Unicorn<'static, ()>;
 
 fn ctx(state: &HookState, vcpu: VcpuId) -> IoContext {
@@ -214,9 +221,7 @@ fn protected_write(shared: &Shared, address: u64, size: usize, value: i64) -> bo
     state.dirty_faults += 1;
     for page in address / PAGE_SIZE..=(end - 1) / PAGE_SIZE {
         let page = page as u32;
-        if !std::mem::replace(&mut state.dirty[page as usize], true) {
-            state.dirty_list.push(page);
-        }
+        mark_dirty(&mut state, page);
         let writes = &mut state.hooked_writes[page as usize];
         *writes = writes.saturating_add(1);
         if *writes >= HOT_PAGE_WRITES && !state.unprotect.contains(&page) {

@@ -40,6 +40,7 @@ mod ram;
 pub mod raw;
 mod regs;
 mod sched;
+mod virtio;
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -112,6 +113,8 @@ pub struct EmuEngine {
     /// checkpoint (all others are write-protected there).
     writable: Vec<std::collections::BTreeSet<u32>>,
     shared: Shared,
+    /// The RAM as the virtio devices write it; dropped before the RAM.
+    device_memory: ram::DeviceMemory,
     ram: ram::GuestRam,
     shape: Shape,
     halts: Halts,
@@ -266,6 +269,7 @@ impl EmuEngine {
             writable: vec![std::collections::BTreeSet::new(); vcpus.len()],
             vcpus,
             shared,
+            device_memory: ram.device_memory(),
             ram,
             shape,
             halts,
@@ -336,6 +340,13 @@ impl EmuEngine {
     /// device's, or an interrupt of the PC platform (its timers due now
     /// fired first) that the vCPU takes.
     fn wake(&mut self) -> Result<(), EngineError> {
+        // A packet that arrived meanwhile, before anyone wakes for it.
+        virtio::serve(
+            &mut self.vcpus,
+            &self.shared,
+            &self.device_memory,
+            VcpuId(0),
+        )?;
         let mut state = self.shared.borrow_mut();
         let now = GuestNs(self.now);
         if let Some(pc) = state.bus.pc_mut() {
@@ -403,6 +414,9 @@ impl EmuEngine {
         let mut state = self.shared.borrow_mut();
         state.running = None;
         platform::note_taken(&self.vcpus[v], &mut state, vcpu);
+        drop(state);
+        // The queues the vCPU notified during its slice.
+        virtio::serve(&mut self.vcpus, &self.shared, &self.device_memory, vcpu)?;
         end
     }
 
@@ -456,6 +470,7 @@ impl EmuEngine {
             let vcpu = VcpuId(v as u16);
             idle &= *s == RunState::Halted
                 && !state.bus.wake_pending(vcpu, now)
+                && !state.bus.virtio_wants_service()
                 && !platform::wakes(&state, &self.vcpus[v], vcpu).map_err(backend)?;
         }
         Ok(if idle {
@@ -689,9 +704,7 @@ impl Engine for EmuEngine {
         let first = gpa.0 / PAGE_SIZE;
         let last = (gpa.0 + bytes.len() as u64 - 1) / PAGE_SIZE;
         for page in first..=last {
-            if !std::mem::replace(&mut state.dirty[page as usize], true) {
-                state.dirty_list.push(page as u32);
-            }
+            hooks::mark_dirty(&mut state, page as u32);
         }
         self.code_stale = true;
         Ok(())

@@ -13,6 +13,7 @@ use machine::pc::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_BYTES};
 use machine::pc::lapic::{APIC_BASE_DEFAULT, APIC_PAGE_BYTES};
 use machine::pc::vectors::Vector;
 use machine::pc::{CpuidRegs, MsrWrite, Pc};
+use machine::virtio::{VirtioSlot, VIRTIO_MMIO_WINDOW_BYTES};
 use machine::{Gpa, VcpuId};
 use unicorn_engine::unicorn_const::{uc_engine, uc_error, uc_reg_read, uc_reg_write, X86Insn};
 use unicorn_engine::{RegisterX86, Unicorn};
@@ -28,10 +29,14 @@ const ACCESS_BYTES_MAX: usize = 8;
 /// first settles whether the vCPU took its offered vector, so the APIC
 /// sees the acknowledge before the handler's EOI.
 pub(crate) fn map_mmio(uc: &mut Vcpu, vcpu: VcpuId, shared: &Shared) -> Result<(), uc_error> {
-    for (base, bytes) in [
+    let mut windows = vec![
         (APIC_BASE_DEFAULT, APIC_PAGE_BYTES),
         (IOAPIC_BASE, IOAPIC_WINDOW_BYTES),
-    ] {
+    ];
+    if shared.borrow().bus.virtio().is_some() {
+        windows.extend(VirtioSlot::ALL.map(|slot| (slot.base(), VIRTIO_MMIO_WINDOW_BYTES)));
+    }
+    for (base, bytes) in windows {
         let (r, w) = (shared.clone(), shared.clone());
         uc.mmio_map(
             base,

@@ -4,6 +4,11 @@
 use std::alloc::Layout;
 use std::ptr::NonNull;
 
+use std::sync::Arc;
+
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
 use crate::backing::Backing;
 
 use machine::PAGE_SIZE;
@@ -128,6 +133,42 @@ impl GuestRam {
     /// value is dropped; the engine drops its unicorn instances first.
     pub(crate) fn as_mut_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+}
+
+/// The guest RAM as vm-memory's mapping, for the virtio devices: their
+/// writes set bits in its bitmap, one per page, which the engine takes
+/// as dirty pages ([`crate::virtio`]).
+#[derive(Debug)]
+pub(crate) struct DeviceMemory {
+    /// What the devices are handed.
+    pub(crate) memory: machine::virtio::GuestMemory,
+    /// The one region of it, whose bitmap records their writes.
+    pub(crate) region: Arc<MmapRegion<AtomicBitmap>>,
+}
+
+impl GuestRam {
+    /// vm-memory's view of this buffer (it does not own it: the engine
+    /// drops it before the RAM).
+    pub(crate) fn device_memory(&self) -> DeviceMemory {
+        // SAFETY: `ptr` is the start of this buffer's live private
+        // anonymous read-write mapping of `layout.size()` bytes, which
+        // outlives the view (the engine declares it before the RAM). The
+        // view does not unmap it (a raw region is not its owner).
+        let region = unsafe {
+            MmapRegion::<AtomicBitmap>::build_raw(
+                self.ptr.as_ptr(),
+                self.layout.size(),
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            )
+        }
+        .expect("a page-aligned mapping of ours");
+        let region = Arc::new(region);
+        let guest = GuestRegionMmap::with_arc(Arc::clone(&region), GuestAddress(0))
+            .expect("memory ends below 1 GiB");
+        let memory = GuestMemoryMmap::from_regions(vec![guest]).expect("one region");
+        DeviceMemory { memory, region }
     }
 }
 

@@ -20,6 +20,7 @@ pub mod pc;
 pub mod rng;
 pub mod units;
 pub mod vcpu;
+pub mod virtio;
 
 pub use checkpoint::{Checkpoint, CheckpointRef, Kind, CHECKPOINT_BYTES_MAX};
 pub use devices::DeviceBus;

@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
-use machine::devices::{DeviceBus, MemStore};
+use machine::devices::{BlockStore, DeviceBus, MemStore, BLOCK_BYTES};
 use machine::linux::{load, DEFAULT_CMDLINE};
 use machine::pc::lapic::Startup;
 use machine::pc::Pc;
@@ -68,6 +68,20 @@ fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option
     }
 }
 
+/// The virtio disk's blocks: 1 MiB, its first sector naming it.
+const DISK_BLOCKS: u64 = 2048;
+const DISK_LABEL: &[u8] = b"LOCKSTEP-VDA";
+/// The virtio NIC's MAC (locally administered).
+const MAC: [u8; 6] = [0x02, 0x4c, 0x4b, 0x53, 0x54, 0x01];
+
+fn disk() -> MemStore {
+    let mut store = MemStore::new(DISK_BLOCKS);
+    let mut first = [0u8; BLOCK_BYTES];
+    first[..DISK_LABEL.len()].copy_from_slice(DISK_LABEL);
+    store.write_block(0, &first).expect("in range");
+    store
+}
+
 /// The kernel's bytes, or None after saying loudly how to fetch it.
 fn kernel() -> Option<Vec<u8>> {
     guest_file(
@@ -104,7 +118,9 @@ fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<
     engine
         .set_dirty_tracking(DirtyTracking::EveryPage)
         .expect("switches");
-    let bus = DeviceBus::new(1, Box::new(MemStore::new(1))).with_pc(Pc::new(1, Startup::Running));
+    let bus = DeviceBus::new(1, Box::new(disk()))
+        .with_pc(Pc::new(1, Startup::Running))
+        .with_virtio(MAC);
     Machine::new(shape, engine, bus)
 }
 
@@ -219,6 +235,14 @@ fn report(boot: &mut Boot, wall_s: f64) {
                 system.cr2, system.idt, system.segments[0]
             );
         }
+    }
+    if let Some(virtio) = boot.machine.bus().virtio() {
+        eprintln!(
+            "virtio: {:?}; block status {:#x}, net status {:#x}",
+            virtio.counts(),
+            virtio.block.transport().status(),
+            virtio.net.transport().status()
+        );
     }
     if let Some(error) = &boot.error {
         eprintln!("run ended in an error: {error}");

@@ -12,6 +12,7 @@ mod longmode;
 mod platform;
 mod stall;
 mod traps;
+mod virtio;
 
 use cpu_model::EmuEngine;
 use machine::{Engine, Gpa, Machine};

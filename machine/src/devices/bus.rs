@@ -3,11 +3,13 @@
 
 use super::console::Console;
 use super::disk::{BlockStore, Disk};
-use super::nic::Nic;
+use super::nic::{Nic, FRAME_BYTES_MAX};
 use super::*;
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::pc::ioapic::Line;
 use crate::pc::Pc;
 use crate::units::{Gpa, GuestNs, VcpuId};
+use crate::virtio::{GuestMemory, Virtio, PLATFORM_PART_VIRTIO};
 
 /// Who is doing port I/O, and when.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,6 +39,16 @@ pub struct DeviceBus {
     /// The PC platform, for guests that run their own kernel: its COM1
     /// takes the console's port, its output goes to the console.
     pc: Option<Pc>,
+    /// virtio-mmio devices on the disk's store and the NIC, for a machine
+    /// with the PC platform (their interrupts are I/O APIC pins).
+    virtio: Option<Virtio>,
+}
+
+/// A checkpoint's platform section, decoded for a bus and not yet put in.
+#[derive(Debug)]
+pub struct DecodedPlatform {
+    pc: Option<Pc>,
+    virtio: Option<Virtio>,
 }
 
 impl DeviceBus {
@@ -55,6 +67,7 @@ impl DeviceBus {
             done: vec![None; n],
             unknown_port_accesses: 0,
             pc: None,
+            virtio: None,
         }
     }
 
@@ -63,6 +76,56 @@ impl DeviceBus {
         assert_eq!(pc.vcpus(), self.vcpus, "a platform for the bus's vCPUs");
         self.pc = Some(pc);
         self
+    }
+
+    /// These devices with virtio-blk on the disk's store and virtio-net on
+    /// the NIC at `mac`, in the platform's virtio-mmio windows; the NIC
+    /// then carries whole Ethernet frames. Needs the PC platform.
+    pub fn with_virtio(mut self, mac: [u8; 6]) -> DeviceBus {
+        assert!(self.pc.is_some(), "virtio interrupts are I/O APIC pins");
+        assert_eq!(
+            self.nic,
+            Nic::new(self.vcpus),
+            "a NIC that carried nothing yet"
+        );
+        self.nic = Nic::new(self.vcpus).with_packet_bytes_max(FRAME_BYTES_MAX);
+        self.virtio = Some(Virtio::new(self.store.block_count(), mac));
+        self
+    }
+
+    /// The virtio devices, if the machine has them.
+    pub fn virtio(&self) -> Option<&Virtio> {
+        self.virtio.as_ref()
+    }
+
+    /// Whether the virtio devices have work ([`DeviceBus::service_virtio`]):
+    /// the engine then serves them before the vCPU's next instruction.
+    pub fn virtio_wants_service(&self) -> bool {
+        self.virtio
+            .as_ref()
+            .is_some_and(|virtio| virtio.wants_service(&self.nic))
+    }
+
+    /// Serves the virtio devices' notified queues and waiting packets for
+    /// `vcpu`, writing guest memory only through `mem` (whose bitmap the
+    /// engine then reads for dirty pages), and drives their interrupt pins.
+    pub fn service_virtio(&mut self, mem: &GuestMemory, vcpu: VcpuId) {
+        let v = self.index(vcpu);
+        if let Some(virtio) = self.virtio.as_mut() {
+            virtio.service(mem, self.store.as_mut(), &mut self.disk, &mut self.nic, v);
+        }
+        self.drive_virtio_lines();
+    }
+
+    /// Each virtio window's pin follows its InterruptStatus (a level).
+    fn drive_virtio_lines(&mut self) {
+        let (Some(virtio), Some(pc)) = (self.virtio.as_ref(), self.pc.as_mut()) else {
+            return;
+        };
+        for (slot, asserted) in virtio.lines() {
+            let line = if asserted { Line::High } else { Line::Low };
+            pc.set_irq(slot.gsi() as usize, line);
+        }
     }
 
     /// The PC platform, if the machine has one.
@@ -153,9 +216,15 @@ impl DeviceBus {
     }
 
     /// A guest read of memory-mapped I/O at `gpa`: true if a device (the
-    /// PC platform's APIC pages) answered it into `data`.
+    /// PC platform's APIC pages, a virtio window) answered it into `data`.
     pub fn mmio_read(&mut self, ctx: IoContext, gpa: Gpa, data: &mut [u8]) -> bool {
         self.index(ctx.vcpu);
+        if let (Some(virtio), Some((slot, offset))) = (self.virtio.as_mut(), Virtio::decode(gpa.0))
+        {
+            virtio.mmio_read(slot, offset, data);
+            // Reads change nothing the pins follow.
+            return true;
+        }
         self.pc
             .as_mut()
             .is_some_and(|pc| pc.mmio_read(ctx, gpa, data))
@@ -165,6 +234,12 @@ impl DeviceBus {
     /// it. The engine then applies what [`Pc::poll_action`] returns.
     pub fn mmio_write(&mut self, ctx: IoContext, gpa: Gpa, data: &[u8]) -> bool {
         self.index(ctx.vcpu);
+        if let (Some(virtio), Some((slot, offset))) = (self.virtio.as_mut(), Virtio::decode(gpa.0))
+        {
+            virtio.mmio_write(slot, offset, data);
+            self.drive_virtio_lines();
+            return true;
+        }
         self.pc
             .as_mut()
             .is_some_and(|pc| pc.mmio_write(ctx, gpa, data))
@@ -173,9 +248,12 @@ impl DeviceBus {
     /// Whether a halted `vcpu` wakes at `now`: a packet waits, its doorbell
     /// rang, or its clock deadline passed. Level-triggered, so a packet that
     /// arrives between the guest's last poll and its `hlt` is not missed.
+    /// With virtio-net a packet wakes no one by itself: it waits for a
+    /// receive buffer, and its delivery interrupts.
     pub fn wake_pending(&self, vcpu: VcpuId, now: GuestNs) -> bool {
         let v = self.index(vcpu);
-        self.nic.rx_len() > 0 || self.doorbell[v] || self.wake_at[v].is_some_and(|at| now >= at)
+        let packet = self.virtio.is_none() && self.nic.rx_len() > 0;
+        packet || self.doorbell[v] || self.wake_at[v].is_some_and(|at| now >= at)
     }
 
     /// Clears the wake reasons of a vCPU that leaves `hlt`.
@@ -215,11 +293,19 @@ impl DeviceBus {
     }
 
     /// The platform's state: the checkpoint's platform section, empty for
-    /// a machine without one.
+    /// a machine without one. The PC platform's state, then each further
+    /// device set as a part of its own: a tag and a length-prefixed blob
+    /// (the virtio devices: [`PLATFORM_PART_VIRTIO`]).
     pub fn save_platform(&self) -> Vec<u8> {
         let mut w = Writer::new();
         if let Some(pc) = &self.pc {
             pc.save(&mut w);
+        }
+        if let Some(virtio) = &self.virtio {
+            let mut part = Writer::new();
+            virtio.save(&mut part);
+            w.u8(PLATFORM_PART_VIRTIO);
+            w.blob(&part.into_bytes());
         }
         w.into_bytes()
     }
@@ -227,34 +313,82 @@ impl DeviceBus {
     /// Decodes a platform section for this bus, changing nothing: a
     /// machine with a platform needs one (a checkpoint before version 4,
     /// or of a machine without one, has none), a machine without one
-    /// takes none.
-    pub fn decode_platform(&self, bytes: &[u8]) -> Result<Option<Pc>, DecodeError> {
-        match (&self.pc, bytes.is_empty()) {
-            (None, true) => Ok(None),
-            (None, false) => Err(DecodeError::Invalid(
-                "the checkpoint has PC platform state, the machine no platform".into(),
-            )),
-            (Some(_), true) => Err(DecodeError::Invalid(
-                "the machine has a PC platform, the checkpoint no state for it".into(),
-            )),
-            (Some(pc), false) => Ok(Some(Pc::restore(
-                &mut Reader::new(bytes),
-                self.vcpus,
-                pc.rtc().epoch(),
-            )?)),
+    /// takes none; the tagged parts after the PC's state are the PC's own
+    /// (its RTC) and those of the machine's devices, each once.
+    pub fn decode_platform(&self, bytes: &[u8]) -> Result<DecodedPlatform, DecodeError> {
+        let epoch = match (&self.pc, bytes.is_empty()) {
+            (None, true) => None,
+            (None, false) => {
+                return Err(DecodeError::Invalid(
+                    "the checkpoint has PC platform state, the machine no platform".into(),
+                ))
+            }
+            (Some(_), true) => {
+                return Err(DecodeError::Invalid(
+                    "the machine has a PC platform, the checkpoint no state for it".into(),
+                ))
+            }
+            (Some(pc), false) => Some(pc.rtc().epoch()),
+        };
+        let mut r = Reader::new(bytes);
+        let mut pc = epoch
+            .map(|epoch| Pc::restore_part(&mut r, self.vcpus, epoch))
+            .transpose()?;
+        let mut virtio = None;
+        let mut seen = std::collections::BTreeSet::new();
+        while !r.at_end() {
+            let tag = r.u8()?;
+            let blob = r.blob()?;
+            let ours = seen.insert(tag)
+                && match (tag, &self.virtio, &mut pc) {
+                    (PLATFORM_PART_VIRTIO, Some(ours), _) => {
+                        let mut decoded = Virtio::new(self.store_capacity(), ours.net.mac());
+                        decoded.restore(&mut Reader::new(blob))?;
+                        virtio = Some(decoded);
+                        true
+                    }
+                    (_, _, Some(pc)) => pc.restore_own_part(tag, blob)?,
+                    _ => false,
+                };
+            if !ours {
+                return Err(DecodeError::Invalid(format!(
+                    "platform part {tag}: not one of this machine's, or twice"
+                )));
+            }
         }
+        if self.virtio.is_some() && virtio.is_none() {
+            return Err(DecodeError::Invalid(
+                "the machine has virtio devices, the checkpoint no state for them".into(),
+            ));
+        }
+        Ok(DecodedPlatform { pc, virtio })
+    }
+
+    fn store_capacity(&self) -> u64 {
+        self.store.block_count()
     }
 
     /// Puts in the platform [`DeviceBus::decode_platform`] returned.
-    pub fn set_platform(&mut self, pc: Option<Pc>) {
-        assert_eq!(pc.is_some(), self.pc.is_some(), "decoded for this bus");
-        self.pc = pc;
+    pub fn set_platform(&mut self, decoded: DecodedPlatform) {
+        assert_eq!(
+            decoded.pc.is_some(),
+            self.pc.is_some(),
+            "decoded for this bus"
+        );
+        assert_eq!(
+            decoded.virtio.is_some(),
+            self.virtio.is_some(),
+            "decoded for this bus"
+        );
+        self.pc = decoded.pc;
+        // The pins' levels are the I/O APIC's saved state already.
+        self.virtio = decoded.virtio;
     }
 
     /// Replaces the devices' state with a saved one (the store is kept).
     pub fn restore(&mut self, r: &mut Reader<'_>) -> Result<(), DecodeError> {
         let console = Console::restore(r)?;
-        let nic = Nic::restore(r, self.vcpus)?;
+        let nic = Nic::restore(r, self.vcpus, self.nic.packet_bytes_max())?;
         let disk = Disk::restore(r, self.vcpus)?;
         let n = usize::from(self.vcpus);
         let (mut latch, mut wake_at, mut doorbell, mut done) = (vec![], vec![], vec![], vec![]);
@@ -400,5 +534,90 @@ mod tests {
         done[done_at..done_at + 8].copy_from_slice(&(1u64 << 40).to_le_bytes());
         let error = restore(&done).unwrap_err();
         assert!(error.contains("done id"), "{error}");
+    }
+
+    fn virtio_bus() -> DeviceBus {
+        use crate::pc::lapic::Startup;
+        DeviceBus::new(1, Box::new(MemStore::new(16)))
+            .with_pc(crate::pc::Pc::new(1, Startup::Running))
+            .with_virtio([2, 0, 0, 0, 0, 1])
+    }
+
+    fn mmio_u32(bus: &mut DeviceBus, gpa: u64) -> u32 {
+        let mut data = [0u8; 4];
+        assert!(bus.mmio_read(ctx(0, 0), Gpa(gpa), &mut data));
+        u32::from_le_bytes(data)
+    }
+
+    #[test]
+    fn the_virtio_windows_answer_with_their_devices_and_carry_frames() {
+        use crate::virtio::{VirtioSlot, VIRTIO_MMIO_BASE, VIRTIO_MMIO_WINDOW_BYTES};
+        let mut bus = virtio_bus();
+        for (slot, id) in [(VirtioSlot::Block, 2), (VirtioSlot::Net, 1)] {
+            assert_eq!(mmio_u32(&mut bus, slot.base()), 0x7472_6976, "magic");
+            assert_eq!(mmio_u32(&mut bus, slot.base() + 8), id, "device id");
+        }
+        assert_eq!(
+            mmio_u32(&mut bus, VirtioSlot::Block.base() + 0x100),
+            16,
+            "capacity"
+        );
+        assert_eq!(
+            mmio_u32(&mut bus, VirtioSlot::Net.base() + 0x100),
+            0x0000_0002,
+            "mac"
+        );
+        let beyond = VIRTIO_MMIO_BASE + 2 * VIRTIO_MMIO_WINDOW_BYTES;
+        assert!(
+            !bus.mmio_read(ctx(0, 0), Gpa(beyond), &mut [0; 4]),
+            "no third window"
+        );
+        bus.nic.deliver(vec![0; 1514]).expect("a whole frame");
+        assert!(
+            !bus.wake_pending(VcpuId(0), GuestNs(0)),
+            "a packet waits for a buffer"
+        );
+        assert!(!bus.virtio_wants_service(), "no receive queue yet");
+    }
+
+    #[test]
+    fn the_virtio_part_of_the_platform_section_round_trips_and_is_checked() {
+        use crate::virtio::VirtioSlot;
+        let mut bus = virtio_bus();
+        let status = VirtioSlot::Net.base() + 0x70;
+        assert!(bus.mmio_write(ctx(0, 0), Gpa(status), &3u32.to_le_bytes()));
+        let bytes = bus.save_platform();
+        let mut other = virtio_bus();
+        let decoded = other.decode_platform(&bytes).expect("decodes");
+        other.set_platform(decoded);
+        assert_eq!(other.save_platform(), bytes);
+        assert_eq!(mmio_u32(&mut other, status), 3);
+        // The PC's state alone (a version 4 section) lacks the part.
+        let pc_only = {
+            let mut w = Writer::new();
+            bus.pc().expect("a platform").save(&mut w);
+            w.into_bytes()
+        };
+        let error = other.decode_platform(&pc_only).unwrap_err().to_string();
+        assert!(error.contains("virtio"), "{error}");
+        // A part twice, an unknown part, a truncated part.
+        let mut twice = bytes.clone();
+        twice.extend_from_slice(&bytes[pc_only.len()..]);
+        assert!(other.decode_platform(&twice).is_err());
+        let mut unknown = bytes.clone();
+        unknown[pc_only.len()] = 9;
+        assert!(other.decode_platform(&unknown).is_err());
+        for len in pc_only.len() + 1..bytes.len() {
+            assert!(
+                other.decode_platform(&bytes[..len]).is_err(),
+                "cut at {len}"
+            );
+        }
+        // A machine without virtio takes no virtio part.
+        let mut plain = DeviceBus::new(1, Box::new(MemStore::new(16)))
+            .with_pc(crate::pc::Pc::new(1, crate::pc::lapic::Startup::Running));
+        assert!(plain.decode_platform(&bytes).is_err());
+        let decoded = plain.decode_platform(&pc_only).expect("the PC's state");
+        plain.set_platform(decoded);
     }
 }

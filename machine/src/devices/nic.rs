@@ -5,8 +5,12 @@ use std::collections::VecDeque;
 
 use crate::codec::{DecodeError, Reader, Writer};
 
-/// Largest packet in bytes.
+/// Largest packet in bytes of the port NIC (Lockstep's own guests read
+/// it into fixed buffers of this size).
 pub const PACKET_BYTES_MAX: usize = 256;
+/// Largest packet of a NIC behind virtio-net: an Ethernet frame without
+/// its FCS at the standard 1500-byte MTU (14 + 1500).
+pub const FRAME_BYTES_MAX: usize = 1514;
 /// Most packets waiting for the guest.
 pub const RX_QUEUE_MAX: usize = 64;
 /// Most packets waiting for the host.
@@ -29,6 +33,8 @@ pub struct Nic {
     rx_slots: Vec<Slot>,
     tx_slots: Vec<Slot>,
     tx_dropped: u64,
+    /// The largest packet either way: configuration, not saved state.
+    packet_bytes_max: usize,
 }
 
 /// The host tried to deliver to a full rx queue.
@@ -51,12 +57,26 @@ impl Nic {
             rx_slots: vec![Slot::default(); usize::from(vcpus)],
             tx_slots: vec![Slot::default(); usize::from(vcpus)],
             tx_dropped: 0,
+            packet_bytes_max: PACKET_BYTES_MAX,
         }
+    }
+
+    /// This NIC carrying packets of up to `packet_bytes_max` bytes (at
+    /// most [`FRAME_BYTES_MAX`]): whole Ethernet frames for virtio-net.
+    pub fn with_packet_bytes_max(mut self, packet_bytes_max: usize) -> Nic {
+        assert!((PACKET_BYTES_MAX..=FRAME_BYTES_MAX).contains(&packet_bytes_max));
+        self.packet_bytes_max = packet_bytes_max;
+        self
+    }
+
+    /// The largest packet it carries.
+    pub fn packet_bytes_max(&self) -> usize {
+        self.packet_bytes_max
     }
 
     /// The host delivers a packet to the guest.
     pub fn deliver(&mut self, packet: Packet) -> Result<(), NicError> {
-        if packet.len() > PACKET_BYTES_MAX {
+        if packet.len() > self.packet_bytes_max {
             return Err(NicError::TooLong(packet.len()));
         }
         if self.rx.len() >= RX_QUEUE_MAX {
@@ -81,6 +101,27 @@ impl Nic {
         self.tx_dropped
     }
 
+    /// The next packet for the guest, if one waits.
+    pub(crate) fn rx_front(&self) -> Option<&Packet> {
+        self.rx.front()
+    }
+
+    /// Takes the next packet for the guest.
+    pub(crate) fn rx_take(&mut self) -> Option<Packet> {
+        self.rx.pop_front()
+    }
+
+    /// The guest sends `packet` (at most the NIC's largest): queued for
+    /// the host, or dropped and counted while the tx queue is full.
+    pub(crate) fn send(&mut self, packet: Packet) {
+        assert!(packet.len() <= self.packet_bytes_max);
+        if self.tx.len() < TX_QUEUE_MAX {
+            self.tx.push_back(packet);
+        } else {
+            self.tx_dropped += 1;
+        }
+    }
+
     pub(crate) fn rx_pop(&mut self, vcpu: usize) -> u32 {
         let slot = &mut self.rx_slots[vcpu];
         *slot = Slot::default();
@@ -94,20 +135,22 @@ impl Nic {
     }
 
     pub(crate) fn rx_data(&mut self, vcpu: usize) -> u32 {
+        let max = self.packet_bytes_max;
         let slot = &mut self.rx_slots[vcpu];
         let mut word = [0u8; 4];
         for byte in &mut word {
             if let Some(value) = slot.bytes.get(slot.cursor) {
                 *byte = *value;
             }
-            slot.cursor = (slot.cursor + 1).min(PACKET_BYTES_MAX);
+            slot.cursor = (slot.cursor + 1).min(max);
         }
         u32::from_le_bytes(word)
     }
 
     pub(crate) fn tx_data(&mut self, vcpu: usize, value: u32) {
+        let max = self.packet_bytes_max;
         let slot = &mut self.tx_slots[vcpu];
-        if slot.bytes.len() + 4 <= PACKET_BYTES_MAX {
+        if slot.bytes.len() + 4 <= max {
             slot.bytes.extend_from_slice(&value.to_le_bytes());
         }
     }
@@ -115,11 +158,7 @@ impl Nic {
     pub(crate) fn tx_send(&mut self, vcpu: usize, len: u32) {
         let mut bytes = std::mem::take(&mut self.tx_slots[vcpu].bytes);
         bytes.truncate(len as usize);
-        if self.tx.len() < TX_QUEUE_MAX {
-            self.tx.push_back(bytes);
-        } else {
-            self.tx_dropped += 1;
-        }
+        self.send(bytes);
     }
 
     pub(crate) fn save(&self, w: &mut Writer) {
@@ -136,17 +175,22 @@ impl Nic {
         w.u64(self.tx_dropped);
     }
 
-    pub(crate) fn restore(r: &mut Reader<'_>, vcpus: u16) -> Result<Nic, DecodeError> {
-        let mut nic = Nic::new(vcpus);
+    /// Decodes a saved NIC carrying packets of up to `packet_bytes_max`.
+    pub(crate) fn restore(
+        r: &mut Reader<'_>,
+        vcpus: u16,
+        packet_bytes_max: usize,
+    ) -> Result<Nic, DecodeError> {
+        let mut nic = Nic::new(vcpus).with_packet_bytes_max(packet_bytes_max);
         for (queue, max) in [(&mut nic.rx, RX_QUEUE_MAX), (&mut nic.tx, TX_QUEUE_MAX)] {
             for _ in 0..r.count(max)? {
-                queue.push_back(packet(r)?);
+                queue.push_back(packet(r, packet_bytes_max)?);
             }
         }
         for slot in nic.rx_slots.iter_mut().chain(nic.tx_slots.iter_mut()) {
-            slot.bytes = packet(r)?;
+            slot.bytes = packet(r, packet_bytes_max)?;
             slot.cursor = r.u32()? as usize;
-            if slot.cursor > PACKET_BYTES_MAX {
+            if slot.cursor > packet_bytes_max {
                 return Err(DecodeError::Invalid("nic cursor".into()));
             }
         }
@@ -155,9 +199,9 @@ impl Nic {
     }
 }
 
-fn packet(r: &mut Reader<'_>) -> Result<Packet, DecodeError> {
+fn packet(r: &mut Reader<'_>, packet_bytes_max: usize) -> Result<Packet, DecodeError> {
     let bytes = r.blob()?;
-    if bytes.len() > PACKET_BYTES_MAX {
+    if bytes.len() > packet_bytes_max {
         return Err(DecodeError::Invalid("packet too long".into()));
     }
     Ok(bytes.to_vec())
@@ -202,7 +246,8 @@ mod tests {
         let mut w = Writer::new();
         nic.save(&mut w);
         let bytes = w.into_bytes();
-        let mut restored = Nic::restore(&mut Reader::new(&bytes), 1).expect("decodes");
+        let mut restored =
+            Nic::restore(&mut Reader::new(&bytes), 1, PACKET_BYTES_MAX).expect("decodes");
         assert_eq!(restored, nic);
         assert_eq!(restored.take_tx(), vec![vec![1, 2, 3, 4, 5, 6]]);
     }

@@ -49,8 +49,9 @@ fn a_bzimage_boots_at_startup_64_with_its_zero_page_and_command_line() {
     assert_eq!(u32_at(memory, zero + 0x228), CMDLINE.0 as u32);
     let line = &memory[CMDLINE.0 as usize..CMDLINE.0 as usize + 14];
     assert_eq!(line, b"console=ttyS0\0");
-    // e820: RAM below the hole, the hole, RAM from 1 MiB to the end.
-    assert_eq!(memory[zero as usize + 0x1e8], 3);
+    // e820: RAM below the hole but for the ACPI tables, the hole, RAM
+    // from 1 MiB to the end.
+    assert_eq!(memory[zero as usize + 0x1e8], 5);
     let entry = |i: u64| {
         let at = zero + 0x2d0 + 20 * i;
         (
@@ -59,9 +60,17 @@ fn a_bzimage_boots_at_startup_64_with_its_zero_page_and_command_line() {
             u32_at(memory, at + 16),
         )
     };
-    assert_eq!(entry(0), (0, 0x9_fc00, 1));
-    assert_eq!(entry(1), (0x9_fc00, 0x6_0400, 2));
-    assert_eq!(entry(2), (0x10_0000, MEMORY_BYTES_MIN - 0x10_0000, 1));
+    assert_eq!(entry(0), (0, 0x9000, 1));
+    assert_eq!(entry(1), (0x9000, 0x2000, 3));
+    assert_eq!(entry(2), (0xb000, 0x9_fc00 - 0xb000, 1));
+    assert_eq!(entry(3), (0x9_fc00, 0x6_0400, 2));
+    assert_eq!(entry(4), (0x10_0000, MEMORY_BYTES_MIN - 0x10_0000, 1));
+    // The RSDP at acpi_rsdp_addr, the tables in the ACPI range.
+    assert_eq!(u64_at(memory, zero + 0x70), acpi::ACPI_TABLES.0);
+    let rsdp = acpi::ACPI_TABLES.0 as usize;
+    assert_eq!(&memory[rsdp..rsdp + 8], b"RSD PTR ");
+    let tables = acpi::acpi_tables(1).bytes;
+    assert_eq!(&memory[rsdp..rsdp + tables.len()], &tables[..]);
     // __BOOT_CS is 64-bit code, __BOOT_DS flat data; the identity map.
     assert_eq!(u64_at(memory, GDT.0 + 0x10), 0x00AF_9A00_0000_FFFF);
     assert_eq!(u64_at(memory, GDT.0 + 0x18), 0x00CF_9200_0000_FFFF);

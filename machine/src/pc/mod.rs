@@ -559,9 +559,46 @@ impl Pc {
     }
 
     /// Decodes a saved platform for `vcpus` vCPUs whose RTC reads
-    /// `rtc_epoch` at guest time 0: the whole of `r`. A state saved before
-    /// the platform had an RTC gets one as at power-up.
+    /// `rtc_epoch` at guest time 0: the whole of `r`, the PC's state and
+    /// its own parts. A state saved before the platform had an RTC gets
+    /// one as at power-up.
     pub fn restore(
+        r: &mut Reader<'_>,
+        vcpus: u16,
+        rtc_epoch: UnixSeconds,
+    ) -> Result<Pc, DecodeError> {
+        let mut pc = Pc::restore_part(r, vcpus, rtc_epoch)?;
+        let mut seen = std::collections::BTreeSet::new();
+        while !r.at_end() {
+            let tag = r.u8()?;
+            let blob = r.blob()?;
+            if !seen.insert(tag) || !pc.restore_own_part(tag, blob)? {
+                return Err(DecodeError::Invalid(format!(
+                    "platform part {tag} unknown or repeated"
+                )));
+            }
+        }
+        Ok(pc)
+    }
+
+    /// Restores the part tagged `tag` if it is one of the PC's (the
+    /// RTC's): whether it was.
+    pub fn restore_own_part(&mut self, tag: u8, blob: &[u8]) -> Result<bool, DecodeError> {
+        match tag {
+            PART_RTC => {
+                let mut part = Reader::new(blob);
+                self.rtc = Rtc::restore(&mut part, self.rtc.epoch())?;
+                part.finish()?;
+                Ok(true)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    /// Decodes the PC's saved state for `vcpus` vCPUs from the start of
+    /// `r`, with an RTC as at power-up, leaving what follows it (the
+    /// platform section's tagged parts, the PC's and its devices').
+    pub fn restore_part(
         r: &mut Reader<'_>,
         vcpus: u16,
         rtc_epoch: UnixSeconds,
@@ -603,26 +640,11 @@ impl Pc {
             actions_dropped: r.u64()?,
             writes_ignored: r.u64()?,
         };
-        let mut rtc = None;
-        while !r.at_end() {
-            match r.u8()? {
-                PART_RTC if rtc.is_none() => {
-                    let mut part = Reader::new(r.blob()?);
-                    rtc = Some(Rtc::restore(&mut part, rtc_epoch)?);
-                    part.finish()?;
-                }
-                tag => {
-                    return Err(DecodeError::Invalid(format!(
-                        "platform part {tag} unknown or repeated"
-                    )))
-                }
-            }
-        }
         Ok(Pc {
             lapics,
             ioapic,
             uart,
-            rtc: rtc.unwrap_or_else(|| Rtc::new(rtc_epoch)),
+            rtc: Rtc::new(rtc_epoch),
             actions,
             stats,
         })

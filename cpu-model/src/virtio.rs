@@ -1,0 +1,72 @@
+//! The platform's virtio devices ([`machine::virtio`]) on the emulated
+//! engine. Their windows are unicorn MMIO into the device bus, like the
+//! APIC pages (`platform.rs`); the engine serves them after every slice
+//! (the queues its vCPU notified) and at every quantum start (a packet
+//! that arrived meanwhile). Only at slice boundaries, so deterministic; a
+//! request waits at most the rest of its slice. The slice does not stop
+//! at the QueueNotify: `emu_stop` from an MMIO callback leaves rip at
+//! the writing instruction, which the next slice would execute again.
+//!
+//! The devices write guest memory through vm-memory's mapping of the
+//! engine's RAM ([`crate::ram::DeviceMemory`]), whose bitmap says which
+//! pages they wrote: those are reported dirty to the checkpoint, as the
+//! engine's own `write_memory` does, and what unicorn translated from
+//! them is dropped (a module the guest read from disk is new code).
+
+use machine::{EngineError, VcpuId, PAGE_SIZE};
+
+use crate::backend;
+use crate::hooks::{mark_dirty, Shared, Vcpu};
+use crate::ram::DeviceMemory;
+
+/// Serves the virtio devices if they have work, on behalf of `vcpu` (the
+/// store time of its requests is its wait); whether they had any.
+pub(crate) fn serve(
+    vcpus: &mut [Vcpu],
+    shared: &Shared,
+    memory: &DeviceMemory,
+    vcpu: VcpuId,
+) -> Result<bool, EngineError> {
+    let pages = {
+        let mut state = shared.borrow_mut();
+        if !state.bus.virtio_wants_service() {
+            return Ok(false);
+        }
+        state.bus.service_virtio(&memory.memory, vcpu);
+        let wait = state.bus.disk.take_busy_ns(usize::from(vcpu.0));
+        state.disk_wait_ns = state.disk_wait_ns.saturating_add(wait);
+        let pages = written_pages(memory);
+        for &page in &pages {
+            mark_dirty(&mut state, page);
+        }
+        pages
+    };
+    for uc in vcpus {
+        for &page in &pages {
+            let start = u64::from(page) * PAGE_SIZE;
+            uc.ctl_remove_cache(start, start + PAGE_SIZE)
+                .map_err(backend)?;
+        }
+    }
+    Ok(true)
+}
+
+/// The pages the devices wrote since the last call, in order.
+fn written_pages(memory: &DeviceMemory) -> Vec<u32> {
+    let mut pages = Vec::new();
+    for (w, word) in memory
+        .region
+        .bitmap()
+        .get_and_reset()
+        .into_iter()
+        .enumerate()
+    {
+        let mut bits = word;
+        while bits != 0 {
+            let bit = bits.trailing_zeros();
+            bits &= bits - 1;
+            pages.push(u32::try_from(w * 64).expect("at most 1 GiB") + bit);
+        }
+    }
+    pages
+}
