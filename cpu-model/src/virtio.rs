@@ -13,7 +13,7 @@
 //! engine's own `write_memory` does, and what unicorn translated from
 //! them is dropped (a module the guest read from disk is new code).
 
-use machine::{EngineError, VcpuId, PAGE_SIZE};
+use machine::{EngineError, VcpuId};
 
 use crate::backend;
 use crate::hooks::{mark_dirty, Shared, Vcpu};
@@ -41,11 +41,14 @@ pub(crate) fn serve(
         }
         pages
     };
-    for uc in vcpus {
-        for &page in &pages {
-            let start = u64::from(page) * PAGE_SIZE;
-            uc.ctl_remove_cache(start, start + PAGE_SIZE)
-                .map_err(backend)?;
+    // Code translated from a page a device wrote is stale. Not
+    // ctl_remove_cache: unicorn takes its range as guest-virtual and walks
+    // the current page tables for it, and a walk that fails leaves a page
+    // fault pending (CR2 the physical address) that the next run delivers
+    // to the guest: a Linux process took it and the machine triple-faulted.
+    if !pages.is_empty() {
+        for uc in vcpus {
+            uc.ctl_flush_tb().map_err(backend)?;
         }
     }
     Ok(true)
