@@ -163,6 +163,26 @@ impl<'a> Reader<'a> {
         Ok(count)
     }
 
+    /// Reads tagged, length-prefixed parts (a u8 tag, a blob) to the end:
+    /// `claim(tag, blob)` restores a part it knows and says whether it
+    /// did. A part nobody claims, or a tag seen twice, is an error.
+    pub fn parts(
+        &mut self,
+        mut claim: impl FnMut(u8, &'a [u8]) -> Result<bool, DecodeError>,
+    ) -> Result<(), DecodeError> {
+        let mut seen = std::collections::BTreeSet::new();
+        while !self.at_end() {
+            let tag = self.u8()?;
+            let blob = self.blob()?;
+            if !seen.insert(tag) || !claim(tag, blob)? {
+                return Err(DecodeError::Invalid(format!(
+                    "part {tag}: unknown or repeated"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// Whether every byte was read.
     pub fn at_end(&self) -> bool {
         self.offset == self.bytes.len()

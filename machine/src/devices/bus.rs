@@ -335,27 +335,16 @@ impl DeviceBus {
             .map(|epoch| Pc::restore_part(&mut r, self.vcpus, epoch))
             .transpose()?;
         let mut virtio = None;
-        let mut seen = std::collections::BTreeSet::new();
-        while !r.at_end() {
-            let tag = r.u8()?;
-            let blob = r.blob()?;
-            let ours = seen.insert(tag)
-                && match (tag, &self.virtio, &mut pc) {
-                    (PLATFORM_PART_VIRTIO, Some(ours), _) => {
-                        let mut decoded = Virtio::new(self.store_capacity(), ours.net.mac());
-                        decoded.restore(&mut Reader::new(blob))?;
-                        virtio = Some(decoded);
-                        true
-                    }
-                    (_, _, Some(pc)) => pc.restore_own_part(tag, blob)?,
-                    _ => false,
-                };
-            if !ours {
-                return Err(DecodeError::Invalid(format!(
-                    "platform part {tag}: not one of this machine's, or twice"
-                )));
+        r.parts(|tag, blob| match (tag, &self.virtio, &mut pc) {
+            (PLATFORM_PART_VIRTIO, Some(ours), _) => {
+                let mut decoded = Virtio::new(self.store_capacity(), ours.net.mac());
+                decoded.restore(&mut Reader::new(blob))?;
+                virtio = Some(decoded);
+                Ok(true)
             }
-        }
+            (_, _, Some(pc)) => pc.restore_own_part(tag, blob),
+            _ => Ok(false),
+        })?;
         if self.virtio.is_some() && virtio.is_none() {
             return Err(DecodeError::Invalid(
                 "the machine has virtio devices, the checkpoint no state for them".into(),

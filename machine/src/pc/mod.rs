@@ -568,16 +568,7 @@ impl Pc {
         rtc_epoch: UnixSeconds,
     ) -> Result<Pc, DecodeError> {
         let mut pc = Pc::restore_part(r, vcpus, rtc_epoch)?;
-        let mut seen = std::collections::BTreeSet::new();
-        while !r.at_end() {
-            let tag = r.u8()?;
-            let blob = r.blob()?;
-            if !seen.insert(tag) || !pc.restore_own_part(tag, blob)? {
-                return Err(DecodeError::Invalid(format!(
-                    "platform part {tag} unknown or repeated"
-                )));
-            }
-        }
+        r.parts(|tag, blob| pc.restore_own_part(tag, blob))?;
         Ok(pc)
     }
 
