@@ -16,7 +16,7 @@
 use std::time::Instant;
 
 use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
-use machine::devices::{BlockStore, DeviceBus, MemStore, BLOCK_BYTES};
+use machine::devices::{DeviceBus, MemStore};
 use machine::linux::{load, DEFAULT_CMDLINE};
 use machine::pc::lapic::Startup;
 use machine::pc::Pc;
@@ -68,18 +68,14 @@ fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option
     }
 }
 
-/// The virtio disk's blocks: 1 MiB, its first sector naming it.
+/// The virtio disk's blocks: 1 MiB, blank: the ledger's journal (a
+/// journal ends at its first all-zero record).
 const DISK_BLOCKS: u64 = 2048;
-const DISK_LABEL: &[u8] = b"LOCKSTEP-VDA";
 /// The virtio NIC's MAC (locally administered).
 const MAC: [u8; 6] = [0x02, 0x4c, 0x4b, 0x53, 0x54, 0x01];
 
 fn disk() -> MemStore {
-    let mut store = MemStore::new(DISK_BLOCKS);
-    let mut first = [0u8; BLOCK_BYTES];
-    first[..DISK_LABEL.len()].copy_from_slice(DISK_LABEL);
-    store.write_block(0, &first).expect("in range");
-    store
+    MemStore::new(DISK_BLOCKS)
 }
 
 /// The kernel's bytes, or None after saying loudly how to fetch it.

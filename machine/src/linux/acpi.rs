@@ -4,12 +4,14 @@
 //! an XSDT that lists a hardware-reduced FADT (no PM timer, no SCI, no
 //! fixed buttons, no 8042, no VGA), the MADT (each vCPU's local APIC, the
 //! I/O APIC, ISA IRQ 0 on pin 2 and NMI on LINT1, as the MP table says)
-//! and the DSDT with one device per [`VirtioSlot`]. Laid out by the
+//! and the DSDT with COM1 and one device per [`VirtioSlot`]. Laid out by the
 //! rust-vmm `acpi_tables` builders at [`ACPI_TABLES`], which the e820 map
 //! marks as ACPI memory; the zero page's `acpi_rsdp_addr` points at the
 //! RSDP, so the kernel need not scan the BIOS area for it.
 
-use acpi_tables::aml::{Device, Interrupt, Memory32Fixed, Name, ResourceTemplate, Scope};
+use acpi_tables::aml::{
+    Device, EISAName, Interrupt, Memory32Fixed, Name, ResourceTemplate, Scope, IO,
+};
 use acpi_tables::fadt::{FADTBuilder, Flags};
 use acpi_tables::madt::{EnabledStatus, IoApic, ProcessorLocalApic};
 use acpi_tables::rsdp::Rsdp;
@@ -19,6 +21,7 @@ use acpi_tables::Aml;
 
 use crate::pc::ioapic::IOAPIC_BASE;
 use crate::pc::lapic::APIC_BASE_DEFAULT;
+use crate::pc::uart::{COM1_BASE, COM1_IRQ, COM1_PORTS};
 use crate::units::Gpa;
 use crate::virtio::{VirtioSlot, VIRTIO_MMIO_WINDOW_BYTES};
 
@@ -147,6 +150,25 @@ fn local_apic_nmi(uid: u8, lint: u8) -> [u8; 6] {
     [MADT_LOCAL_APIC_NMI, 6, uid, 0, 0, lint]
 }
 
+/// `\_SB_.COM1`: the 16550 at its ISA ports and IRQ 4, edge-triggered
+/// and active high, as a PNP0501 device. A hardware-reduced ACPI kernel
+/// preallocates no legacy IRQs: the 8250 port it assumes at 0x3f8 with
+/// IRQ 4 gets no interrupt unless a device declares the pin, and then a
+/// process's writes to the console wait for ever for a transmit
+/// interrupt (the kernel's own printk polls and is unaffected).
+fn com1() -> Vec<u8> {
+    let hid = Name::new("_HID".into(), &EISAName::new("PNP0501"));
+    let uid = Name::new("_UID".into(), &0u32);
+    let ports = u8::try_from(COM1_PORTS).expect("8 ports");
+    let io = IO::new(COM1_BASE, COM1_BASE, 1, ports);
+    let irq = u32::try_from(COM1_IRQ).expect("an ISA IRQ");
+    let interrupt = Interrupt::new(true, true, false, false, irq);
+    let crs = Name::new("_CRS".into(), &ResourceTemplate::new(vec![&io, &interrupt]));
+    let mut bytes = Vec::new();
+    Device::new("COM1".into(), vec![&hid, &uid, &crs]).to_aml_bytes(&mut bytes);
+    bytes
+}
+
 /// `\_SB_.VRTn` for window n: `_HID` LNRO0005 (virtio-mmio), and in its
 /// `_CRS` the window and its pin, level-triggered and active high (a
 /// virtio-mmio interrupt is a level: InterruptStatus until acknowledged).
@@ -162,7 +184,7 @@ fn dsdt() -> Sdt {
             )
         })
         .collect();
-    let mut devices = Vec::new();
+    let mut devices = vec![com1()];
     for (name, uid, base, gsi) in &names {
         let base = u32::try_from(*base).expect("below 4 GiB");
         let window = u32::try_from(VIRTIO_MMIO_WINDOW_BYTES).expect("small");

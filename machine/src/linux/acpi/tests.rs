@@ -145,6 +145,22 @@ fn the_dsdt_declares_each_virtio_mmio_window_with_its_interrupt() {
 }
 
 #[test]
+fn the_dsdt_declares_com1_with_its_ports_and_isa_irq() {
+    let tables = acpi_tables(1);
+    let fadt = table(&tables, xsdt_entries(&tables)[0], b"FACP");
+    let dsdt = table(&tables, u64_at(fadt, 140), b"DSDT");
+    assert_eq!(find_all(dsdt, b"COM1").len(), 1);
+    // EISA id PNP0501, compressed: 0x41d0_0105 in bytes 41 d0 05 01.
+    assert_eq!(find_all(dsdt, &[0x0c, 0x41, 0xd0, 0x05, 0x01]).len(), 1);
+    // IO: tag 0x47, 16-bit decode, min = max = 0x3f8, align 1, 8 ports.
+    let io = [0x47, 1, 0xf8, 0x03, 0xf8, 0x03, 1, 8];
+    assert_eq!(find_all(dsdt, &io).len(), 1, "COM1's ports");
+    // Extended interrupt: consumer, edge, active high, exclusive, IRQ 4.
+    let interrupt = [0x89, 6, 0, 0x03, 1, 4, 0, 0, 0];
+    assert_eq!(find_all(dsdt, &interrupt).len(), 1, "COM1's IRQ");
+}
+
+#[test]
 fn the_tables_are_the_same_bytes_every_time() {
     assert_eq!(acpi_tables(2), acpi_tables(2));
     assert_ne!(acpi_tables(2).bytes, acpi_tables(1).bytes);
