@@ -72,13 +72,23 @@ pub(crate) enum Delivery {
     Idt,
 }
 
+/// rdrand's generator for an engine seeded with `seed`.
+fn rdrand_rng(seed: u64) -> SplitMix64 {
+    SplitMix64::new(seed ^ 0x7264_7261_6e64)
+}
+
 impl HookState {
+    /// rdrand draws from `seed` from now on.
+    pub(crate) fn reseed(&mut self, seed: u64) {
+        self.rng = rdrand_rng(seed);
+    }
+
     pub(crate) fn new(vcpus: u16, pages: u32, seed: u64, ram: *mut u8) -> HookState {
         HookState {
             bus: placeholder_bus(vcpus),
             quantum_start: GuestNs(0),
             last_tsc: 0,
-            rng: SplitMix64::new(seed ^ 0x7264_7261_6e64),
+            rng: rdrand_rng(seed),
             dirty: vec![false; pages as usize],
             dirty_list: Vec::new(),
             dirty_faults: 0,

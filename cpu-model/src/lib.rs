@@ -35,6 +35,7 @@ pub use backing::Backing;
 mod fault;
 pub use fault::listing;
 mod hooks;
+pub mod linux;
 mod platform;
 mod ram;
 pub mod raw;
@@ -285,6 +286,16 @@ impl EmuEngine {
             platform_mapped: false,
             dirty_tracking: DirtyTracking::WriteProtect,
         })
+    }
+
+    /// Draws the scheduler's quanta and rdrand from `seed` from now on, as
+    /// a machine started with it would (its checkpoint carries both
+    /// generators' states): runs restored from one checkpoint, such as a
+    /// booted Linux guest's, then interleave by their own seeds. The
+    /// quantum under way is kept.
+    pub fn reseed(&mut self, seed: u64) {
+        self.sched.reseed(seed);
+        self.shared.borrow_mut().reseed(seed);
     }
 
     /// Switches how dirty pages are found (engines start with

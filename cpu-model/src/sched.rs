@@ -44,6 +44,11 @@ impl Scheduler {
         }
     }
 
+    /// Draws the quanta from `seed` from now on.
+    pub(crate) fn reseed(&mut self, seed: u64) {
+        self.rng = SplitMix64::new(seed);
+    }
+
     /// Starts a quantum on the first runnable vCPU after the current one
     /// (round-robin). Returns whether that is a different vCPU, or None if
     /// no vCPU is runnable.

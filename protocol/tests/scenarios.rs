@@ -512,3 +512,32 @@ fn a_large_round_is_not_sent_again_before_it_could_arrive() {
         "sent again once it could have arrived"
     );
 }
+
+#[test]
+fn a_copy_round_of_more_chunks_than_the_action_queue_holds_reprotects() {
+    // A guest of 8 MiB in 1 KiB chunks: one capture, 8 Ki sends, twice
+    // the queue's fixed bound (a Linux guest's 256 MiB in the simulator's
+    // 8 KiB chunks is 32 Ki).
+    let mut c = Cluster::tuned(Level::Ft, Codec::plain(), |config| {
+        config.chunk_bytes_max = 1024;
+        config.transfer_bytes_max = 16 << 20;
+    });
+    c.first_round_bytes = 8 << 20;
+    c.run_for_ms(100);
+    c.crash(B);
+    c.run_for_ms(1000);
+    c.restart(B, Generation(1));
+    c.run_for_ms(3000);
+    assert_eq!(c.node(A).protection(), Some(Protection::Protected));
+    assert_eq!(c.node(B).role(), RoleKind::Backup);
+    let sent = c.count(A, |a| {
+        matches!(
+            a,
+            Action::Send {
+                msg: Message::Copy { round: 0, .. },
+                ..
+            }
+        )
+    });
+    assert!(sent >= 8 << 10, "round 0 went in {sent} chunks");
+}

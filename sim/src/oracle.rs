@@ -8,9 +8,14 @@
 //! 4. After healing, the service answered every request within the bound.
 //! 5. The same seed gives the same trace hash (checked by running twice).
 
+use crate::spec::GuestKind;
 use crate::world::{World, HOST_NAMES};
-use machine::guests::ledger_load::{check_ledger, LedgerProblem, ProblemKind};
+use machine::devices::BLOCK_BYTES;
+use machine::guests::ledger_load::{
+    check_journal, check_ledger, journal_from_blocks, LedgerProblem, ProblemKind, Record,
+};
 use machine::Engine as _;
+use machine::MachineError;
 use protocol::RoleKind;
 use std::collections::BTreeMap;
 
@@ -140,8 +145,19 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         return violations;
     }
     let expected = (answered == total).then_some(total);
-    match check_ledger(host.machine(), &ledger, &replies, &bad, expected) {
-        Ok(Ok(_)) => {}
+    let checked = match world.spec.guest {
+        GuestKind::Ledger => check_ledger(host.machine(), &ledger, &replies, &bad, expected)
+            .map(|checked| checked.map(|_| ())),
+        GuestKind::Linux => disk_journal(host.machine()).map(|journal| {
+            let check = check_journal(&ledger, &journal, &replies, &bad, expected);
+            match check.violations.is_empty() {
+                true => Ok(()),
+                false => Err(check.violations),
+            }
+        }),
+    };
+    match checked {
+        Ok(Ok(())) => {}
         Ok(Err(problems)) => {
             violations.extend(problems.into_iter().map(ledger_violation));
         }
@@ -151,6 +167,29 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         )),
     }
     violations
+}
+
+/// The journal on the survivor's disk, for a ledger that keeps its record
+/// count and balances where the oracle cannot read them (the Linux
+/// guest's process memory): its records from block 0 up to the first
+/// all-zero one. The balances are the journal's replay, so oracle 3 there
+/// checks every decision against the records before it.
+fn disk_journal(
+    machine: &mut machine::Machine<cpu_model::EmuEngine>,
+) -> Result<Vec<Record>, MachineError> {
+    let store = machine.bus().store();
+    let mut journal = Vec::new();
+    let mut block = [0u8; BLOCK_BYTES];
+    for index in 0..store.block_count() {
+        store.read_block(index, &mut block)?;
+        let records = journal_from_blocks(&block);
+        let whole = records.len() as u64 == machine::guests::ledger::RECORDS_PER_BLOCK;
+        journal.extend(records);
+        if !whole {
+            break;
+        }
+    }
+    Ok(journal)
 }
 
 #[cfg(test)]

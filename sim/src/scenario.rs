@@ -28,6 +28,7 @@ pub fn resolve(
         scenario: scenario.name.clone(),
         seed,
         level: level.unwrap_or(scenario.protection.level),
+        guest: scenario.guest.kind,
         vcpus: scenario.guest.vcpus,
         accounts: u64::from(scenario.guest.accounts),
         clients: scenario.workload.clients,

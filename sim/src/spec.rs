@@ -3,6 +3,7 @@
 //! resolve to one of these).
 
 use crate::trace::Side;
+pub use faults::scenario::GuestKind;
 use protocol::Level;
 
 /// A VM host, named by what it is when an event fires.
@@ -265,6 +266,8 @@ pub struct RunSpec {
     pub seed: u64,
     /// Protection level.
     pub level: Level,
+    /// Which guest serves the ledger.
+    pub guest: GuestKind,
     /// vCPUs of the ledger guest.
     pub vcpus: u16,
     /// Accounts of the ledger.
@@ -308,6 +311,7 @@ impl RunSpec {
             scenario: scenario.to_string(),
             seed,
             level: Level::Ft,
+            guest: GuestKind::Ledger,
             vcpus: 2,
             accounts: 16,
             clients: 2,

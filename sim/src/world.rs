@@ -4,8 +4,9 @@
 //! what the oracle needs.
 
 use crate::client::Client;
-use crate::spec::{Endpoint, HostRef, LinkFaultKind, RunSpec};
+use crate::spec::{Endpoint, GuestKind, HostRef, LinkFaultKind, RunSpec};
 use crate::trace::{digest, Kind, Trace};
+use cpu_model::linux::{self, LinuxGuest};
 use cpu_model::{emulated_machine, EmuConfig, EmuEngine, Quantum};
 use faults::FaultyStore;
 use machine::devices::{BlockStore, IntegrityStore, MemStore, SharedStore};
@@ -19,6 +20,7 @@ use runtime::{HostError, Transmit, VmHost, WitnessHost};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::rc::Rc;
+use std::sync::OnceLock;
 
 /// Port of protocol frames on VM hosts and the witness.
 pub const FRAME_PORT: u16 = 7000;
@@ -33,6 +35,16 @@ pub const CLIENT_PORT: u16 = 9000;
 pub const HOST_NAMES: [&str; 2] = ["a", "b"];
 /// The witness's node id.
 pub const WITNESS: NodeId = NodeId(2);
+
+/// The Linux guest's image (`cpu_model::linux::LinuxGuest::from_env`),
+/// read once per process.
+fn linux_guest() -> Result<&'static LinuxGuest, HostError> {
+    static GUEST: OnceLock<Result<LinuxGuest, String>> = OnceLock::new();
+    GUEST
+        .get_or_init(|| LinuxGuest::from_env().map_err(|e| e.to_string()))
+        .as_ref()
+        .map_err(|e| HostError::Guest(e.clone()))
+}
 
 /// The key of the simulated link between `a` and `b`: one per pair.
 fn link_key(a: NodeId, b: NodeId) -> Vec<u8> {
@@ -236,15 +248,7 @@ impl World {
     }
 
     fn machine(&mut self, index: usize) -> Result<Machine<EmuEngine>, HostError> {
-        let image = Guest::Ledger
-            .image(self.ledger().params())
-            .expect("the ledger assembles");
-        let shape =
-            Shape::new(self.spec.vcpus, MEMORY_BYTES_MIN).expect("scenario vCPUs are validated");
-        let config = EmuConfig {
-            seed: self.spec.seed ^ (index as u64 + 1),
-            quantum: Quantum::default(),
-        };
+        let seed = self.spec.seed ^ (index as u64 + 1);
         let disk = Rc::clone(
             self.hosts[index]
                 .disk
@@ -252,7 +256,30 @@ impl World {
                 .expect("made with the world"),
         );
         let store = Box::new(SharedStore(disk));
-        emulated_machine(shape, &image, config, store).map_err(|e| HostError::Machine(e.into()))
+        match self.spec.guest {
+            GuestKind::Ledger => {
+                let image = Guest::Ledger
+                    .image(self.ledger().params())
+                    .expect("the ledger assembles");
+                let shape = Shape::new(self.spec.vcpus, MEMORY_BYTES_MIN)
+                    .expect("scenario vCPUs are validated");
+                let config = EmuConfig {
+                    seed,
+                    quantum: Quantum::default(),
+                };
+                emulated_machine(shape, &image, config, store)
+                    .map_err(|e| HostError::Machine(e.into()))
+            }
+            GuestKind::Linux => {
+                // Both hosts, and every run of the process, start from the
+                // one booted checkpoint: the backup's standby image is the
+                // primary's first.
+                let blocks = store.block_count();
+                let booted = linux::booted(linux_guest()?, self.spec.vcpus, blocks)
+                    .map_err(|e| HostError::Guest(e.to_string()))?;
+                linux::restored(&booted, seed, store).map_err(|e| HostError::Guest(e.to_string()))
+            }
+        }
     }
 
     fn config(&self, index: usize) -> Config {

@@ -85,7 +85,15 @@ impl Default for Topology {
 pub enum GuestKind {
     /// Transfers between accounts under a spinlock, journalled to disk.
     Ledger,
+    /// Debian's unmodified kernel and Lockstep's initramfs, whose C ledger
+    /// serves the same transfers over UDP on a virtio NIC and journals
+    /// them on a virtio disk (`guest-linux/`).
+    Linux,
 }
+
+/// The accounts the Linux guest's ledger keeps (`lockstep-ledger`'s
+/// default, which its init does not change).
+pub const LINUX_ACCOUNTS: u32 = 16;
 
 /// The protected guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

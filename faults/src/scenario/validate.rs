@@ -4,7 +4,7 @@
 
 use machine::layout::VCPUS_MAX;
 
-use super::{ScenarioFile, Topology};
+use super::{GuestKind, ScenarioFile, Topology, LINUX_ACCOUNTS};
 use crate::catalogue::{FaultKind, ScheduledFault, Target};
 use crate::plan::{Swarm, SWARM_FAULTS_MAX};
 use crate::spans::FieldPath;
@@ -87,6 +87,18 @@ pub(super) fn scenario(raw: &ScenarioFile, stem: Option<&str>) -> Result<(), Inv
     })?;
     within(&["guest", "vcpus"], raw.guest.vcpus, 1, VCPUS_MAX)?;
     within(&["guest", "accounts"], raw.guest.accounts, 2, ACCOUNTS_MAX)?;
+    if raw.guest.kind == GuestKind::Linux {
+        check(
+            raw.guest.accounts == LINUX_ACCOUNTS,
+            FieldPath::keys(&["guest", "accounts"]),
+            || {
+                format!(
+                    "the Linux guest's ledger keeps {LINUX_ACCOUNTS} accounts, not {}",
+                    raw.guest.accounts
+                )
+            },
+        )?;
+    }
     within(
         &["workload", "clients"],
         raw.workload.clients,

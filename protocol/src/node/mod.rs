@@ -51,8 +51,9 @@ use backup::{Backup, Joining};
 use primary::Primary;
 use std::collections::VecDeque;
 
-/// Actions queued and not yet polled, at most; the driver drains them after
-/// every input.
+/// Actions queued and not yet polled, at most, beside the chunks of the
+/// transfers one input may start (see [`Node::push`]); the driver drains
+/// them after every input.
 const ACTIONS_MAX: usize = 4096;
 
 /// What a node holds of transfers in progress (see [`Node::assembling`]).
@@ -401,10 +402,16 @@ impl Node {
         self.generation
     }
 
+    /// Queues `action`. One input sends at most a round of a copy (or a
+    /// delta) and its retransmission, each up to a transfer's chunks: a
+    /// copy of a guest of 256 MiB in 8 KiB chunks is 32 Ki sends from one
+    /// capture. Beyond that and [`ACTIONS_MAX`], the driver is not
+    /// draining.
     fn push(&mut self, action: Action) {
         self.actions.push_back(action);
+        let transfers = 2 * validate::transfer_chunks_max(&self.config) as usize;
         assert!(
-            self.actions.len() <= ACTIONS_MAX,
+            self.actions.len() <= ACTIONS_MAX.saturating_add(transfers),
             "the driver drains actions"
         );
     }

@@ -104,6 +104,10 @@ pub enum HostError {
     /// takes over.
     #[error("local disk failed ({0}); stopping this host")]
     DiskFailed(String),
+    /// The guest image could not be had (a missing kernel, a boot that
+    /// did not reach its service).
+    #[error("guest image: {0}")]
+    Guest(String),
 }
 
 impl From<MachineError> for HostError {
