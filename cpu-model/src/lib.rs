@@ -166,9 +166,22 @@ struct Halts {
     /// spinning vCPU on real hardware. The spin's guest time still passes;
     /// only its emulation is skipped.
     pauses: Vec<u64>,
+    /// The guest's code was not swept (a kernel booted by
+    /// [`EmuEngine::boot`]): then a slice that stops short of its budget
+    /// for none of the hooks' reasons stopped at a `hlt` (QEMU's
+    /// EXCP_HLT ends emu_start right after it).
+    unswept: bool,
 }
 
 impl Halts {
+    /// The `hlt`s of a guest whose code is not known: any.
+    fn unswept() -> Halts {
+        Halts {
+            unswept: true,
+            ..Halts::default()
+        }
+    }
+
     fn of(image: &GuestImage) -> Halts {
         let mut halts = Halts::default();
         let mut targets = BTreeSet::new();
@@ -231,8 +244,10 @@ impl EmuEngine {
     /// Boots a machine of `shape` from `memory` with each vCPU in
     /// `boot_states`: a guest that is not one of the assembled images (a
     /// Linux kernel laid out by [`machine::linux::load`]). Its code is not
-    /// swept for `hlt` and `pause`: a `hlt` ends no slice (the vCPU runs
-    /// on after it) and a `pause` does not yield.
+    /// swept for `hlt` and `pause`: a slice that stopped short at a `hlt`
+    /// halts the vCPU until an interrupt it takes (a kernel's idle loop
+    /// sleeps instead of spinning through its quanta), and a `pause` does
+    /// not yield.
     pub fn boot(
         shape: Shape,
         memory: &[u8],
@@ -248,7 +263,7 @@ impl EmuEngine {
                 boot_states.len()
             )));
         }
-        EmuEngine::start(shape, memory, boot_states, Halts::default(), config)
+        EmuEngine::start(shape, memory, boot_states, Halts::unswept(), config)
     }
 
     fn start(
@@ -619,7 +634,12 @@ impl EmuEngine {
             (None, Ok(())) => {
                 let halting = self.shared.borrow_mut().halting.take();
                 let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
-                let halted = self.halts.ended_in_hlt(rip, halting);
+                let hooks_stopped = {
+                    let state = self.shared.borrow();
+                    state.yielded || state.disk_wait_ns > 0
+                };
+                let halted = self.halts.ended_in_hlt(rip, halting)
+                    || (self.halts.unswept && instructions < slice && !hooks_stopped);
                 let end = if halted {
                     SliceEnd::Halted
                 } else {

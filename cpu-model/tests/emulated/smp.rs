@@ -337,3 +337,24 @@ fn an_init_of_the_bootstrap_processor_and_an_nmi_are_clear_errors() {
     let nmi = unsupported(ICR_NMI, 0);
     assert!(nmi.contains("non-maskable"), "{nmi}");
 }
+
+/// A kernel's code is not swept for `hlt` (`EmuEngine::boot`): a slice
+/// that stops short at one halts the vCPU, so a BSP halted with
+/// interrupts off and an AP that waits leave the machine idle instead of
+/// running the halt loop every quantum.
+#[test]
+fn a_hlt_in_unswept_code_halts_the_vcpu_and_the_machine_idles() {
+    let mut machine = machine(3, |a| {
+        let mut again = a.create_label();
+        a.cli()?;
+        a.set_label(&mut again)?;
+        a.hlt()?;
+        a.jmp(again)
+    });
+    let exit = machine.run(Instructions(RUN_INSTRUCTIONS)).expect("runs");
+    assert_eq!(exit, machine::RunExit::Idle);
+    let ran = machine.engine().stats().instructions.0;
+    assert!(ran <= 2, "cli and hlt, once: {ran}");
+    let bsp = machine.engine().vcpu_state(VcpuId(0)).expect("state");
+    assert_eq!(bsp.run_state, machine::RunState::Halted);
+}
