@@ -13,7 +13,12 @@
 //! MMIO into it and the local APIC's interrupts are delivered through the
 //! guest's IDT at slice boundaries, slices ending at its timer deadlines;
 //! RDMSR/WRMSR of IA32_APIC_BASE and IA32_TSC_DEADLINE reach it, and
-//! CPUID leaf 1 offers the TSC-deadline timer (`platform.rs`).
+//! CPUID leaf 1 offers the TSC-deadline timer (`platform.rs`). An
+//! application processor whose local APIC waits for a start-up IPI is
+//! not scheduled; the platform's INIT and start-up IPIs are applied at
+//! the end of the slice that sent them (`startup.rs`), a started vCPU
+//! running its real-mode trampoline on its instance created in 64-bit
+//! mode (`regs.rs` takes an instance out of long mode).
 //!
 //! Limits, by design or by unicorn:
 //! - Reads of the clock port inside a quantum return the quantum's start
@@ -41,6 +46,7 @@ mod ram;
 pub mod raw;
 mod regs;
 mod sched;
+mod startup;
 mod virtio;
 
 use std::cell::RefCell;
@@ -161,9 +167,22 @@ struct Halts {
     /// spinning vCPU on real hardware. The spin's guest time still passes;
     /// only its emulation is skipped.
     pauses: Vec<u64>,
+    /// The guest's code was not swept (a kernel booted by
+    /// [`EmuEngine::boot`]): then a slice that stops short of its budget
+    /// for none of the hooks' reasons stopped at a `hlt` (QEMU's
+    /// EXCP_HLT ends emu_start right after it).
+    unswept: bool,
 }
 
 impl Halts {
+    /// The `hlt`s of a guest whose code is not known: any.
+    fn unswept() -> Halts {
+        Halts {
+            unswept: true,
+            ..Halts::default()
+        }
+    }
+
     fn of(image: &GuestImage) -> Halts {
         let mut halts = Halts::default();
         let mut targets = BTreeSet::new();
@@ -226,8 +245,10 @@ impl EmuEngine {
     /// Boots a machine of `shape` from `memory` with each vCPU in
     /// `boot_states`: a guest that is not one of the assembled images (a
     /// Linux kernel laid out by [`machine::linux::load`]). Its code is not
-    /// swept for `hlt` and `pause`: a `hlt` ends no slice (the vCPU runs
-    /// on after it) and a `pause` does not yield.
+    /// swept for `hlt` and `pause`: a slice that stopped short at a `hlt`
+    /// halts the vCPU until an interrupt it takes (a kernel's idle loop
+    /// sleeps instead of spinning through its quanta), and a `pause` does
+    /// not yield.
     pub fn boot(
         shape: Shape,
         memory: &[u8],
@@ -243,7 +264,7 @@ impl EmuEngine {
                 boot_states.len()
             )));
         }
-        EmuEngine::start(shape, memory, boot_states, Halts::default(), config)
+        EmuEngine::start(shape, memory, boot_states, Halts::unswept(), config)
     }
 
     fn start(
@@ -439,6 +460,8 @@ impl EmuEngine {
             self.code_stale = false;
         }
         self.map_platform()?;
+        // Those a checkpoint carried, before any vCPU runs.
+        self.apply_platform_actions()?;
         self.budget_end += budget.0;
         while self.now < self.budget_end {
             if self.sched.remaining == 0 && !self.start_quantum()? {
@@ -446,12 +469,14 @@ impl EmuEngine {
             }
             let v = usize::from(self.sched.current);
             let slice = self.platform_slice(self.sched.remaining.min(self.budget_end - self.now));
-            if self.run_states[v] == RunState::Running {
+            let waits = startup::waits(&self.shared.borrow(), VcpuId(v as u16));
+            if self.run_states[v] == RunState::Running && !waits {
                 let ran = self.execute_offered(v, slice)?;
                 self.instructions += ran.instructions;
                 if let SliceEnd::Halted = ran.end {
                     self.run_states[v] = RunState::Halted;
                 }
+                self.apply_platform_actions()?;
             }
             self.now += slice;
             self.sched.remaining -= slice;
@@ -479,6 +504,9 @@ impl EmuEngine {
         let mut idle = true;
         for (v, s) in self.run_states.iter().enumerate() {
             let vcpu = VcpuId(v as u16);
+            if startup::waits(&state, vcpu) {
+                continue; // only a start-up IPI, another vCPU's, wakes it
+            }
             idle &= *s == RunState::Halted
                 && !state.bus.wake_pending(vcpu, now)
                 && !state.bus.virtio_wants_service()
@@ -496,10 +524,15 @@ impl EmuEngine {
     fn start_quantum(&mut self) -> Result<bool, EngineError> {
         self.wake()?;
         let (run_states, stalled_until, now) = (&self.run_states, &self.stalled_until, self.now);
+        let shared = self.shared.borrow();
         let runnable = |v: u16| {
-            run_states[usize::from(v)] == RunState::Running && stalled_until[usize::from(v)] <= now
+            run_states[usize::from(v)] == RunState::Running
+                && stalled_until[usize::from(v)] <= now
+                && !startup::waits(&shared, VcpuId(v))
         };
-        match self.sched.next(self.shape.vcpus(), runnable) {
+        let next = self.sched.next(self.shape.vcpus(), runnable);
+        drop(shared);
+        match next {
             Some(switched) => {
                 self.vcpu_switches += u64::from(switched);
                 self.shared.borrow_mut().quantum_start = GuestNs(self.now);
@@ -612,7 +645,12 @@ impl EmuEngine {
             (None, Ok(())) => {
                 let halting = self.shared.borrow_mut().halting.take();
                 let rip = uc.reg_read(RegisterX86::RIP).map_err(backend)?;
-                let halted = self.halts.ended_in_hlt(rip, halting);
+                let hooks_stopped = {
+                    let state = self.shared.borrow();
+                    state.yielded || state.disk_wait_ns > 0
+                };
+                let halted = self.halts.ended_in_hlt(rip, halting)
+                    || (self.halts.unswept && instructions < slice && !hooks_stopped);
                 let end = if halted {
                     SliceEnd::Halted
                 } else {

@@ -377,12 +377,48 @@ pub(crate) fn read(
     Ok(state)
 }
 
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+
+/// Takes the instance out of long mode (EFER.LMA clear), for a state
+/// outside it (a vCPU after INIT, in real mode). LMA is read-only, as on
+/// hardware: QEMU's WRMSR keeps it and only turning paging off clears it,
+/// and an instance created in 64-bit mode has LMA set with CR0.PG clear.
+/// So paging goes on (with LME and PAE, which QEMU requires to enter long
+/// mode) and off again; the caller then writes every register this
+/// touches.
+fn leave_long_mode(uc: &mut Vcpu) -> Result<(), uc_error> {
+    let efer = read_msr(uc, MSR_EFER)?;
+    if efer & EFER_LMA == 0 {
+        return Ok(());
+    }
+    let cr0 = uc.reg_read(RegisterX86::CR0)?;
+    if cr0 & CR0_PG == 0 {
+        write_msr(uc, MSR_EFER, efer | EFER_LME)?;
+        let cr4 = uc.reg_read(RegisterX86::CR4)?;
+        uc.reg_write(RegisterX86::CR4, cr4 | CR4_PAE)?;
+        uc.reg_write(RegisterX86::CR0, cr0 | CR0_PG)?;
+    }
+    uc.reg_write(RegisterX86::CR0, cr0 & !CR0_PG)?;
+    assert_eq!(
+        read_msr(uc, MSR_EFER)? & EFER_LMA,
+        0,
+        "paging off left long mode"
+    );
+    Ok(())
+}
+
 /// Writes a state into an instance. CR4 goes before CR0 so paging is
 /// enabled with PAE already on. A state with [`SystemRegisters`] turns
 /// delivery through the IDT on (only a delivering instance has them).
 pub(crate) fn write(uc: &mut Vcpu, state: &VcpuState) -> Result<(), uc_error> {
     for (value, register) in state.gprs.iter().zip(GPRS) {
         uc.reg_write(register, *value)?;
+    }
+    if state.system.is_some() && state.efer & EFER_LMA == 0 {
+        leave_long_mode(uc)?;
     }
     if state.system.is_some() {
         write_msr(uc, MSR_EFER, state.efer)?;

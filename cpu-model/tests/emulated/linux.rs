@@ -11,7 +11,9 @@
 // LOCKSTEP_LINUX_CMDLINE replaces the command line (e.g. DEFAULT_CMDLINE
 // with `initcall_debug loglevel=8`, to see where the boot's time goes);
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
-// and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk.
+// and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk;
+// LOCKSTEP_LINUX_VCPUS=n boots the tests' machine with n vCPUs (default 1;
+// the 2-vCPU test always has 2).
 
 use std::time::Instant;
 
@@ -43,6 +45,10 @@ const USERSPACE_LINE: &str = "lockstep-guest: userspace up";
 const USERSPACE_INSTRUCTIONS_MAX: u64 = 12_000_000_000;
 /// The last line of a boot without a root file system.
 const END_OF_BOOT: &str = "end Kernel panic";
+/// The line of a kernel that started its application processors.
+const SMP_LINE: &str = "smp: Brought up";
+/// The lines whose first appearance a run records.
+const MARKS: [&str; 3] = [FIRST_LINE, SMP_LINE, USERSPACE_LINE];
 
 /// The number in environment variable `name`, or `default`.
 fn env_u64(name: &str, default: u64) -> u64 {
@@ -98,8 +104,24 @@ fn initramfs() -> Option<Vec<u8>> {
     )
 }
 
+/// The vCPUs of the boot tests' machine: LOCKSTEP_LINUX_VCPUS, default 1.
+fn vcpus() -> u16 {
+    u16::try_from(env_u64("LOCKSTEP_LINUX_VCPUS", 1)).expect("a vCPU count")
+}
+
 fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<EmuEngine> {
-    let shape = Shape::new(1, MEMORY_BYTES).expect("valid");
+    linux_machine_of(vcpus(), kernel, initramfs, seed)
+}
+
+/// A machine of `vcpus` vCPUs booting the kernel: the application
+/// processors wait for the start-up IPIs the kernel sends them.
+fn linux_machine_of(
+    vcpus: u16,
+    kernel: &[u8],
+    initramfs: Option<&[u8]>,
+    seed: u64,
+) -> Machine<EmuEngine> {
+    let shape = Shape::new(vcpus, MEMORY_BYTES).expect("valid");
     let cmdline =
         std::env::var("LOCKSTEP_LINUX_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.to_string());
     let image = load(&shape, kernel, &cmdline, initramfs).expect("the kernel loads");
@@ -114,8 +136,8 @@ fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<
     engine
         .set_dirty_tracking(DirtyTracking::EveryPage)
         .expect("switches");
-    let bus = DeviceBus::new(1, Box::new(disk()))
-        .with_pc(Pc::new(1, Startup::Running))
+    let bus = DeviceBus::new(vcpus, Box::new(disk()))
+        .with_pc(Pc::new(vcpus, Startup::WaitingForSipi))
         .with_virtio(MAC);
     Machine::new(shape, engine, bus)
 }
@@ -127,6 +149,9 @@ struct Boot {
     /// Guest instructions (guest ns) and wall seconds when `FIRST_LINE`
     /// was first complete on the console.
     first_line: Option<(u64, f64)>,
+    /// Guest time (the end of the chunk) and wall seconds at which each
+    /// of `MARKS` was first complete on the console.
+    marks: Vec<(&'static str, u64, f64)>,
     /// The engine's error, if the run ended in one.
     error: Option<MachineError>,
 }
@@ -138,8 +163,19 @@ impl Boot {
 }
 
 /// Runs the kernel (with `initramfs`, if any) until `until(console)` or
-/// `instructions_max`.
+/// `instructions_max`, on the tests' vCPUs.
 fn run(
+    image: (&[u8], Option<&[u8]>),
+    seed: u64,
+    instructions_max: u64,
+    until: impl Fn(&[u8]) -> bool,
+) -> Boot {
+    run_of(vcpus(), image, seed, instructions_max, until)
+}
+
+/// [`run`] on a machine of `vcpus` vCPUs.
+fn run_of(
+    vcpus: u16,
     (kernel, initramfs): (&[u8], Option<&[u8]>),
     seed: u64,
     instructions_max: u64,
@@ -147,9 +183,10 @@ fn run(
 ) -> Boot {
     let started = Instant::now();
     let mut boot = Boot {
-        machine: linux_machine(kernel, initramfs, seed),
+        machine: linux_machine_of(vcpus, kernel, initramfs, seed),
         console: Vec::new(),
         first_line: None,
+        marks: Vec::new(),
         error: None,
     };
     while boot.now() < instructions_max && !until(&boot.console) {
@@ -187,6 +224,12 @@ fn run(
         if boot.first_line.is_none() && line(&boot.console, FIRST_LINE).is_some() {
             boot.first_line = Some((boot.now(), started.elapsed().as_secs_f64()));
         }
+        for mark in MARKS {
+            if !boot.marks.iter().any(|m| m.0 == mark) && line(&boot.console, mark).is_some() {
+                let at = (mark, boot.now(), started.elapsed().as_secs_f64());
+                boot.marks.push(at);
+            }
+        }
         if boot.error.is_some() {
             break;
         }
@@ -218,6 +261,9 @@ fn report(boot: &mut Boot, wall_s: f64) {
     );
     if let Some((at, wall)) = boot.first_line {
         eprintln!("first line at {at} instructions, {wall:.1} s wall");
+    }
+    for (mark, at, wall) in &boot.marks {
+        eprintln!("{mark:?} by {at} guest ns, {wall:.1} s wall");
     }
     if let Ok(state) = state {
         eprintln!(
@@ -257,14 +303,14 @@ fn debians_kernel_prints_its_first_console_line_over_com1_deterministically() {
     let first = line(&one.console, FIRST_LINE).expect("the kernel's first console line");
     assert!(first.starts_with(FIRST_LINE), "{first}");
     assert!(one.error.is_none(), "{:?}", one.error);
-    assert_same_run(&mut one, (&kernel, None));
+    assert_same_run(&mut one, (&kernel, None), vcpus(), 5);
 }
 
 /// A second run with the same seed to the same instruction: the same
 /// console, the same state.
-fn assert_same_run(one: &mut Boot, image: (&[u8], Option<&[u8]>)) {
+fn assert_same_run(one: &mut Boot, image: (&[u8], Option<&[u8]>), vcpus: u16, seed: u64) {
     let at = one.now();
-    let mut two = run(image, 5, at, |_| false);
+    let mut two = run_of(vcpus, image, seed, at, |_| false);
     assert_eq!(two.now(), at);
     assert_eq!(one.console, two.console);
     let (hash_one, hash_two) = (
@@ -407,5 +453,92 @@ fn debians_kernel_runs_the_initramfs_init_to_its_first_line_deterministically() 
         text.contains("Run /init as init process"),
         "the kernel ran /init"
     );
-    assert_same_run(&mut one, image);
+    assert_same_run(&mut one, image, vcpus(), 5);
+}
+
+/// Two vCPUs: the kernel starts its application processor with INIT and
+/// start-up IPIs (its real-mode trampoline to long mode on the emulated
+/// engine), says so, and runs the initramfs's /init; the same seed gives
+/// the same console and state at the same instruction; another seed
+/// interleaves the vCPUs differently and still reaches userspace.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn debians_kernel_brings_up_two_cpus_and_runs_init_deterministically_under_any_seed() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let boot = |seed: u64| {
+        let started = Instant::now();
+        let mut boot = run_of(2, image, seed, USERSPACE_INSTRUCTIONS_MAX, |c| {
+            line(c, USERSPACE_LINE).is_some()
+        });
+        eprintln!("==== seed {seed}, 2 vCPUs ====");
+        report(&mut boot, started.elapsed().as_secs_f64());
+        assert!(boot.error.is_none(), "{:?}", boot.error);
+        let smp = line(&boot.console, SMP_LINE).expect("the kernel brought its CPUs up");
+        assert_eq!(smp, "smp: Brought up 1 node, 2 CPUs");
+        assert_eq!(
+            line(&boot.console, USERSPACE_LINE).as_deref(),
+            Some(USERSPACE_LINE)
+        );
+        boot
+    };
+    let mut seven = boot(7);
+    let mut eight = boot(8);
+    let (hash_seven, hash_eight) = (
+        seven.machine.state_hash().expect("hash"),
+        eight.machine.state_hash().expect("hash"),
+    );
+    let (stats_seven, stats_eight) = (
+        seven.machine.engine().stats(),
+        eight.machine.engine().stats(),
+    );
+    eprintln!(
+        "seed 7: {stats_seven:?}, marks {:?}, hash {hash_seven:?}",
+        seven.marks
+    );
+    eprintln!(
+        "seed 8: {stats_eight:?}, marks {:?}, hash {hash_eight:?}",
+        eight.marks
+    );
+    assert_ne!(
+        (stats_seven, hash_seven),
+        (stats_eight, hash_eight),
+        "another seed, another interleaving"
+    );
+    assert_same_run(&mut seven, image, 2, 7);
+}
+
+/// How long the idle guest takes per guest second once in userspace (the
+/// ledger service waits for datagrams; every vCPU in its idle loop):
+/// boots to init's first line, then runs LOCKSTEP_LINUX_IDLE_NS (default
+/// 1 s) of guest time and reports the wall time, the instructions
+/// executed and the vCPU switches of that stretch.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; a measurement, not a check"]
+fn what_an_idle_linux_guest_costs_per_guest_second() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let mut boot = run(image, 7, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, USERSPACE_LINE).is_some()
+    });
+    assert!(boot.error.is_none(), "{:?}", boot.error);
+    // The service's own first line, then quiet.
+    run_on(&mut boot.machine, 200_000_000);
+    let idle_ns = env_u64("LOCKSTEP_LINUX_IDLE_NS", 1_000_000_000);
+    let before = boot.machine.engine().stats();
+    let started = Instant::now();
+    let console = run_on(&mut boot.machine, idle_ns);
+    let wall_s = started.elapsed().as_secs_f64();
+    let after = boot.machine.engine().stats();
+    eprintln!(
+        "{} vCPUs idle for {idle_ns} guest ns: {wall_s:.2} s wall, {} instructions, {} vCPU switches, {} console bytes",
+        vcpus(),
+        after.instructions.0 - before.instructions.0,
+        after.vcpu_switches - before.vcpu_switches,
+        console.len()
+    );
 }

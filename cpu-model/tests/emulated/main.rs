@@ -10,6 +10,7 @@ mod ledger;
 mod linux;
 mod longmode;
 mod platform;
+mod smp;
 mod stall;
 mod traps;
 mod virtio;

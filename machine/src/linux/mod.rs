@@ -77,10 +77,6 @@ const LOADER_UNDEFINED: u8 = 0xff;
 /// Error loading a kernel.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinuxError {
-    /// Application processors would need INIT/SIPI, which the engines do
-    /// not apply yet.
-    #[error("a Linux guest boots on 1 vCPU for now, not {0}")]
-    Vcpus(u16),
     /// linux-loader rejected the image or could not place it.
     #[error("bzImage: {0}")]
     Image(String),
@@ -106,7 +102,11 @@ pub enum LinuxError {
 pub struct LinuxImage {
     /// The machine's memory at boot.
     pub memory: Vec<u8>,
-    /// Each vCPU's registers at boot (one: the boot vCPU).
+    /// Each vCPU's registers at boot: the boot vCPU's at the kernel's
+    /// entry, the application processors' after INIT
+    /// ([`crate::pc::startup::after_init`]): they wait for the start-up
+    /// IPI the kernel sends them (a platform of
+    /// [`crate::pc::lapic::Startup::WaitingForSipi`]).
     pub vcpu_states: Vec<VcpuState>,
     /// Where the protected-mode kernel was loaded (`code32_start`).
     pub kernel_load: Gpa,
@@ -140,9 +140,6 @@ pub fn load(
     cmdline: &str,
     initramfs: Option<&[u8]>,
 ) -> Result<LinuxImage, LinuxError> {
-    if shape.vcpus() != 1 {
-        return Err(LinuxError::Vcpus(shape.vcpus()));
-    }
     let bytes = usize::try_from(shape.memory_bytes()).expect("memory fits the host");
     let guest = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), bytes)])
         .map_err(|e| LinuxError::Image(format!("guest memory: {e}")))?;
@@ -213,7 +210,9 @@ pub fn load(
     let entry = Gpa(kernel_load.0 + STARTUP_64_OFFSET);
     Ok(LinuxImage {
         memory,
-        vcpu_states: vec![boot_vcpu_state(shape, entry)],
+        vcpu_states: std::iter::once(boot_vcpu_state(shape, entry))
+            .chain((1..shape.vcpus()).map(|_| crate::pc::startup::after_init()))
+            .collect(),
         kernel_load,
         entry,
     })

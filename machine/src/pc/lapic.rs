@@ -228,6 +228,15 @@ impl LocalApic {
         self.id
     }
 
+    /// The bootstrap processor (IA32_APIC_BASE.BSP) or an application
+    /// processor.
+    pub fn processor(&self) -> Processor {
+        match self.apic_base & APIC_BASE_BSP {
+            0 => Processor::Application,
+            _ => Processor::Bootstrap,
+        }
+    }
+
     /// Running, or waiting for a start-up IPI.
     pub fn startup(&self) -> Startup {
         self.startup

@@ -16,12 +16,15 @@
 //!   instruction boundary, [`Pc::acknowledge`] moves it from IRR to ISR
 //!   when the engine delivers it;
 //! - INIT, start-up IPIs and NMIs are for the engine to apply to a vCPU:
-//!   [`Pc::poll_action`] after every access that may send one.
+//!   [`Pc::poll_action`] after every access that may send one, the
+//!   registers they set in [`startup`]; a vCPU that
+//!   [`Pc::waits_for_startup`] does not run.
 
 pub mod ioapic;
 pub mod lapic;
 pub mod message;
 pub mod rtc;
+pub mod startup;
 pub mod timer;
 pub mod uart;
 pub mod vectors;
@@ -337,7 +340,12 @@ impl Pc {
             }
             DeliveryMode::Nmi => {
                 for v in targets {
-                    self.act(PcAction::Nmi { vcpu: vcpu_id(v) });
+                    if self.lapics[v].startup() == Startup::WaitingForSipi {
+                        // Wait-for-SIPI blocks NMIs (Intel SDM vol. 3, 9.4.2).
+                        self.stats.messages_ignored += 1;
+                    } else {
+                        self.act(PcAction::Nmi { vcpu: vcpu_id(v) });
+                    }
                 }
             }
             DeliveryMode::Init
@@ -387,6 +395,13 @@ impl Pc {
     /// order they were sent.
     pub fn poll_action(&mut self) -> Option<PcAction> {
         self.actions.pop_front()
+    }
+
+    /// Whether `vcpu` waits for a start-up IPI (after INIT, or from
+    /// power-up on a machine whose application processors start so): the
+    /// engine does not run it.
+    pub fn waits_for_startup(&self, vcpu: VcpuId) -> bool {
+        self.lapic(vcpu).startup() == Startup::WaitingForSipi
     }
 
     /// A RDMSR: the value, or none if the MSR is not the platform's.

@@ -498,6 +498,29 @@ fn nmis_are_actions_and_a_pending_one_is_one_latch() {
 }
 
 #[test]
+fn a_processor_waiting_for_its_startup_ipi_hears_no_nmi() {
+    let mut pc = Pc::new(2, Startup::WaitingForSipi);
+    assert!(pc.waits_for_startup(VcpuId(1)));
+    assert!(!pc.waits_for_startup(VcpuId(0)), "the BSP runs");
+    ipi(&mut pc, 0, 0x0000_0400, 1);
+    assert_eq!(pc.poll_action(), None);
+    assert_eq!(pc.stats().messages_ignored, 1);
+    ipi(&mut pc, 0, 0x0000_0610, 1); // SIPI
+    ipi(&mut pc, 0, 0x0000_0400, 1);
+    assert_eq!(
+        actions(&mut pc),
+        [
+            PcAction::Startup {
+                vcpu: VcpuId(1),
+                vector: 0x10
+            },
+            PcAction::Nmi { vcpu: VcpuId(1) }
+        ]
+    );
+    assert!(!pc.waits_for_startup(VcpuId(1)));
+}
+
+#[test]
 fn the_action_queue_is_bounded() {
     let mut pc = Pc::new(2, Startup::WaitingForSipi);
     for _ in 0..ACTIONS_MAX {
@@ -705,7 +728,7 @@ fn busy() -> Pc {
     pc.uart_receive(b"abc");
     rtc_write(&mut pc, 1_000, rtc::reg::B, rtc::B_BINARY | rtc::B_24_HOUR);
     rtc_write(&mut pc, 1_000, 0x40, 0x99);
-    ipi(&mut pc, 0, 0x0000_0400, 1);
+    ipi(&mut pc, 0, 0x0000_0400, 0); // an NMI to the BSP (vCPU 1 waits)
     pc.advance(GuestNs(1_500));
     pc
 }
@@ -811,7 +834,7 @@ fn a_restored_platform_goes_on_exactly_as_the_original_mid_timer() {
         }
     }
     for pc in [&mut pc, &mut back] {
-        assert_eq!(pc.poll_action(), Some(PcAction::Nmi { vcpu: VcpuId(1) }));
+        assert_eq!(pc.poll_action(), Some(PcAction::Nmi { vcpu: VcpuId(0) }));
         assert_eq!(pc.port_in(ctx(0, 0), 0x3f8, 1), Some(u32::from(b'a')));
         write(pc, 1, 9_000, reg::EOI, 0);
     }
