@@ -46,6 +46,23 @@ const IPV4_AT: usize = 14;
 const UDP_AT: usize = IPV4_AT + 20;
 
 #[test]
+fn the_guests_init_script_uses_the_seams_address_and_port() {
+    let init = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-linux/init"));
+    let [a, b, c, d] = GUEST_IPV4;
+    let address = format!("GUEST_ADDRESS={a}.{b}.{c}.{d}/{GUEST_PREFIX_LEN}");
+    assert!(init.lines().any(|l| l == address), "init sets {address}");
+    let port = format!("LEDGER_PORT={LEDGER_PORT}");
+    assert!(init.lines().any(|l| l == port), "init sets {port}");
+    // The host's address is on the guest's link, so the guest resolves it
+    // by ARP rather than looking for a router.
+    let prefix = u32::MAX << (32 - GUEST_PREFIX_LEN);
+    assert_eq!(
+        u32::from_be_bytes(HOST_IPV4) & prefix,
+        u32::from_be_bytes(GUEST_IPV4) & prefix
+    );
+}
+
+#[test]
 fn a_request_is_a_udp_datagram_from_the_host_to_the_ledger_with_right_checksums() {
     let payload: Vec<u8> = (0..32).collect();
     let frame = link()
