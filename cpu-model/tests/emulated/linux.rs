@@ -517,3 +517,100 @@ fn the_linux_guest_serves_the_ledger_over_udp_deterministically() {
         started.elapsed().as_secs_f64()
     );
 }
+
+/// A checkpoint through its bytes, as a peer or a cache holds it.
+fn through_bytes(machine: &mut Machine<EmuEngine>) -> machine::Checkpoint {
+    let bytes = machine
+        .checkpoint(machine::Kind::Full)
+        .expect("checkpoint")
+        .encode();
+    machine::Checkpoint::decode(&bytes, machine::CHECKPOINT_BYTES_MAX).expect("decodes")
+}
+
+/// Steps `load` on `machine` until `until(load)`, collecting the console.
+fn serve_until(
+    machine: &mut Machine<EmuEngine>,
+    load: &mut LedgerLoad,
+    until: impl Fn(&LedgerLoad) -> bool,
+) -> Vec<u8> {
+    let mut console = Vec::new();
+    let end = machine.engine().now().0 + SERVE_INSTRUCTIONS_MAX;
+    while !until(load) {
+        assert!(machine.engine().now().0 < end, "served {}", load.served());
+        load.step(machine, Instructions(SERVE_SLICE))
+            .expect("the guest runs");
+        console.extend(machine.bus().console.take());
+    }
+    console
+}
+
+/// The boot-once cache and a checkpoint taken while serving: the machine
+/// booted to the ledger's serving line is checkpointed, and a fresh
+/// machine restored from it serves the load to the same end as the
+/// machine that booted (the same replies, console and state hash); a
+/// checkpoint taken on the restored machine halfway through the load,
+/// restored into another fresh machine with the load as it stood, ends
+/// there too.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn a_checkpoint_of_the_serving_ledger_restores_in_a_fresh_machine_to_the_same_end() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let started = Instant::now();
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let mut booted = run(image, 5, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, SERVING_LINE).is_some()
+    });
+    assert!(booted.error.is_none(), "{:?}", booted.error);
+    let serving_at = booted.now();
+    let cached = through_bytes(&mut booted.machine);
+    eprintln!(
+        "booted to the serving line at {serving_at} instructions, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let config = LedgerConfig::with_requests(REQUESTS);
+    let fresh_load = || LedgerLoad::new(config, 5).with_retries(RETRY_NS);
+    let mut uninterrupted = fresh_load();
+    let console_booted = serve_until(&mut booted.machine, &mut uninterrupted, LedgerLoad::done);
+
+    let mut restored = linux_machine(&kernel, Some(&initramfs), 5);
+    restored.restore(&cached).expect("restores");
+    assert_eq!(restored.engine().now().0, serving_at);
+    let mut load = fresh_load();
+    let mut console_restored =
+        serve_until(&mut restored, &mut load, |l| l.served() >= REQUESTS / 2);
+    let serving = through_bytes(&mut restored);
+    let load_at_checkpoint = load.clone();
+    let checkpoint_at = restored.engine().now().0;
+    console_restored.extend(serve_until(&mut restored, &mut load, LedgerLoad::done));
+    eprintln!(
+        "served from the cache, checkpointed at {checkpoint_at} ({} served), {:.1} s",
+        load_at_checkpoint.served(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut resumed = linux_machine(&kernel, Some(&initramfs), 5);
+    resumed.restore(&serving).expect("restores");
+    let mut resumed_load = load_at_checkpoint;
+    let console_resumed = serve_until(&mut resumed, &mut resumed_load, LedgerLoad::done);
+
+    assert!(uninterrupted.done() && load.done() && resumed_load.done());
+    assert_eq!(load.replies(), uninterrupted.replies());
+    assert_eq!(resumed_load.replies(), uninterrupted.replies());
+    assert_eq!(console_restored, console_booted);
+    let after_checkpoint = &console_restored[console_restored.len() - console_resumed.len()..];
+    assert_eq!(console_resumed, after_checkpoint);
+    let hash = booted.machine.state_hash().expect("hash");
+    assert_eq!(restored.state_hash().expect("hash"), hash);
+    assert_eq!(resumed.state_hash().expect("hash"), hash);
+    let ledger = check_disk_journal(&mut resumed, &resumed_load)
+        .expect("the disk reads")
+        .unwrap_or_else(|violations| panic!("{violations:#?}"));
+    assert_eq!(ledger.journal_records, REQUESTS);
+    eprintln!(
+        "the same replies, console and state hash {hash:016x} three ways; {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
