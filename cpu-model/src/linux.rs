@@ -11,11 +11,11 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
 use machine::devices::{BlockStore, MemStore};
-use machine::linux::{load, LinuxError, DEFAULT_CMDLINE};
-use machine::pc::lapic::Startup;
-use machine::pc::Pc;
+use machine::linux::{
+    linux_bus, load, LinuxError, DEFAULT_CMDLINE, INITRAMFS_PATH, KERNEL_PATH, SERVING_LINE,
+};
 use machine::{
-    Checkpoint, DeviceBus, Engine, EngineError, Instructions, Kind, Machine, MachineError, Shape,
+    Checkpoint, Engine, EngineError, Instructions, Kind, Machine, MachineError, Shape,
     CHECKPOINT_BYTES_MAX,
 };
 use sha2::{Digest, Sha256};
@@ -25,10 +25,6 @@ use crate::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
 /// The guest's memory: the kernel decompresses itself to 16 MiB and needs
 /// 64 MiB there; the rest is the page cache and the ledger.
 pub const LINUX_MEMORY_BYTES: u64 = 256 << 20;
-/// The virtio NIC's MAC (locally administered).
-pub const LINUX_MAC: [u8; 6] = [0x02, 0x4c, 0x4b, 0x53, 0x54, 0x01];
-/// What the ledger prints once it serves: the end of the boot.
-pub const SERVING_LINE: &str = "lockstep-ledger: serving";
 /// A boot that has not served by then is stuck.
 pub const BOOT_INSTRUCTIONS_MAX: u64 = 12_000_000_000;
 /// The boot's seed: the booted checkpoint is one, whatever the runs'.
@@ -39,10 +35,9 @@ const CHUNK: u64 = 20_000_000;
 const CONSOLE_TAIL_BYTES: usize = 2000;
 /// The engine patch: a cached boot made by another engine is not this one's.
 const ENGINE_PATCH: &[u8] = include_bytes!("../unicorn/delivery.patch");
-/// Where the guest's files are unless the environment says otherwise.
-const GUEST_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../guest-linux");
-const KERNEL_FILE: &str = "kernel/vmlinuz-6.1.0-47-amd64";
-const INITRAMFS_FILE: &str = "initramfs/initramfs.cpio";
+/// The repository, where the guest's files are unless the environment
+/// says otherwise.
+const REPOSITORY: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/..");
 /// Where booted checkpoints are kept unless `LOCKSTEP_BOOT_CACHE` says.
 const CACHE_DIR: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../target/linux-boot");
 
@@ -132,11 +127,11 @@ impl LinuxGuest {
         let path = |variable: &str, file: &str| {
             std::env::var_os(variable)
                 .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(GUEST_DIR).join(file))
+                .unwrap_or_else(|| Path::new(REPOSITORY).join(file))
         };
         LinuxGuest::read(
-            &path("LOCKSTEP_LINUX_KERNEL", KERNEL_FILE),
-            &path("LOCKSTEP_LINUX_INITRAMFS", INITRAMFS_FILE),
+            &path("LOCKSTEP_LINUX_KERNEL", KERNEL_PATH),
+            &path("LOCKSTEP_LINUX_INITRAMFS", INITRAMFS_PATH),
             &std::env::var("LOCKSTEP_LINUX_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.into()),
         )
     }
@@ -239,15 +234,6 @@ fn config(seed: u64) -> EmuConfig {
         seed,
         quantum: Quantum::default(),
     }
-}
-
-/// The Linux PC's devices for `vcpus`: the platform (the application
-/// processors waiting for their start-up IPI), virtio-blk on `store`,
-/// virtio-net at [`LINUX_MAC`].
-pub fn linux_bus(vcpus: u16, store: Box<dyn BlockStore>) -> DeviceBus {
-    DeviceBus::new(vcpus, store)
-        .with_pc(Pc::new(vcpus, Startup::WaitingForSipi))
-        .with_virtio(LINUX_MAC)
 }
 
 /// A booted guest: its checkpoint and what its console said.

@@ -27,26 +27,40 @@ pub(crate) fn serve(
     memory: &DeviceMemory,
     vcpu: VcpuId,
 ) -> Result<bool, EngineError> {
-    let pages = {
+    let disk_reads = |state: &crate::hooks::HookState| {
+        state
+            .bus
+            .virtio()
+            .map_or(0, |virtio| virtio.counts().disk_reads)
+    };
+    let (pages, read) = {
         let mut state = shared.borrow_mut();
         if !state.bus.virtio_wants_service() {
             return Ok(false);
         }
+        let reads_before = disk_reads(&state);
         state.bus.service_virtio(&memory.memory, vcpu);
+        let read = disk_reads(&state) != reads_before;
         let wait = state.bus.disk.take_busy_ns(usize::from(vcpu.0));
         state.disk_wait_ns = state.disk_wait_ns.saturating_add(wait);
         let pages = written_pages(memory);
         for &page in &pages {
             mark_dirty(&mut state, page);
         }
-        pages
+        (pages, read)
     };
-    // Code translated from a page a device wrote is stale. Not
+    // Code translated from a page a disk read wrote is stale. Only a disk
+    // read can bring code: what else the devices write (received frames,
+    // used rings, status bytes) the guest never runs, and a page they
+    // overwrite that still has translations is not run before a CPU store
+    // (which unicorn's softmmu checks against its translations) or a disk
+    // read gives it code again. Flushing for those too cost the Linux
+    // ledger most of its serving time in retranslation. Not
     // ctl_remove_cache: unicorn takes its range as guest-virtual and walks
     // the current page tables for it, and a walk that fails leaves a page
     // fault pending (CR2 the physical address) that the next run delivers
     // to the guest: a Linux process took it and the machine triple-faulted.
-    if !pages.is_empty() {
+    if read && !pages.is_empty() {
         for uc in vcpus {
             uc.ctl_flush_tb().map_err(backend)?;
         }

@@ -1,13 +1,15 @@
 //! `lockstep vm run`: one guest on one machine, with a built-in load
 //! generator on its NIC, and a report of what the guest did.
 
+mod linux;
+
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
 use cpu_model::{emulated_machine, EmuConfig, Quantum};
 use machine::devices::MemStore;
-use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad};
+use machine::guests::ledger_load::{check, LedgerConfig, LedgerLoad, LedgerProblem, LedgerReport};
 use machine::guests::{compute, dirtier, Guest};
 use machine::{Engine, Gpa, Instructions, Kind, Machine, RunExit, Shape};
 
@@ -44,7 +46,8 @@ struct RunArgs {
     /// The engine that runs the guest.
     #[arg(long, value_enum, default_value = "emu")]
     engine: EngineKind,
-    /// ledger, echo, compute or dirtier.
+    /// ledger, echo, compute, dirtier, or linux (Debian's kernel with the
+    /// ledger service in C, on the emulated engine).
     #[arg(long, default_value = "ledger")]
     guest: String,
     /// Number of vCPUs (1 to 8).
@@ -56,9 +59,17 @@ struct RunArgs {
     /// Requests to serve (ledger) or packets to echo (echo).
     #[arg(long, default_value_t = 10_000)]
     requests: u64,
-    /// Guest memory in MiB.
-    #[arg(long, default_value_t = 4)]
-    memory_mib: u64,
+    /// Guest memory in MiB (default 4; 256 for linux).
+    #[arg(long)]
+    memory_mib: Option<u64>,
+    /// The linux guest's kernel, a bzImage (default: $LOCKSTEP_LINUX_KERNEL,
+    /// else guest-linux/fetch-kernel.sh's).
+    #[arg(long)]
+    kernel: Option<std::path::PathBuf>,
+    /// The linux guest's initramfs (default: $LOCKSTEP_LINUX_INITRAMFS,
+    /// else guest-linux/build-initramfs.sh's).
+    #[arg(long)]
+    initramfs: Option<std::path::PathBuf>,
     /// Loop iterations per vCPU (compute).
     #[arg(long, default_value_t = 1_000_000)]
     iterations: u64,
@@ -70,10 +81,17 @@ struct RunArgs {
     duration_ms: u64,
 }
 
+/// Guest memory of the assembled guests unless told, in MiB.
+const MEMORY_MIB_DEFAULT: u64 = 4;
+
 pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
     let VmCommand::Run(args) = args.command;
+    if args.guest == "linux" {
+        return run_linux(&args);
+    }
     let guest: Guest = args.guest.parse()?;
-    let shape = Shape::new(args.vcpus, args.memory_mib << 20)?;
+    let memory_mib = args.memory_mib.unwrap_or(MEMORY_MIB_DEFAULT);
+    let shape = Shape::new(args.vcpus, memory_mib << 20)?;
     let started = Instant::now();
     match args.engine {
         EngineKind::Emu => {
@@ -106,6 +124,22 @@ pub fn run(args: VmArgs) -> anyhow::Result<ExitCode> {
             report(&mut machine, ok, started, Some(extra))
         }
     }
+}
+
+/// `--guest linux`: the emulated engine only (the KVM engine has no PC
+/// platform yet, and this machine's KVM cannot run an unmodified kernel).
+fn run_linux(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    if let EngineKind::Kvm = args.engine {
+        bail!("the linux guest runs on the emulated engine (--engine emu) only");
+    }
+    linux::run_linux(&linux::LinuxRun {
+        vcpus: args.vcpus,
+        seed: args.seed,
+        requests: args.requests,
+        memory_mib: args.memory_mib.unwrap_or(linux::MEMORY_MIB_DEFAULT),
+        kernel: args.kernel.clone(),
+        initramfs: args.initramfs.clone(),
+    })
 }
 
 type Outcome<E> = (Machine<E>, bool);
@@ -191,13 +225,21 @@ fn run_ledger<E: Engine>(
         }
     }
     println!("requests served:    {}", load.served());
-    let ok = match check(&mut machine, &load)? {
+    let checked = check(&mut machine, &load)?;
+    if let Ok(report) = &checked {
+        println!("lock contended:     {:?} (per vCPU)", report.contended);
+    }
+    Ok((machine, print_ledger_check(&checked)))
+}
+
+/// Prints what the ledger check found; whether the ledger is healthy.
+fn print_ledger_check(checked: &Result<LedgerReport, Vec<LedgerProblem>>) -> bool {
+    match checked {
         Ok(report) => {
             println!(
                 "ledger invariant:   ok (money conserved: {}; {} journal records, {} applied, {} refused; every reply matches the journal)",
                 report.total_money, report.journal_records, report.applied, report.refused
             );
-            println!("lock contended:     {:?} (per vCPU)", report.contended);
             true
         }
         Err(violations) => {
@@ -207,8 +249,7 @@ fn run_ledger<E: Engine>(
             }
             false
         }
-    };
-    Ok((machine, ok))
+    }
 }
 
 fn run_echo<E: Engine>(
@@ -227,11 +268,14 @@ fn run_echo<E: Engine>(
             let mut packet: Vec<u8> = (0..len).map(|_| rng.next_u64() as u8).collect();
             packet[..8].copy_from_slice(&sent.to_le_bytes());
             expected.insert(sent, packet.clone());
-            machine.bus().nic.deliver(packet).context("NIC has room")?;
+            machine
+                .bus()
+                .deliver_client(packet)
+                .context("NIC has room")?;
             sent += 1;
         }
         machine.run(slice)?;
-        for packet in machine.bus().nic.take_tx() {
+        for packet in machine.bus().take_client_output() {
             let id = u64::from_le_bytes(packet[..8].try_into().context("short echo")?);
             if expected.remove(&id).is_some_and(|p| p == packet) {
                 matched += 1;

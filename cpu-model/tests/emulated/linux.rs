@@ -18,20 +18,11 @@
 use std::time::Instant;
 
 use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
-use machine::devices::{DeviceBus, MemStore};
-use machine::linux::{load, DEFAULT_CMDLINE};
-use machine::pc::lapic::Startup;
-use machine::pc::Pc;
+use machine::devices::MemStore;
+use machine::guests::ledger_load::{check_disk_journal, LedgerConfig, LedgerLoad};
+use machine::linux::{linux_bus, load, DEFAULT_CMDLINE, INITRAMFS_PATH, KERNEL_PATH, SERVING_LINE};
 use machine::{Engine, Instructions, Machine, MachineError, Shape};
 
-const KERNEL: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../guest-linux/kernel/vmlinuz-6.1.0-47-amd64"
-);
-const INITRAMFS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../guest-linux/initramfs/initramfs.cpio"
-);
 /// The kernel decompresses itself to 16 MiB and needs 64 MiB there.
 const MEMORY_BYTES: u64 = 256 << 20;
 /// Instructions per run between looks at the console.
@@ -58,10 +49,11 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The bytes at `$variable` or `default`, or None after saying loudly
-/// which script makes them.
+/// The bytes at `$variable` or at `default` in the repository, or None
+/// after saying loudly which script makes them.
 fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option<Vec<u8>> {
-    let path = std::env::var(variable).unwrap_or_else(|_| default.to_string());
+    let path = std::env::var(variable)
+        .unwrap_or_else(|_| format!("{}/../{default}", env!("CARGO_MANIFEST_DIR")));
     match std::fs::read(&path) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
@@ -77,8 +69,6 @@ fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option
 /// The virtio disk's blocks: 1 MiB, blank: the ledger's journal (a
 /// journal ends at its first all-zero record).
 const DISK_BLOCKS: u64 = 2048;
-/// The virtio NIC's MAC (locally administered).
-const MAC: [u8; 6] = [0x02, 0x4c, 0x4b, 0x53, 0x54, 0x01];
 
 fn disk() -> MemStore {
     MemStore::new(DISK_BLOCKS)
@@ -88,7 +78,7 @@ fn disk() -> MemStore {
 fn kernel() -> Option<Vec<u8>> {
     guest_file(
         "LOCKSTEP_LINUX_KERNEL",
-        KERNEL,
+        KERNEL_PATH,
         "Linux kernel",
         "fetch-kernel.sh",
     )
@@ -98,7 +88,7 @@ fn kernel() -> Option<Vec<u8>> {
 fn initramfs() -> Option<Vec<u8>> {
     guest_file(
         "LOCKSTEP_LINUX_INITRAMFS",
-        INITRAMFS,
+        INITRAMFS_PATH,
         "initramfs",
         "build-initramfs.sh",
     )
@@ -136,10 +126,7 @@ fn linux_machine_of(
     engine
         .set_dirty_tracking(DirtyTracking::EveryPage)
         .expect("switches");
-    let bus = DeviceBus::new(vcpus, Box::new(disk()))
-        .with_pc(Pc::new(vcpus, Startup::WaitingForSipi))
-        .with_virtio(MAC);
-    Machine::new(shape, engine, bus)
+    Machine::new(shape, engine, linux_bus(vcpus, Box::new(disk())))
 }
 
 /// A run of the kernel: its console, how far it got, and how it ended.
@@ -540,5 +527,223 @@ fn what_an_idle_linux_guest_costs_per_guest_second() {
         after.instructions.0 - before.instructions.0,
         after.vcpu_switches - before.vcpu_switches,
         console.len()
+    );
+}
+
+/// Requests the serving test sends: each id answered once, some sent
+/// twice on purpose (the load's repeats), and any unanswered for
+/// [`RETRY_NS`] sent again.
+const REQUESTS: u64 = 300;
+/// Guest time per load step (1 ms): how long a reply may wait in the
+/// NIC's queue before the load takes it.
+const SERVE_SLICE: u64 = 1_000_000;
+/// A request unanswered for this long goes again (50 ms of guest time).
+const RETRY_NS: u64 = 50_000_000;
+/// How far the serving goes past the userspace line before it gives up.
+const SERVE_INSTRUCTIONS_MAX: u64 = 20_000_000_000;
+
+/// A load served by the Linux guest from init's first line on.
+struct Served {
+    boot: Boot,
+    load: LedgerLoad,
+    /// Guest time (ns) and wall seconds from init's first line to the
+    /// last reply.
+    guest_ns: u64,
+    executed: u64,
+    wall_s: f64,
+}
+
+/// Boots to init's first line with `seed`, then serves `requests` through
+/// the machine's client link, one [`SERVE_SLICE`] per step.
+fn boot_and_serve(image: (&[u8], Option<&[u8]>), seed: u64, requests: u64) -> Served {
+    let mut boot = run(image, seed, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, USERSPACE_LINE).is_some()
+    });
+    assert!(boot.error.is_none(), "{:?}", boot.error);
+    assert!(
+        line(&boot.console, USERSPACE_LINE).is_some(),
+        "init's first line"
+    );
+    let config = LedgerConfig::with_requests(requests);
+    let mut load = LedgerLoad::new(config, seed).with_retries(RETRY_NS);
+    let (from_ns, from_executed) = (boot.now(), boot.machine.engine().stats().instructions.0);
+    let started = Instant::now();
+    while !load.done() && boot.now() - from_ns < SERVE_INSTRUCTIONS_MAX {
+        load.step(&mut boot.machine, Instructions(SERVE_SLICE))
+            .expect("the guest runs");
+        boot.console.extend(boot.machine.bus().console.take());
+    }
+    Served {
+        guest_ns: boot.now() - from_ns,
+        executed: boot.machine.engine().stats().instructions.0 - from_executed,
+        wall_s: started.elapsed().as_secs_f64(),
+        boot,
+        load,
+    }
+}
+
+/// The Linux guest serves the ledger over UDP on its virtio NIC: init
+/// brings eth0 up at its static address, the ledger binds its port on
+/// the blank virtio disk, the host's side of the link answers the
+/// guest's ARP and carries the load's requests in and its replies out.
+/// Every request is answered, the replies agree with the journal on the
+/// disk and the money adds up; a second run with the same seed gives the
+/// same console, replies and state.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn the_linux_guest_serves_the_ledger_over_udp_deterministically() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let started = Instant::now();
+    let mut one = boot_and_serve(image, 5, REQUESTS);
+    report(&mut one.boot, started.elapsed().as_secs_f64());
+    let counts = one.boot.machine.bus().link_counts().clone();
+    eprintln!(
+        "served {} of {REQUESTS} requests ({} sent again) in {} ns of guest time, \
+         {} instructions executed, {:.1} s wall: per request {} ns, {} instructions, {:.1} ms wall",
+        one.load.served(),
+        one.load.resent(),
+        one.guest_ns,
+        one.executed,
+        one.wall_s,
+        one.guest_ns / REQUESTS,
+        one.executed / REQUESTS,
+        one.wall_s * 1e3 / REQUESTS as f64
+    );
+    eprintln!("client link: {counts:?}");
+    assert!(one.load.done(), "every request answered");
+    let text = String::from_utf8_lossy(&one.boot.console).to_string();
+    assert!(
+        text.contains("lockstep-guest: eth0 up at 10.7.0.2/24"),
+        "init brought eth0 up"
+    );
+    assert!(
+        line(&one.boot.console, SERVING_LINE).is_some(),
+        "the ledger serves"
+    );
+    assert!(
+        counts.arp_answered >= 1,
+        "the guest resolved the host by ARP"
+    );
+    let ledger = check_disk_journal(&mut one.boot.machine, &one.load)
+        .expect("the disk reads")
+        .unwrap_or_else(|violations| panic!("{violations:#?}"));
+    eprintln!("ledger: {ledger:?}");
+    assert_eq!(ledger.journal_records, REQUESTS, "each id journaled once");
+    assert!(ledger.applied > 0 && ledger.refused > 0, "{ledger:?}");
+
+    let mut two = boot_and_serve(image, 5, REQUESTS);
+    assert_eq!(
+        String::from_utf8_lossy(&two.boot.console),
+        String::from_utf8_lossy(&one.boot.console)
+    );
+    assert_eq!(two.load.replies(), one.load.replies());
+    assert_eq!(two.boot.now(), one.boot.now());
+    assert_eq!(
+        two.boot.machine.state_hash().expect("hash"),
+        one.boot.machine.state_hash().expect("hash")
+    );
+    eprintln!(
+        "second run: the same console, replies and state; {:.1} s in all",
+        started.elapsed().as_secs_f64()
+    );
+}
+
+/// A checkpoint through its bytes, as a peer or a cache holds it.
+fn through_bytes(machine: &mut Machine<EmuEngine>) -> machine::Checkpoint {
+    let bytes = machine
+        .checkpoint(machine::Kind::Full)
+        .expect("checkpoint")
+        .encode();
+    machine::Checkpoint::decode(&bytes, machine::CHECKPOINT_BYTES_MAX).expect("decodes")
+}
+
+/// Steps `load` on `machine` until `until(load)`, collecting the console.
+fn serve_until(
+    machine: &mut Machine<EmuEngine>,
+    load: &mut LedgerLoad,
+    until: impl Fn(&LedgerLoad) -> bool,
+) -> Vec<u8> {
+    let mut console = Vec::new();
+    let end = machine.engine().now().0 + SERVE_INSTRUCTIONS_MAX;
+    while !until(load) {
+        assert!(machine.engine().now().0 < end, "served {}", load.served());
+        load.step(machine, Instructions(SERVE_SLICE))
+            .expect("the guest runs");
+        console.extend(machine.bus().console.take());
+    }
+    console
+}
+
+/// The boot-once cache and a checkpoint taken while serving: the machine
+/// booted to the ledger's serving line is checkpointed, and a fresh
+/// machine restored from it serves the load to the same end as the
+/// machine that booted (the same replies, console and state hash); a
+/// checkpoint taken on the restored machine halfway through the load,
+/// restored into another fresh machine with the load as it stood, ends
+/// there too.
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn a_checkpoint_of_the_serving_ledger_restores_in_a_fresh_machine_to_the_same_end() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let started = Instant::now();
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let mut booted = run(image, 5, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, SERVING_LINE).is_some()
+    });
+    assert!(booted.error.is_none(), "{:?}", booted.error);
+    let serving_at = booted.now();
+    let cached = through_bytes(&mut booted.machine);
+    eprintln!(
+        "booted to the serving line at {serving_at} instructions, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
+    let config = LedgerConfig::with_requests(REQUESTS);
+    let fresh_load = || LedgerLoad::new(config, 5).with_retries(RETRY_NS);
+    let mut uninterrupted = fresh_load();
+    let console_booted = serve_until(&mut booted.machine, &mut uninterrupted, LedgerLoad::done);
+
+    let mut restored = linux_machine(&kernel, Some(&initramfs), 5);
+    restored.restore(&cached).expect("restores");
+    assert_eq!(restored.engine().now().0, serving_at);
+    let mut load = fresh_load();
+    let mut console_restored =
+        serve_until(&mut restored, &mut load, |l| l.served() >= REQUESTS / 2);
+    let serving = through_bytes(&mut restored);
+    let load_at_checkpoint = load.clone();
+    let checkpoint_at = restored.engine().now().0;
+    console_restored.extend(serve_until(&mut restored, &mut load, LedgerLoad::done));
+    eprintln!(
+        "served from the cache, checkpointed at {checkpoint_at} ({} served), {:.1} s",
+        load_at_checkpoint.served(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let mut resumed = linux_machine(&kernel, Some(&initramfs), 5);
+    resumed.restore(&serving).expect("restores");
+    let mut resumed_load = load_at_checkpoint;
+    let console_resumed = serve_until(&mut resumed, &mut resumed_load, LedgerLoad::done);
+
+    assert!(uninterrupted.done() && load.done() && resumed_load.done());
+    assert_eq!(load.replies(), uninterrupted.replies());
+    assert_eq!(resumed_load.replies(), uninterrupted.replies());
+    assert_eq!(console_restored, console_booted);
+    let after_checkpoint = &console_restored[console_restored.len() - console_resumed.len()..];
+    assert_eq!(console_resumed, after_checkpoint);
+    let hash = booted.machine.state_hash().expect("hash");
+    assert_eq!(restored.state_hash().expect("hash"), hash);
+    assert_eq!(resumed.state_hash().expect("hash"), hash);
+    let ledger = check_disk_journal(&mut resumed, &resumed_load)
+        .expect("the disk reads")
+        .unwrap_or_else(|violations| panic!("{violations:#?}"));
+    assert_eq!(ledger.journal_records, REQUESTS);
+    eprintln!(
+        "the same replies, console and state hash {hash:016x} three ways; {:.1} s in all",
+        started.elapsed().as_secs_f64()
     );
 }

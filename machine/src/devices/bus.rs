@@ -3,9 +3,10 @@
 
 use super::console::Console;
 use super::disk::{BlockStore, Disk};
-use super::nic::{Nic, FRAME_BYTES_MAX};
+use super::nic::{Nic, NicError, Packet, FRAME_BYTES_MAX};
 use super::*;
 use crate::codec::{DecodeError, Reader, Writer};
+use crate::linux::net::{ClientLink, LinkCounts, UdpLink};
 use crate::pc::ioapic::Line;
 use crate::pc::Pc;
 use crate::units::{Gpa, GuestNs, VcpuId};
@@ -42,6 +43,11 @@ pub struct DeviceBus {
     /// virtio-mmio devices on the disk's store and the NIC, for a machine
     /// with the PC platform (their interrupts are I/O APIC pins).
     virtio: Option<Virtio>,
+    /// How clients' payloads reach the guest through the NIC: as they
+    /// are, or framed for a kernel's stack behind virtio-net.
+    /// Configuration, not saved state.
+    link: ClientLink,
+    link_counts: LinkCounts,
 }
 
 /// A checkpoint's platform section, decoded for a bus and not yet put in.
@@ -68,6 +74,8 @@ impl DeviceBus {
             unknown_port_accesses: 0,
             pc: None,
             virtio: None,
+            link: ClientLink::Payloads,
+            link_counts: LinkCounts::default(),
         }
     }
 
@@ -80,7 +88,8 @@ impl DeviceBus {
 
     /// These devices with virtio-blk on the disk's store and virtio-net on
     /// the NIC at `mac`, in the platform's virtio-mmio windows; the NIC
-    /// then carries whole Ethernet frames. Needs the PC platform.
+    /// then carries whole Ethernet frames, and clients reach the guest
+    /// over UDP ([`UdpLink`]). Needs the PC platform.
     pub fn with_virtio(mut self, mac: [u8; 6]) -> DeviceBus {
         assert!(self.pc.is_some(), "virtio interrupts are I/O APIC pins");
         assert_eq!(
@@ -90,7 +99,33 @@ impl DeviceBus {
         );
         self.nic = Nic::new(self.vcpus).with_packet_bytes_max(FRAME_BYTES_MAX);
         self.virtio = Some(Virtio::new(self.store.block_count(), mac));
+        self.link = ClientLink::Udp(UdpLink::new(mac));
         self
+    }
+
+    /// A client's request `payload` for the guest, through the machine's
+    /// [`ClientLink`]: whatever delivers clients' packets calls this, not
+    /// the NIC.
+    pub fn deliver_client(&mut self, payload: Packet) -> Result<(), NicError> {
+        self.link.deliver(&mut self.nic, payload)
+    }
+
+    /// The guest's replies for the clients since the last call, through
+    /// the machine's [`ClientLink`] (which answers the guest's ARP for the
+    /// host meanwhile): whatever collects the guest's output calls this,
+    /// not the NIC.
+    pub fn take_client_output(&mut self) -> Vec<Packet> {
+        self.link.take_output(&mut self.nic, &mut self.link_counts)
+    }
+
+    /// The client link.
+    pub fn client_link(&self) -> ClientLink {
+        self.link
+    }
+
+    /// What the client link did with the guest's output so far.
+    pub fn link_counts(&self) -> &LinkCounts {
+        &self.link_counts
     }
 
     /// The virtio devices, if the machine has them.

@@ -1,14 +1,14 @@
 //! The ledger's load generator (requests in on the NIC, replies out) and
 //! its invariant check against guest memory and the disk journal.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use super::ledger::*;
 use crate::devices::{DeviceBus, BLOCK_BYTES};
 use crate::engine::Engine;
 use crate::machine::{Machine, MachineError};
 use crate::rng::SplitMix64;
-use crate::units::{Gpa, Instructions};
+use crate::units::{Gpa, GuestNs, Instructions};
 
 /// The shape of a ledger workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,7 +175,8 @@ impl std::fmt::Display for LedgerProblem {
     }
 }
 
-/// Drives requests into the NIC and collects replies.
+/// Drives requests into the NIC and collects replies, through the
+/// machine's client link ([`DeviceBus::deliver_client`]).
 #[derive(Debug, Clone)]
 pub struct LedgerLoad {
     config: LedgerConfig,
@@ -184,9 +185,26 @@ pub struct LedgerLoad {
     requests: BTreeMap<u64, Request>,
     replies: BTreeMap<u64, Reply>,
     in_flight: u64,
+    /// Set: packets go missing (a guest whose service is not up yet, or
+    /// restarts) and unanswered requests are sent again.
+    retries: Option<Retries>,
+    /// Guest time at the last [`LedgerLoad::step`].
+    now: GuestNs,
     /// Replies that differ from an earlier reply to the same id, or that
     /// answer an id never sent, or that do not parse.
     pub bad_replies: Vec<LedgerProblem>,
+}
+
+/// A load that sends unanswered requests again: a packet unanswered for
+/// `after_ns` of guest time counts as lost, leaves the window, and its
+/// request goes again if no other packet of its id is still pending.
+#[derive(Debug, Clone)]
+struct Retries {
+    after_ns: u64,
+    /// The packets in the window: each one's id and when it was sent,
+    /// oldest first (at most the window).
+    pending: VecDeque<(u64, GuestNs)>,
+    resent: u64,
 }
 
 impl LedgerLoad {
@@ -201,8 +219,24 @@ impl LedgerLoad {
             requests: BTreeMap::new(),
             replies: BTreeMap::new(),
             in_flight: 0,
+            retries: None,
+            now: GuestNs(0),
             bad_replies: Vec::new(),
         }
+    }
+
+    /// This load sending a request again when none of its packets was
+    /// answered within `after_ns` of guest time: for a guest that may
+    /// lose packets (the Linux guest before its service binds its port).
+    /// Without it every packet is answered, and the load waits for each.
+    pub fn with_retries(mut self, after_ns: u64) -> LedgerLoad {
+        assert!(after_ns > 0, "a packet gets time to be answered");
+        self.retries = Some(Retries {
+            after_ns,
+            pending: VecDeque::new(),
+            resent: 0,
+        });
+        self
     }
 
     /// Distinct requests answered.
@@ -210,9 +244,19 @@ impl LedgerLoad {
         self.replies.len() as u64
     }
 
-    /// Whether every request has an answer.
+    /// Requests sent again for want of an answer.
+    pub fn resent(&self) -> u64 {
+        self.retries.as_ref().map_or(0, |r| r.resent)
+    }
+
+    /// Whether every request has an answer (and, without retries, every
+    /// packet sent).
     pub fn done(&self) -> bool {
-        self.served() == self.config.requests && self.in_flight == 0
+        let all = self.served() == self.config.requests;
+        match self.retries {
+            Some(_) => all,
+            None => all && self.in_flight == 0,
+        }
     }
 
     /// The replies received, by id.
@@ -241,29 +285,91 @@ impl LedgerLoad {
         Some(request)
     }
 
-    /// Delivers requests while the window and the NIC's rx queue allow.
+    /// Packets in the window.
+    fn window_used(&self) -> u64 {
+        match &self.retries {
+            Some(retries) => retries.pending.len() as u64,
+            None => self.in_flight,
+        }
+    }
+
+    /// Delivers requests while the window and the NIC's rx queue allow:
+    /// first those due again, then new ones (or repeats).
     pub fn feed(&mut self, bus: &mut DeviceBus) {
-        while self.in_flight < self.config.window
-            && bus.nic.rx_len() < crate::devices::nic::RX_QUEUE_MAX
-        {
+        let room = |bus: &DeviceBus| bus.nic.rx_len() < crate::devices::nic::RX_QUEUE_MAX;
+        for request in self.due_again() {
+            if !room(bus) {
+                break;
+            }
+            self.send(bus, request);
+        }
+        while self.window_used() < self.config.window && room(bus) {
             let Some(request) = self.draw() else { break };
-            bus.nic.deliver(request.encode()).expect("checked room");
-            self.in_flight += 1;
+            self.send(bus, request);
+        }
+    }
+
+    /// With retries: drops the packets unanswered too long from the
+    /// window, and returns the requests of those with no other packet
+    /// pending and no answer, oldest first.
+    fn due_again(&mut self) -> Vec<Request> {
+        let Some(retries) = self.retries.as_mut() else {
+            return Vec::new();
+        };
+        let mut lost = Vec::new();
+        while let Some(&(id, sent)) = retries.pending.front() {
+            if sent.0.saturating_add(retries.after_ns) > self.now.0 {
+                break;
+            }
+            retries.pending.pop_front();
+            lost.push(id);
+        }
+        let mut seen = BTreeSet::new();
+        lost.retain(|id| {
+            seen.insert(*id)
+                && !self.replies.contains_key(id)
+                && !retries.pending.iter().any(|(p, _)| p == id)
+        });
+        retries.resent += lost.len() as u64;
+        lost.iter()
+            .filter_map(|id| self.requests.get(id).copied())
+            .collect()
+    }
+
+    fn send(&mut self, bus: &mut DeviceBus, request: Request) {
+        bus.deliver_client(request.encode())
+            .expect("checked room; a request fits any NIC");
+        match self.retries.as_mut() {
+            Some(retries) => retries.pending.push_back((request.id, self.now)),
+            None => self.in_flight += 1,
+        }
+    }
+
+    /// A reply to `id` arrived: one of its packets leaves the window.
+    fn answered(&mut self, id: u64) {
+        match self.retries.as_mut() {
+            Some(retries) => {
+                if let Some(at) = retries.pending.iter().position(|(p, _)| *p == id) {
+                    retries.pending.remove(at);
+                }
+            }
+            None => self.in_flight = self.in_flight.saturating_sub(1),
         }
     }
 
     /// Takes the guest's replies off the NIC.
     pub fn drain(&mut self, bus: &mut DeviceBus) {
-        for packet in bus.nic.take_tx() {
-            self.in_flight = self.in_flight.saturating_sub(1);
+        for packet in bus.take_client_output() {
             let reply = match Reply::decode(&packet) {
                 Ok(reply) => reply,
                 Err(problem) => {
+                    self.answered_unreadable();
                     self.bad_replies
                         .push(LedgerProblem::new(ProblemKind::ReplyUnreadable, problem));
                     continue;
                 }
             };
+            self.answered(reply.id);
             if !self.requests.contains_key(&reply.id) {
                 self.bad_replies.push(LedgerProblem::new(
                     ProblemKind::ReplyToUnsentId,
@@ -288,10 +394,19 @@ impl LedgerLoad {
         machine: &mut Machine<E>,
         slice: Instructions,
     ) -> Result<(), MachineError> {
+        self.now = machine.engine().now();
         self.feed(machine.bus());
         machine.run(slice)?;
         self.drain(machine.bus());
         Ok(())
+    }
+
+    /// A reply that does not parse names no id: without retries it still
+    /// answers some packet; with them the packet it answered times out.
+    fn answered_unreadable(&mut self) {
+        if self.retries.is_none() {
+            self.in_flight = self.in_flight.saturating_sub(1);
+        }
     }
 }
 
@@ -532,6 +647,69 @@ pub fn check_ledger<E: Engine>(
     }))
 }
 
+/// [`check`] for a service that keeps nothing the host can read in guest
+/// memory, only its journal on the disk (the Linux guest's
+/// lockstep-ledger): the journal read from the disk's blocks up to its
+/// first all-zero record, judged by [`check_journal`] against the load's
+/// replies, and the balances its replay gives adding up to the money the
+/// ledger began with. The report's `contended` is empty: the host sees no
+/// lock.
+pub fn check_disk_journal<E: Engine>(
+    machine: &mut Machine<E>,
+    load: &LedgerLoad,
+) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
+    let journal = journal_from_blocks(&journal_blocks(machine.bus())?);
+    let expected_ids = load.done().then_some(load.config.requests);
+    let JournalCheck {
+        mut violations,
+        balances,
+        applied,
+        refused,
+    } = check_journal(
+        &load.config,
+        &journal,
+        &load.replies,
+        &load.bad_replies,
+        expected_ids,
+    );
+    let total_money = balances.iter().fold(0u64, |sum, b| sum.wrapping_add(*b));
+    if total_money != load.config.accounts * load.config.initial_balance {
+        violations.push(LedgerProblem::new(
+            ProblemKind::MoneyNotConserved,
+            format!("money not conserved: {total_money}"),
+        ));
+    }
+    if !violations.is_empty() {
+        return Ok(Err(violations));
+    }
+    Ok(Ok(LedgerReport {
+        journal_records: journal.len() as u64,
+        applied,
+        refused,
+        total_money,
+        contended: Vec::new(),
+    }))
+}
+
+/// The disk's blocks from block 0 through the first that holds an
+/// all-zero record (where a journal ends), or all of them.
+fn journal_blocks(bus: &mut DeviceBus) -> Result<Vec<u8>, MachineError> {
+    let store = bus.store();
+    let mut bytes = Vec::new();
+    let mut block = [0u8; BLOCK_BYTES];
+    for number in 0..store.block_count() {
+        store.read_block(number, &mut block)?;
+        bytes.extend_from_slice(&block);
+        let ends = block
+            .chunks_exact(RECORD_BYTES)
+            .any(|record| record.iter().all(|b| *b == 0));
+        if ends {
+            break;
+        }
+    }
+    Ok(bytes)
+}
+
 fn replay(balances: &mut [u64], record: &Record) -> Result<(), String> {
     let accounts = balances.len() as u64;
     let valid = record.from < accounts && record.to < accounts;
@@ -701,6 +879,87 @@ mod tests {
         (machine, load)
     }
 
+    /// Flips the bits of `mask` in byte `at` of disk block `number`.
+    fn flip(machine: &mut Machine<FakeEngine>, number: u64, at: usize, mask: u8) {
+        let mut block = [0u8; BLOCK_BYTES];
+        let store = machine.bus().store();
+        store.read_block(number, &mut block).expect("in range");
+        block[at] ^= mask;
+        store.write_block(number, &block).expect("in range");
+    }
+
+    #[test]
+    fn with_retries_the_requests_lost_before_the_service_listens_go_again() {
+        let config = LedgerConfig::with_requests(60);
+        let shape = Shape::new(1, MEMORY_BYTES_MIN).expect("valid");
+        let bus = DeviceBus::new(1, Box::new(MemStore::new(64)));
+        let mut machine = Machine::new(shape, FakeEngine::new(&shape), bus);
+        let mut load = LedgerLoad::new(config, 3).with_retries(1000);
+        // Nothing listens yet: the first window is lost.
+        load.feed(machine.bus());
+        let mut lost = BTreeSet::new();
+        while let Some(packet) = machine.bus().nic.rx_take() {
+            lost.insert(Request::decode(&packet).expect("a request").id);
+        }
+        assert!(lost.len() > 1, "{lost:?}");
+        load.now = GuestNs(999);
+        load.feed(machine.bus());
+        assert_eq!(
+            machine.bus().nic.rx_len(),
+            0,
+            "the window is full until they time out"
+        );
+        load.now = GuestNs(1000);
+        load.feed(machine.bus());
+        let mut again = BTreeSet::new();
+        let mut sent = Vec::new();
+        while let Some(packet) = machine.bus().nic.rx_take() {
+            again.insert(Request::decode(&packet).expect("a request").id);
+            sent.push(packet);
+        }
+        for packet in sent {
+            machine.bus().nic.deliver(packet).expect("room");
+        }
+        assert_eq!(again, lost, "every lost request goes again, once");
+        assert_eq!(load.resent(), lost.len() as u64);
+        while !load.done() {
+            serve(&mut machine, &config);
+            load.drain(machine.bus());
+            load.now = GuestNs(load.now.0 + 1);
+            load.feed(machine.bus());
+        }
+        let report = check(&mut machine, &load)
+            .expect("readable")
+            .expect("healthy");
+        assert_eq!(report.journal_records, 60);
+        assert_eq!(
+            load.resent(),
+            lost.len() as u64,
+            "nothing answered goes again"
+        );
+    }
+
+    #[test]
+    fn the_journal_on_the_disk_alone_judges_a_service_that_shows_no_memory() {
+        let (mut machine, load) = served(120);
+        let report = check_disk_journal(&mut machine, &load)
+            .expect("readable")
+            .expect("healthy");
+        assert_eq!(report.journal_records, 120);
+        assert_eq!(report.total_money, 16 * 1000);
+        assert!(report.contended.is_empty());
+        flip(&mut machine, 2, 20, 3); // the status of block 2's first record (seq 33)
+        let violations = check_disk_journal(&mut machine, &load)
+            .expect("readable")
+            .expect_err("caught");
+        assert!(
+            violations
+                .iter()
+                .any(|v| v.kind == ProblemKind::ReplyContradictsJournal),
+            "{violations:?}"
+        );
+    }
+
     #[test]
     fn a_correct_ledger_passes() {
         let (mut machine, load) = served(200);
@@ -737,18 +996,7 @@ mod tests {
     #[test]
     fn a_journal_that_disagrees_with_a_reply_is_caught() {
         let (mut machine, load) = served(50);
-        let mut block = [0u8; BLOCK_BYTES];
-        machine
-            .bus()
-            .store()
-            .read_block(0, &mut block)
-            .expect("in range");
-        block[8] ^= 0xff; // the id of record 0
-        machine
-            .bus()
-            .store()
-            .write_block(0, &block)
-            .expect("in range");
+        flip(&mut machine, 0, 8, 0xff); // the id of record 0
         let violations = check(&mut machine, &load)
             .expect("readable")
             .expect_err("caught");

@@ -12,10 +12,11 @@
 //! machine looks like to the kernel: ACPI tables ([`acpi`]) name the
 //! vCPUs' local APICs, the I/O APIC and the virtio-mmio devices, and an
 //! MP table ([`mptable`]) says the same of the APICs for a kernel booted
-//! with `acpi=off`.
+//! with `acpi=off`. [`net`] is the host's end of the guest's network.
 
 pub mod acpi;
 pub mod mptable;
+pub mod net;
 
 use linux_loader::configurator::linux::LinuxBootConfigurator;
 use linux_loader::configurator::{BootConfigurator, BootParams};
@@ -24,7 +25,10 @@ use linux_loader::loader::{load_cmdline, BzImage, Cmdline, KernelLoader};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 use crate::boot::{initial_vcpu_state, put_u64, write_identity_map};
+use crate::devices::{BlockStore, DeviceBus};
 use crate::layout::{Shape, GDT, STACKS};
+use crate::pc::lapic::Startup;
+use crate::pc::Pc;
 use crate::units::Gpa;
 use crate::vcpu::{gpr, VcpuState};
 
@@ -62,6 +66,17 @@ pub const BOOT_DS: u16 = 0x18;
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0,115200 earlyprintk=serial,ttyS0,115200 \
      nokaslr pci=off tsc_early_khz=1000000 tsc=reliable no_timer_check 8250.nr_uarts=1 \
      cryptomgr.notests";
+
+/// Where guest-linux/fetch-kernel.sh puts the pinned kernel's bzImage,
+/// from the repository's root.
+pub const KERNEL_PATH: &str = "guest-linux/kernel/vmlinuz-6.1.0-47-amd64";
+/// Where guest-linux/build-initramfs.sh puts the initramfs, from the
+/// repository's root.
+pub const INITRAMFS_PATH: &str = "guest-linux/initramfs/initramfs.cpio";
+/// The line the ledger service prints once it has replayed its journal
+/// and bound its port (guest-linux/ledger/ledger.c): from then on it
+/// answers.
+pub const SERVING_LINE: &str = "lockstep-ledger: serving";
 
 /// e820 types.
 const E820_RAM: u32 = 1;
@@ -216,6 +231,17 @@ pub fn load(
         kernel_load,
         entry,
     })
+}
+
+/// The devices of a Linux guest's machine: the PC platform (the vCPUs
+/// past the first waiting for a start-up IPI, as on hardware) and the
+/// virtio disk on `store` and NIC at [`net::GUEST_MAC`], whose clients
+/// reach the guest over UDP. Every engine's Linux machine is built on it,
+/// so the tests, `lockstep vm run` and the simulator see one machine.
+pub fn linux_bus(vcpus: u16, store: Box<dyn BlockStore>) -> DeviceBus {
+    DeviceBus::new(vcpus, store)
+        .with_pc(Pc::new(vcpus, Startup::WaitingForSipi))
+        .with_virtio(net::GUEST_MAC)
 }
 
 /// The kernel decompresses itself to its preferred address (with

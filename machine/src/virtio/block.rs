@@ -143,7 +143,9 @@ impl VirtioBlock {
         counts: &mut DeviceCounts,
     ) -> u32 {
         let parsed = parse(mem, chain).map(|(request, data, status)| {
+            let read = request.kind == VIRTIO_BLK_T_IN;
             let outcome = self.execute(mem, store, disk, vcpu, request, data);
+            counts.disk_reads += u64::from(read && outcome.is_ok());
             (outcome, status)
         });
         match parsed {

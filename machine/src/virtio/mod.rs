@@ -93,6 +93,11 @@ pub struct DeviceCounts {
     pub frames_dropped: u64,
     /// Used rings outside guest memory: the device then needs a reset.
     pub queues_broken: u64,
+    /// Read requests served into guest memory: the only device writes
+    /// that may bring the guest code (a program read from its disk); a
+    /// received frame, a used ring or a status byte is data it never
+    /// runs.
+    pub disk_reads: u64,
 }
 
 /// The platform's virtio devices: a disk and a NIC on the machine's

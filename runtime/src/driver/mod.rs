@@ -420,7 +420,7 @@ impl<E: Engine> VmHost<E> {
     }
 
     fn deliver(&mut self, packet: Packet) {
-        if self.machine.bus().nic.deliver(packet).is_err() {
+        if self.machine.bus().deliver_client(packet).is_err() {
             // Longer than the NIC takes.
             self.stats.inputs_dropped += 1;
         }
@@ -562,7 +562,7 @@ impl<E: Engine> VmHost<E> {
 
     fn collect_outputs(&mut self, now: Time) {
         let epoch = self.node.epoch().expect("a running guest is on a primary");
-        let packets = self.machine.bus().nic.take_tx();
+        let packets = self.machine.bus().take_client_output();
         let (effects, stats) = (&mut self.effects, &mut self.stats);
         for packet in packets {
             self.outputs.push(epoch, packet, &mut |p| {
