@@ -11,7 +11,7 @@ use machine::devices::{DeviceBus, IoContext, MemStore, PORT_DISK_CMD};
 use machine::rng::SplitMix64;
 use machine::{FaultKind, GuestNs, VcpuId, PAGE_SIZE};
 use unicorn_engine::unicorn_const::{uc_engine, uc_error, HookType, X86Insn};
-use unicorn_engine::{RegisterX86, Unicorn};
+use unicorn_engine::{RegisterX86, UcHookId, Unicorn};
 
 /// State the hooks of every vCPU share with the engine.
 #[derive(Debug)]
@@ -132,14 +132,20 @@ fn ctx(state: &HookState, vcpu: VcpuId) -> IoContext {
 
 /// Installs every hook on the instance of `vcpu`; `hlt_addresses` are the
 /// `hlt` instructions of the guest image to watch, `pause_addresses` its
-/// `pause` instructions.
+/// `pause` instructions. Returns the write-protection hook, which a dirty
+/// tracking without protected pages removes.
+///
+/// A memory hook over a page keeps every store to it on unicorn's slow
+/// path (its notdirty_write never clears the TLB entry's TLB_NOTDIRTY
+/// when a hook covers the address), so the hooks that need not cover RAM
+/// do not: guest RAM is all mapped, so an unmapped address lies above it.
 pub(crate) fn install(
     uc: &mut Vcpu,
     vcpu: VcpuId,
     shared: &Shared,
     hlt_addresses: &[u64],
     pause_addresses: &[u64],
-) -> Result<(), uc_error> {
+) -> Result<UcHookId, uc_error> {
     let s = shared.clone();
     uc.add_insn_in_hook(move |_, port, size| {
         let mut state = s.borrow_mut();
@@ -162,7 +168,7 @@ pub(crate) fn install(
         }
     })?;
     let s = shared.clone();
-    uc.add_mem_hook(
+    let write_protect = uc.add_mem_hook(
         HookType::MEM_WRITE_PROT,
         1,
         0,
@@ -199,12 +205,19 @@ pub(crate) fn install(
         let _ = uc.emu_stop();
     })?;
     let s = shared.clone();
-    uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, move |_, _, address, _, _| {
-        let kind = FaultKind::MemoryOutOfRange { address };
-        s.borrow_mut().fault.get_or_insert((vcpu, kind));
-        false
-    })?;
-    add_rdtsc_hook(uc, shared)
+    let ram_end = shared.borrow().ram_len;
+    uc.add_mem_hook(
+        HookType::MEM_UNMAPPED,
+        ram_end,
+        u64::MAX,
+        move |_, _, address, _, _| {
+            let kind = FaultKind::MemoryOutOfRange { address };
+            s.borrow_mut().fault.get_or_insert((vcpu, kind));
+            false
+        },
+    )?;
+    add_rdtsc_hook(uc, shared)?;
+    Ok(write_protect)
 }
 
 /// Stores a page takes through the hook in one epoch before it is made

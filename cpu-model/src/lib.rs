@@ -27,16 +27,19 @@
 //!   written by one vCPU is not seen by another that already ran it, and
 //!   the first write to a write-protected page (performed by the hook)
 //!   bypasses self-modifying-code detection.
-//! - The page walker's accessed/dirty-bit writes are not tracked as dirty;
-//!   page tables must have those bits set (the boot tables do).
+//! - Under [`DirtyTracking::WriteProtect`] (the default): the page
+//!   walker's accessed/dirty-bit writes are not tracked as dirty, so page
+//!   tables must have those bits set (the boot tables do); and every
+//!   protection change makes unicorn rebuild its memory map, whose size
+//!   grows with the pages made writable, so a page stays protected (each
+//!   store through the hook) until it is written a few times in an epoch;
+//!   only hot pages cost protection changes. [`DirtyTracking::Log`] has
+//!   neither limit (`dirty_log.rs`) but counts no dirty faults.
 //! - x87/SSE state is not part of [`VcpuState`]; the guests do not use it.
-//! - Every protection change makes unicorn rebuild its memory map, whose
-//!   size grows with the pages made writable, so a page stays protected
-//!   (each store through the hook) until it is written a few times in an
-//!   epoch; only hot pages cost protection changes.
 
 mod backing;
 pub use backing::Backing;
+mod dirty_log;
 mod fault;
 pub use fault::listing;
 mod hooks;
@@ -64,7 +67,7 @@ use machine::{
     RunExit, RunState, Shape, VcpuId, VcpuState, PAGE_SIZE,
 };
 use unicorn_engine::unicorn_const::{uc_error, Arch, Mode, Prot, X86CpuModel};
-use unicorn_engine::{RegisterX86, Unicorn};
+use unicorn_engine::{RegisterX86, UcHookId, Unicorn};
 
 use hooks::{Delivery, HookState, Shared, Vcpu};
 pub use sched::Quantum;
@@ -95,6 +98,14 @@ pub enum DirtyTracking {
     /// write-protection costs a hooked store per write and a memory-map
     /// rebuild, growing with the pages opened, per hot page.
     EveryPage,
+    /// Map all of RAM writable and take the pages written from our
+    /// unicorn patch's dirty log (`dirty_log.rs`): deltas hold only the
+    /// pages written (the page walker's accessed/dirty bits included), the
+    /// first store to a page per epoch takes a slow path and later ones
+    /// run at full speed. It counts no dirty faults
+    /// ([`EngineStats::dirty_faults`] stays put), so a node driver that
+    /// ends epochs by that count ends them by time only.
+    Log,
 }
 
 /// Whether the last slice of a vCPU ended in `hlt`.
@@ -119,6 +130,10 @@ pub struct EmuEngine {
     /// Per instance, the pages made writable in it since the last
     /// checkpoint (all others are write-protected there).
     writable: Vec<std::collections::BTreeSet<u32>>,
+    /// Per instance, the hook that catches writes to protected pages,
+    /// while pages are protected (the hook alone keeps every store on
+    /// unicorn's slow path).
+    write_protect_hooks: Vec<Option<UcHookId>>,
     shared: Shared,
     /// The RAM as the virtio devices write it; dropped before the RAM.
     device_memory: ram::DeviceMemory,
@@ -282,13 +297,16 @@ impl EmuEngine {
             ram.as_mut_ptr(),
         )));
         let mut vcpus = Vec::new();
+        let mut write_protect_hooks = Vec::new();
         for (v, state) in boot_states.iter().enumerate() {
             let vcpu = VcpuId(u16::try_from(v).expect("at most 8 vCPUs"));
-            let uc = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
+            let (uc, hook) = new_instance(&ram, vcpu, &shared, &halts, state).map_err(backend)?;
             vcpus.push(uc);
+            write_protect_hooks.push(Some(hook));
         }
         Ok(EmuEngine {
             writable: vec![std::collections::BTreeSet::new(); vcpus.len()],
+            write_protect_hooks,
             vcpus,
             shared,
             device_memory: ram.device_memory(),
@@ -320,16 +338,18 @@ impl EmuEngine {
     }
 
     /// Switches how dirty pages are found (engines start with
-    /// [`DirtyTracking::WriteProtect`]); only to [`DirtyTracking::EveryPage`],
-    /// which opens all of RAM for writing in every instance.
+    /// [`DirtyTracking::WriteProtect`]); only away from write-protection,
+    /// which opens all of RAM for writing in every instance. The pages
+    /// written before the switch stay dirty until the next
+    /// [`Engine::take_dirty_pages`].
     pub fn set_dirty_tracking(&mut self, tracking: DirtyTracking) -> Result<(), EngineError> {
         match (self.dirty_tracking, tracking) {
-            (DirtyTracking::WriteProtect, DirtyTracking::EveryPage) => {
-                let len = self.ram.len();
-                for (uc, writable) in self.vcpus.iter_mut().zip(&mut self.writable) {
-                    uc.mem_protect(0, len, Prot::ALL).map_err(backend)?;
-                    uc.ctl_flush_tlb().map_err(backend)?;
-                    writable.clear();
+            (DirtyTracking::WriteProtect, DirtyTracking::EveryPage | DirtyTracking::Log) => {
+                self.open_all_ram()?;
+                if tracking == DirtyTracking::Log {
+                    for uc in &mut self.vcpus {
+                        dirty_log::start(uc, self.shape.pages()).map_err(backend)?;
+                    }
                 }
                 self.dirty_tracking = tracking;
                 Ok(())
@@ -339,6 +359,38 @@ impl EmuEngine {
                 "dirty tracking {now:?} cannot become {wanted:?}"
             ))),
         }
+    }
+
+    /// Makes all of RAM writable in every instance and removes the
+    /// write-protection hooks; the pages they saw written stay dirty.
+    fn open_all_ram(&mut self) -> Result<(), EngineError> {
+        let len = self.ram.len();
+        let instances = self.vcpus.iter_mut().zip(&mut self.writable);
+        for ((uc, writable), hook) in instances.zip(&mut self.write_protect_hooks) {
+            uc.mem_protect(0, len, Prot::ALL).map_err(backend)?;
+            if let Some(hook) = hook.take() {
+                uc.remove_hook(hook).map_err(backend)?;
+            }
+            uc.ctl_flush_tlb().map_err(backend)?;
+            writable.clear();
+        }
+        self.shared.borrow_mut().hooked_writes.fill(0);
+        Ok(())
+    }
+
+    /// The pages written since the last call by the instances (their dirty
+    /// logs) and from the host side (devices, `write_memory`), in order.
+    fn take_logged_pages(&mut self) -> Result<Vec<PageIndex>, EngineError> {
+        let mut words = dirty_log::bitmap(self.shape.pages());
+        for uc in &mut self.vcpus {
+            dirty_log::fetch_into(uc, &mut words).map_err(backend)?;
+        }
+        let mut state = self.shared.borrow_mut();
+        for page in std::mem::take(&mut state.dirty_list) {
+            state.dirty[page as usize] = false;
+            dirty_log::set(&mut words, page);
+        }
+        Ok(dirty_log::pages(&words))
     }
 
     /// Fault injection: vCPU `vcpu` makes no progress for `for_ns` of guest
@@ -702,14 +754,15 @@ impl EmuEngine {
 }
 
 /// One vCPU's unicorn instance: the qemu64 CPU model (no rdrand, so it
-/// traps), guest RAM mapped write-protected, hooks, boot registers.
+/// traps), guest RAM mapped write-protected, hooks, boot registers; and
+/// its write-protection hook.
 fn new_instance(
     ram: &ram::GuestRam,
     vcpu: VcpuId,
     shared: &Shared,
     halts: &Halts,
     state: &VcpuState,
-) -> Result<Vcpu, uc_error> {
+) -> Result<(Vcpu, UcHookId), uc_error> {
     let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64)?;
     uc.ctl_set_cpu_model(X86CpuModel::QEMU64 as i32)?;
     // SAFETY: `ram` is a live allocation of `ram.len()` bytes, page-aligned,
@@ -717,9 +770,9 @@ fn new_instance(
     // RAM) and that Rust code only touches through unicorn afterwards.
     unsafe { uc.mem_map_ptr(0, ram.len(), Prot::ALL, ram.as_mut_ptr().cast())? };
     uc.mem_protect(0, ram.len(), Prot::READ | Prot::EXEC)?;
-    hooks::install(&mut uc, vcpu, shared, &halts.hooked, &halts.pauses)?;
+    let write_protect = hooks::install(&mut uc, vcpu, shared, &halts.hooked, &halts.pauses)?;
     regs::write(&mut uc, state)?;
-    Ok(uc)
+    Ok((uc, write_protect))
 }
 
 impl Engine for EmuEngine {
@@ -760,6 +813,9 @@ impl Engine for EmuEngine {
     }
 
     fn take_dirty_pages(&mut self) -> Result<Vec<PageIndex>, EngineError> {
+        if self.dirty_tracking == DirtyTracking::Log {
+            return self.take_logged_pages();
+        }
         if self.dirty_tracking == DirtyTracking::EveryPage {
             let mut state = self.shared.borrow_mut();
             for page in std::mem::take(&mut state.dirty_list) {

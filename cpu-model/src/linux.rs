@@ -176,7 +176,7 @@ impl LinuxGuest {
     }
 
     /// A machine of `vcpus` at the kernel's first instruction, its disk on
-    /// `store`.
+    /// `store`, its dirty pages from the engine's dirty log.
     pub fn machine(
         &self,
         vcpus: u16,
@@ -186,10 +186,7 @@ impl LinuxGuest {
         let shape = shape(vcpus)?;
         let image = load(&shape, &self.kernel, &self.cmdline, Some(&self.initramfs))?;
         let mut engine = EmuEngine::boot(shape, &image.memory, image.vcpu_states, config(seed))?;
-        // The kernel writes most of its 80 MiB once as it decompresses:
-        // write-protection would catch each page's first store. A boot
-        // takes no delta; a run restored from it tracks pages again.
-        engine.set_dirty_tracking(DirtyTracking::EveryPage)?;
+        engine.set_dirty_tracking(DirtyTracking::Log)?;
         Ok(Machine::new(shape, engine, linux_bus(vcpus, store)))
     }
 
@@ -247,8 +244,8 @@ pub struct Booted {
 
 /// A machine restored from `checkpoint` (a booted Linux guest's, or any
 /// full checkpoint of a Linux PC), its disk on `store`, interleaving by
-/// `seed` from here on; pages are write-protected again, so deltas hold
-/// only the pages written.
+/// `seed` from here on, its dirty pages from the engine's dirty log (so
+/// deltas hold only the pages written).
 pub fn restored(
     checkpoint: &Checkpoint,
     seed: u64,
@@ -256,8 +253,13 @@ pub fn restored(
 ) -> Result<Machine<EmuEngine>, LinuxGuestError> {
     let shape = Shape::new(checkpoint.vcpus, checkpoint.memory_bytes)?;
     let memory = vec![0u8; usize::try_from(shape.memory_bytes()).expect("fits the host")];
-    let engine = EmuEngine::boot(shape, &memory, checkpoint.vcpu_states.clone(), config(seed))?;
+    let mut engine = EmuEngine::boot(shape, &memory, checkpoint.vcpu_states.clone(), config(seed))?;
     drop(memory);
+    // The dirty log, not write-protection: exact, and a store runs at
+    // full speed once its page is logged; a kernel under write-protection
+    // takes each first store to a page through a hook (and the boot
+    // triple-faulted under it, cpu-model/EXCEPTIONS.md).
+    engine.set_dirty_tracking(DirtyTracking::Log)?;
     let mut machine = Machine::new(shape, engine, linux_bus(shape.vcpus(), store));
     machine.restore(checkpoint)?;
     machine.engine_mut().reseed(seed);

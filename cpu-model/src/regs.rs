@@ -47,6 +47,11 @@ pub(crate) mod pseudo {
     /// The instruction budget of the following runs (0: none); reads
     /// the instructions left.
     pub const BUDGET: i32 = 1007;
+    /// Write N: log the writes to pages below N (0: stop); reads N.
+    pub const DIRTY_LOG: i32 = 1008;
+    /// The pages written since the last read, a bitmap (read with
+    /// uc_reg_read2); the read clears the log.
+    pub const DIRTY_BITMAP: i32 = 1009;
     /// A whole segment register (uc_x86_mmr), in QEMU's order: es, cs,
     /// ss, ds, fs, gs from this id on.
     pub const SEG_ES: i32 = 1010;

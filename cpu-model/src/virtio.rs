@@ -16,6 +16,7 @@
 use machine::{EngineError, VcpuId};
 
 use crate::backend;
+use crate::dirty_log;
 use crate::hooks::{mark_dirty, Shared, Vcpu};
 use crate::ram::DeviceMemory;
 
@@ -70,20 +71,10 @@ pub(crate) fn serve(
 
 /// The pages the devices wrote since the last call, in order.
 fn written_pages(memory: &DeviceMemory) -> Vec<u32> {
-    let mut pages = Vec::new();
-    for (w, word) in memory
-        .region
-        .bitmap()
-        .get_and_reset()
+    // vm-memory's bitmap is laid out as the dirty log's: bit p % 64 of
+    // word p / 64 for page p.
+    dirty_log::pages(&memory.region.bitmap().get_and_reset())
         .into_iter()
-        .enumerate()
-    {
-        let mut bits = word;
-        while bits != 0 {
-            let bit = bits.trailing_zeros();
-            bits &= bits - 1;
-            pages.push(u32::try_from(w * 64).expect("at most 1 GiB") + bit);
-        }
-    }
-    pages
+        .map(|page| page.0)
+        .collect()
 }

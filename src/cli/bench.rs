@@ -27,6 +27,9 @@ enum BenchCommand {
     /// The real-host cluster: ft, ha and unprotected side by side,
     /// failover and re-protection (root: network namespaces).
     Cluster(super::bench_cluster::ClusterBenchArgs),
+    /// The emulated engine's dirty tracking modes side by side, in
+    /// checkpoint epochs.
+    Dirty(super::bench_dirty::DirtyBenchArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -56,6 +59,7 @@ pub fn run(args: BenchArgs) -> anyhow::Result<ExitCode> {
         BenchCommand::Emu(args) => args,
         BenchCommand::Kvm(args) => return super::kvm::bench(args),
         BenchCommand::Cluster(args) => return super::bench_cluster::run(args),
+        BenchCommand::Dirty(args) => return super::bench_dirty::run(args),
     };
     anyhow::ensure!(
         args.quantum_min >= 1 && args.quantum_min <= args.quantum_max,

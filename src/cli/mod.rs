@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cluster;
+mod bench_dirty;
 mod cluster;
 mod daemon;
 mod kvm;

@@ -312,7 +312,11 @@ fn the_engine_runs_exactly_its_budget_under_both_dirty_trackings() {
     };
     for n in (1..=200).chain([997, 4096, 10_007]) {
         let want = reference(&image, n);
-        for tracking in [DirtyTracking::WriteProtect, DirtyTracking::EveryPage] {
+        for tracking in [
+            DirtyTracking::WriteProtect,
+            DirtyTracking::EveryPage,
+            DirtyTracking::Log,
+        ] {
             let engine = engine_run(whole, tracking, n, &[n]);
             assert_eq!(engine_outcome(&engine), want, "{n} under {tracking:?}");
         }
@@ -324,7 +328,11 @@ fn a_run_cut_into_many_slices_equals_one_run_of_the_same_total() {
     let n = 20_011;
     let want = reference(&dirtier(), n);
     let tiny = Quantum { min: 1, max: 9 };
-    for tracking in [DirtyTracking::WriteProtect, DirtyTracking::EveryPage] {
+    for tracking in [
+        DirtyTracking::WriteProtect,
+        DirtyTracking::EveryPage,
+        DirtyTracking::Log,
+    ] {
         for runs in [&[n][..], &[1, 2, 3, 500], &[4096]] {
             let engine = engine_run(tiny, tracking, n, runs);
             assert_eq!(engine_outcome(&engine), want, "{tracking:?}, runs {runs:?}");

@@ -13,7 +13,9 @@
 // LOCKSTEP_LINUX_CONSOLE=file saves its whole console; LOCKSTEP_LINUX_ECHO=1 prints the console as it comes, stamped with guest
 // and wall time; LOCKSTEP_LINUX_APIC=1 the local APIC's timer each chunk;
 // LOCKSTEP_LINUX_VCPUS=n boots the tests' machine with n vCPUs (default 1;
-// the 2-vCPU test always has 2).
+// the 2-vCPU test always has 2); LOCKSTEP_LINUX_DIRTY=every (or protect)
+// runs the boots with DirtyTracking::EveryPage (WriteProtect) instead of
+// the dirty log.
 
 use std::time::Instant;
 
@@ -99,6 +101,16 @@ fn vcpus() -> u16 {
     u16::try_from(env_u64("LOCKSTEP_LINUX_VCPUS", 1)).expect("a vCPU count")
 }
 
+/// How the boots track dirty pages: the dirty log unless
+/// LOCKSTEP_LINUX_DIRTY says otherwise (to measure against the others).
+fn dirty_tracking() -> DirtyTracking {
+    match std::env::var("LOCKSTEP_LINUX_DIRTY").as_deref() {
+        Ok("every") => DirtyTracking::EveryPage,
+        Ok("protect") => DirtyTracking::WriteProtect,
+        _ => DirtyTracking::Log,
+    }
+}
+
 fn linux_machine(kernel: &[u8], initramfs: Option<&[u8]>, seed: u64) -> Machine<EmuEngine> {
     linux_machine_of(vcpus(), kernel, initramfs, seed)
 }
@@ -121,10 +133,8 @@ fn linux_machine_of(
     };
     let mut engine =
         EmuEngine::boot(shape, &image.memory, image.vcpu_states, config).expect("boots");
-    // The kernel writes most of its 80 MiB once while it decompresses;
-    // these runs take no checkpoint.
     engine
-        .set_dirty_tracking(DirtyTracking::EveryPage)
+        .set_dirty_tracking(dirty_tracking())
         .expect("switches");
     Machine::new(shape, engine, linux_bus(vcpus, Box::new(disk())))
 }
@@ -411,6 +421,14 @@ fn a_checkpoint_taken_mid_boot_restores_in_a_fresh_machine_to_the_same_state() {
     );
 }
 
+/// Boots `image` (seed 5) until init's first line, an error or
+/// [`USERSPACE_INSTRUCTIONS_MAX`].
+fn run_to_userspace(image: (&[u8], Option<&[u8]>)) -> Boot {
+    run(image, 5, USERSPACE_INSTRUCTIONS_MAX, |c| {
+        line(c, USERSPACE_LINE).is_some()
+    })
+}
+
 /// The initramfs's /init prints its first line: the kernel unpacked the
 /// archive, ran busybox as init, mounted devtmpfs, proc and sysfs and
 /// tried the virtio modules; and a second run with the same seed gives
@@ -423,9 +441,7 @@ fn debians_kernel_runs_the_initramfs_init_to_its_first_line_deterministically() 
     };
     let started = Instant::now();
     let image = (&kernel[..], Some(&initramfs[..]));
-    let mut one = run(image, 5, USERSPACE_INSTRUCTIONS_MAX, |c| {
-        line(c, USERSPACE_LINE).is_some()
-    });
+    let mut one = run_to_userspace(image);
     report(&mut one, started.elapsed().as_secs_f64());
     eprintln!(
         "userspace line at {} instructions, {:.1} s wall",
@@ -745,5 +761,78 @@ fn a_checkpoint_of_the_serving_ledger_restores_in_a_fresh_machine_to_the_same_en
     eprintln!(
         "the same replies, console and state hash {hash:016x} three ways; {:.1} s in all",
         started.elapsed().as_secs_f64()
+    );
+}
+
+/// One checkpoint epoch: 5 ms of guest time.
+const EPOCH_NS: u64 = 5_000_000;
+/// Epochs the idle-userspace measurement takes.
+const IDLE_EPOCHS: usize = 40;
+/// Guest time after init's first line before the measurement starts.
+const SETTLE_NS: u64 = 200_000_000;
+
+/// The pages dirty per 5 ms epoch of a Linux userspace that waits (init
+/// started the ledger service, which waits for datagrams): a figure, not
+/// a check; and in each epoch every page whose bytes changed must be
+/// among those reported (the dirty log against the memory itself).
+#[test]
+#[ignore = "needs fetch-kernel.sh's kernel and build-initramfs.sh's initramfs; minutes of emulation"]
+fn idle_linux_userspace_dirty_pages_per_epoch() {
+    let (Some(kernel), Some(initramfs)) = (kernel(), initramfs()) else {
+        return;
+    };
+    let started = Instant::now();
+    let image = (&kernel[..], Some(&initramfs[..]));
+    let mut boot = run_to_userspace(image);
+    assert!(boot.error.is_none(), "{:?}", boot.error);
+    assert!(line(&boot.console, USERSPACE_LINE).is_some(), "userspace");
+    let (up_ns, up_s) = (boot.now(), started.elapsed().as_secs_f64());
+    let machine = &mut boot.machine;
+    run_on(machine, SETTLE_NS);
+    machine.engine_mut().take_dirty_pages().expect("takes");
+    let memory_bytes = usize::try_from(MEMORY_BYTES).expect("fits");
+    let mut before = vec![0u8; memory_bytes];
+    machine
+        .engine()
+        .read_memory(machine::Gpa(0), &mut before)
+        .expect("reads");
+    let mut counts = Vec::new();
+    for _ in 0..IDLE_EPOCHS {
+        run_on(machine, EPOCH_NS);
+        let dirty: std::collections::BTreeSet<u32> = machine
+            .engine_mut()
+            .take_dirty_pages()
+            .expect("takes")
+            .into_iter()
+            .map(|p| p.0)
+            .collect();
+        let mut after = vec![0u8; memory_bytes];
+        machine
+            .engine()
+            .read_memory(machine::Gpa(0), &mut after)
+            .expect("reads");
+        let page = machine::PAGE_SIZE as usize;
+        for (i, (a, b)) in after.chunks(page).zip(before.chunks(page)).enumerate() {
+            let index = u32::try_from(i).expect("fits");
+            assert!(
+                a == b || dirty.contains(&index),
+                "page {i:#x} changed, not reported"
+            );
+        }
+        before = after;
+        counts.push(dirty.len());
+    }
+    let mut sorted = counts.clone();
+    sorted.sort_unstable();
+    eprintln!(
+        "userspace up at {up_ns} instructions, {up_s:.1} s wall; {:?}: dirty pages per {} ms \
+         epoch over {IDLE_EPOCHS} epochs: min {} median {} max {} (of {} pages); per epoch \
+         {counts:?}",
+        dirty_tracking(),
+        EPOCH_NS / 1_000_000,
+        sorted[0],
+        sorted[sorted.len() / 2],
+        sorted[sorted.len() - 1],
+        MEMORY_BYTES / machine::PAGE_SIZE
     );
 }

@@ -4,6 +4,7 @@
 mod budget;
 mod checkpoint;
 mod delivery;
+mod dirty;
 mod exceptions;
 mod guests;
 mod ledger;
