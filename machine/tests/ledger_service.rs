@@ -170,7 +170,14 @@ impl Client {
     /// The next reply, waiting for it.
     fn receive(&mut self) -> Reply {
         let mut buf = [0u8; 64];
-        let (len, _) = self.socket.recv_from(&mut buf).expect("a reply in time");
+        // A signal (the killed service's SIGCHLD, another test's) may cut
+        // the wait short; that is no answer either way.
+        let len = loop {
+            match self.socket.recv_from(&mut buf) {
+                Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+                received => break received.expect("a reply in time").0,
+            }
+        };
         let reply = Reply::decode(&buf[..len]).expect("a well-formed reply");
         self.keep(reply);
         reply
@@ -188,6 +195,7 @@ impl Client {
                     drained += 1;
                 }
                 Err(error) if error.kind() == ErrorKind::WouldBlock => break,
+                Err(error) if error.kind() == ErrorKind::Interrupted => continue,
                 Err(error) => panic!("receiving: {error}"),
             }
         }
