@@ -10,12 +10,8 @@
 
 use crate::spec::GuestKind;
 use crate::world::{World, HOST_NAMES};
-use machine::devices::BLOCK_BYTES;
-use machine::guests::ledger_load::{
-    check_journal, check_ledger, journal_from_blocks, LedgerProblem, ProblemKind, Record,
-};
+use machine::guests::ledger_load::{check_disk_ledger, check_ledger, LedgerProblem, ProblemKind};
 use machine::Engine as _;
-use machine::MachineError;
 use protocol::RoleKind;
 use std::collections::BTreeMap;
 
@@ -145,19 +141,16 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         return violations;
     }
     let expected = (answered == total).then_some(total);
-    let checked = match world.spec.guest {
-        GuestKind::Ledger => check_ledger(host.machine(), &ledger, &replies, &bad, expected)
-            .map(|checked| checked.map(|_| ())),
-        GuestKind::Linux => disk_journal(host.machine()).map(|journal| {
-            let check = check_journal(&ledger, &journal, &replies, &bad, expected);
-            match check.violations.is_empty() {
-                true => Ok(()),
-                false => Err(check.violations),
-            }
-        }),
+    let check = match world.spec.guest {
+        GuestKind::Ledger => check_ledger,
+        // Its balances live in a process the oracle cannot read: oracle 3
+        // checks every decision against the records before it and the
+        // money the journal moves.
+        GuestKind::Linux => check_disk_ledger,
     };
+    let checked = check(host.machine(), &ledger, &replies, &bad, expected);
     match checked {
-        Ok(Ok(())) => {}
+        Ok(Ok(_)) => {}
         Ok(Err(problems)) => {
             violations.extend(problems.into_iter().map(ledger_violation));
         }
@@ -167,29 +160,6 @@ pub fn judge(world: &mut World) -> Vec<Violation> {
         )),
     }
     violations
-}
-
-/// The journal on the survivor's disk, for a ledger that keeps its record
-/// count and balances where the oracle cannot read them (the Linux
-/// guest's process memory): its records from block 0 up to the first
-/// all-zero one. The balances are the journal's replay, so oracle 3 there
-/// checks every decision against the records before it.
-fn disk_journal(
-    machine: &mut machine::Machine<cpu_model::EmuEngine>,
-) -> Result<Vec<Record>, MachineError> {
-    let store = machine.bus().store();
-    let mut journal = Vec::new();
-    let mut block = [0u8; BLOCK_BYTES];
-    for index in 0..store.block_count() {
-        store.read_block(index, &mut block)?;
-        let records = journal_from_blocks(&block);
-        let whole = records.len() as u64 == machine::guests::ledger::RECORDS_PER_BLOCK;
-        journal.extend(records);
-        if !whole {
-            break;
-        }
-    }
-    Ok(journal)
 }
 
 #[cfg(test)]

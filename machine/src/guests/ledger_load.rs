@@ -649,31 +649,42 @@ pub fn check_ledger<E: Engine>(
 
 /// [`check`] for a service that keeps nothing the host can read in guest
 /// memory, only its journal on the disk (the Linux guest's
-/// lockstep-ledger): the journal read from the disk's blocks up to its
-/// first all-zero record, judged by [`check_journal`] against the load's
-/// replies, and the balances its replay gives adding up to the money the
-/// ledger began with. The report's `contended` is empty: the host sees no
-/// lock.
+/// lockstep-ledger): see [`check_disk_ledger`].
 pub fn check_disk_journal<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
 ) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
-    let journal = journal_from_blocks(&journal_blocks(machine.bus())?);
     let expected_ids = load.done().then_some(load.config.requests);
+    check_disk_ledger(
+        machine,
+        &load.config,
+        &load.replies,
+        &load.bad_replies,
+        expected_ids,
+    )
+}
+
+/// [`check_ledger`] for a service whose journal on the disk is all the
+/// host can read: the journal read from the disk's blocks up to its first
+/// all-zero record, judged by [`check_journal`] against the replies, and
+/// the balances its replay gives adding up to the money the ledger began
+/// with. The report's `contended` is empty: the host sees no lock.
+pub fn check_disk_ledger<E: Engine>(
+    machine: &mut Machine<E>,
+    config: &LedgerConfig,
+    replies: &BTreeMap<u64, Reply>,
+    bad_replies: &[LedgerProblem],
+    expected_ids: Option<u64>,
+) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
+    let journal = journal_from_blocks(&journal_blocks(machine.bus())?);
     let JournalCheck {
         mut violations,
         balances,
         applied,
         refused,
-    } = check_journal(
-        &load.config,
-        &journal,
-        &load.replies,
-        &load.bad_replies,
-        expected_ids,
-    );
+    } = check_journal(config, &journal, replies, bad_replies, expected_ids);
     let total_money = balances.iter().fold(0u64, |sum, b| sum.wrapping_add(*b));
-    if total_money != load.config.accounts * load.config.initial_balance {
+    if total_money != config.accounts * config.initial_balance {
         violations.push(LedgerProblem::new(
             ProblemKind::MoneyNotConserved,
             format!("money not conserved: {total_money}"),
