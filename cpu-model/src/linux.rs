@@ -83,7 +83,66 @@ pub enum LinuxGuestError {
     Earlier(String),
 }
 
-/// The image: kernel, initramfs and command line.
+/// A file of the Linux guest's image: where it is looked for and what
+/// makes it when it is missing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ImageFile {
+    /// The bzImage, from `guest-linux/fetch-kernel.sh`.
+    Kernel,
+    /// The cpio archive, from `guest-linux/build-initramfs.sh`.
+    Initramfs,
+}
+
+impl ImageFile {
+    fn what(self) -> &'static str {
+        match self {
+            ImageFile::Kernel => "Linux kernel",
+            ImageFile::Initramfs => "initramfs",
+        }
+    }
+
+    fn script(self) -> &'static str {
+        match self {
+            ImageFile::Kernel => "fetch-kernel.sh",
+            ImageFile::Initramfs => "build-initramfs.sh",
+        }
+    }
+
+    /// The environment variable that names another file.
+    pub fn variable(self) -> &'static str {
+        match self {
+            ImageFile::Kernel => "LOCKSTEP_LINUX_KERNEL",
+            ImageFile::Initramfs => "LOCKSTEP_LINUX_INITRAMFS",
+        }
+    }
+
+    /// `given` (a command line's flag), else the file the environment
+    /// variable names, else where `guest-linux/`'s script puts it.
+    pub fn path(self, given: Option<&Path>) -> PathBuf {
+        let default = match self {
+            ImageFile::Kernel => KERNEL_PATH,
+            ImageFile::Initramfs => INITRAMFS_PATH,
+        };
+        given
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::var_os(self.variable()).map(PathBuf::from))
+            .unwrap_or_else(|| Path::new(REPOSITORY).join(default))
+    }
+
+    /// The bytes at `path`; missing, an error that names the script.
+    pub fn read(self, path: &Path) -> Result<Vec<u8>, LinuxGuestError> {
+        std::fs::read(path).map_err(|error| LinuxGuestError::Missing {
+            what: self.what(),
+            path: path.to_path_buf(),
+            error: error.to_string(),
+            script: self.script(),
+            variable: self.variable(),
+        })
+    }
+}
+
+/// The image and the machine it runs in: kernel, initramfs, command line
+/// and memory size.
 #[derive(Clone, PartialEq, Eq)]
 pub struct LinuxGuest {
     /// The bzImage.
@@ -92,6 +151,8 @@ pub struct LinuxGuest {
     pub initramfs: Vec<u8>,
     /// The kernel's command line.
     pub cmdline: String,
+    /// Guest memory, bytes ([`LINUX_MEMORY_BYTES`] unless told).
+    pub memory_bytes: u64,
 }
 
 impl std::fmt::Debug for LinuxGuest {
@@ -100,59 +161,39 @@ impl std::fmt::Debug for LinuxGuest {
             .field("kernel_bytes", &self.kernel.len())
             .field("initramfs_bytes", &self.initramfs.len())
             .field("cmdline", &self.cmdline)
+            .field("memory_bytes", &self.memory_bytes)
             .finish()
     }
 }
 
-fn read(
-    path: &Path,
-    what: &'static str,
-    script: &'static str,
-    variable: &'static str,
-) -> Result<Vec<u8>, LinuxGuestError> {
-    std::fs::read(path).map_err(|error| LinuxGuestError::Missing {
-        what,
-        path: path.to_path_buf(),
-        error: error.to_string(),
-        script,
-        variable,
-    })
-}
-
 impl LinuxGuest {
-    /// The image from `LOCKSTEP_LINUX_KERNEL`, `LOCKSTEP_LINUX_INITRAMFS`
-    /// and `LOCKSTEP_LINUX_CMDLINE`, each defaulting to what
-    /// `guest-linux/`'s scripts make and [`DEFAULT_CMDLINE`].
+    /// The image at [`ImageFile::path`] (`LOCKSTEP_LINUX_KERNEL`,
+    /// `LOCKSTEP_LINUX_INITRAMFS`, else what `guest-linux/`'s scripts
+    /// make), with `LOCKSTEP_LINUX_CMDLINE` or [`DEFAULT_CMDLINE`].
     pub fn from_env() -> Result<LinuxGuest, LinuxGuestError> {
-        let path = |variable: &str, file: &str| {
-            std::env::var_os(variable)
-                .map(PathBuf::from)
-                .unwrap_or_else(|| Path::new(REPOSITORY).join(file))
-        };
         LinuxGuest::read(
-            &path("LOCKSTEP_LINUX_KERNEL", KERNEL_PATH),
-            &path("LOCKSTEP_LINUX_INITRAMFS", INITRAMFS_PATH),
+            &ImageFile::Kernel.path(None),
+            &ImageFile::Initramfs.path(None),
             &std::env::var("LOCKSTEP_LINUX_CMDLINE").unwrap_or_else(|_| DEFAULT_CMDLINE.into()),
         )
     }
 
-    /// The image from these files.
+    /// The image from these files, in [`LINUX_MEMORY_BYTES`].
     pub fn read(kernel: &Path, initramfs: &Path, cmdline: &str) -> Result<Self, LinuxGuestError> {
         Ok(LinuxGuest {
-            kernel: read(
-                kernel,
-                "Linux kernel",
-                "fetch-kernel.sh",
-                "LOCKSTEP_LINUX_KERNEL",
-            )?,
-            initramfs: read(
-                initramfs,
-                "initramfs",
-                "build-initramfs.sh",
-                "LOCKSTEP_LINUX_INITRAMFS",
-            )?,
+            kernel: ImageFile::Kernel.read(kernel)?,
+            initramfs: ImageFile::Initramfs.read(initramfs)?,
             cmdline: cmdline.to_string(),
+            memory_bytes: LINUX_MEMORY_BYTES,
         })
+    }
+
+    /// The same image in `bytes` of guest memory.
+    pub fn with_memory(self, bytes: u64) -> LinuxGuest {
+        LinuxGuest {
+            memory_bytes: bytes,
+            ..self
+        }
     }
 
     /// What a booted checkpoint depends on: the image, the vCPUs, the
@@ -166,7 +207,7 @@ impl LinuxGuest {
         }
         hash.update(vcpus.to_le_bytes());
         hash.update(disk_blocks.to_le_bytes());
-        hash.update(LINUX_MEMORY_BYTES.to_le_bytes());
+        hash.update(self.memory_bytes.to_le_bytes());
         hash.update(ENGINE_PATCH);
         hash.update(machine::checkpoint::VERSION.to_le_bytes());
         hash.update(env!("CARGO_PKG_VERSION").as_bytes());
@@ -183,7 +224,7 @@ impl LinuxGuest {
         seed: u64,
         store: Box<dyn BlockStore>,
     ) -> Result<Machine<EmuEngine>, LinuxGuestError> {
-        let shape = shape(vcpus)?;
+        let shape = Shape::new(vcpus, self.memory_bytes)?;
         let image = load(&shape, &self.kernel, &self.cmdline, Some(&self.initramfs))?;
         let mut engine = EmuEngine::boot(shape, &image.memory, image.vcpu_states, config(seed))?;
         engine.set_dirty_tracking(DirtyTracking::Log)?;
@@ -195,21 +236,7 @@ impl LinuxGuest {
     pub fn boot(&self, vcpus: u16, store: Box<dyn BlockStore>) -> Result<Booted, LinuxGuestError> {
         let mut machine = self.machine(vcpus, BOOT_SEED, store)?;
         let mut console = Vec::new();
-        loop {
-            let now = machine.engine().now().0;
-            if contains(&console, SERVING_LINE.as_bytes()) && console.ends_with(b"\n") {
-                break;
-            }
-            if now >= BOOT_INSTRUCTIONS_MAX {
-                let tail = console.len().saturating_sub(CONSOLE_TAIL_BYTES);
-                return Err(LinuxGuestError::NotServing {
-                    instructions: now,
-                    tail: String::from_utf8_lossy(&console[tail..]).into_owned(),
-                });
-            }
-            machine.run(Instructions(CHUNK.min(BOOT_INSTRUCTIONS_MAX - now)))?;
-            console.extend(machine.bus().console.take());
-        }
+        run_to_serving(&mut machine, &mut console)?;
         let checkpoint = machine.checkpoint(Kind::Full)?;
         Ok(Booted {
             checkpoint,
@@ -218,12 +245,32 @@ impl LinuxGuest {
     }
 }
 
-fn contains(haystack: &[u8], needle: &[u8]) -> bool {
-    haystack.windows(needle.len()).any(|w| w == needle)
+/// Runs a booting Linux machine until the ledger's service line is whole
+/// on its console (collected into `console`), or fails after
+/// [`BOOT_INSTRUCTIONS_MAX`] with the console's end.
+pub fn run_to_serving(
+    machine: &mut Machine<EmuEngine>,
+    console: &mut Vec<u8>,
+) -> Result<(), LinuxGuestError> {
+    loop {
+        let now = machine.engine().now().0;
+        if contains(console, SERVING_LINE.as_bytes()) && console.ends_with(b"\n") {
+            return Ok(());
+        }
+        if now >= BOOT_INSTRUCTIONS_MAX {
+            let tail = console.len().saturating_sub(CONSOLE_TAIL_BYTES);
+            return Err(LinuxGuestError::NotServing {
+                instructions: now,
+                tail: String::from_utf8_lossy(&console[tail..]).into_owned(),
+            });
+        }
+        machine.run(Instructions(CHUNK.min(BOOT_INSTRUCTIONS_MAX - now)))?;
+        console.extend(machine.bus().console.take());
+    }
 }
 
-fn shape(vcpus: u16) -> Result<Shape, LinuxGuestError> {
-    Ok(Shape::new(vcpus, LINUX_MEMORY_BYTES)?)
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
 }
 
 fn config(seed: u64) -> EmuConfig {
@@ -425,6 +472,7 @@ mod tests {
             kernel: vec![1; 100],
             initramfs: vec![2; 50],
             cmdline: "console=ttyS0".into(),
+            memory_bytes: LINUX_MEMORY_BYTES,
         };
         let key = guest.boot_key(1, 1024);
         assert_eq!(key, guest.clone().boot_key(1, 1024));
@@ -446,6 +494,7 @@ mod tests {
             initramfs.boot_key(1, 1024),
             cmdline.boot_key(1, 1024),
             moved.boot_key(1, 1024),
+            guest.clone().with_memory(512 << 20).boot_key(1, 1024),
         ];
         for other in others {
             assert_ne!(other, key);

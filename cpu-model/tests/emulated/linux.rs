@@ -19,14 +19,15 @@
 
 use std::time::Instant;
 
+use cpu_model::linux::ImageFile;
 use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
 use machine::devices::MemStore;
 use machine::guests::ledger_load::{check_disk_journal, LedgerConfig, LedgerLoad};
-use machine::linux::{linux_bus, load, DEFAULT_CMDLINE, INITRAMFS_PATH, KERNEL_PATH, SERVING_LINE};
+use machine::linux::{linux_bus, load, DEFAULT_CMDLINE, SERVING_LINE};
 use machine::{Engine, Instructions, Machine, MachineError, Shape};
 
 /// The kernel decompresses itself to 16 MiB and needs 64 MiB there.
-const MEMORY_BYTES: u64 = 256 << 20;
+const MEMORY_BYTES: u64 = cpu_model::linux::LINUX_MEMORY_BYTES;
 /// Instructions per run between looks at the console.
 const CHUNK: u64 = 20_000_000;
 /// How far the first-line test goes before it gives up.
@@ -51,17 +52,14 @@ fn env_u64(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-/// The bytes at `$variable` or at `default` in the repository, or None
-/// after saying loudly which script makes them.
-fn guest_file(variable: &str, default: &str, what: &str, script: &str) -> Option<Vec<u8>> {
-    let path = std::env::var(variable)
-        .unwrap_or_else(|_| format!("{}/../{default}", env!("CARGO_MANIFEST_DIR")));
-    match std::fs::read(&path) {
+/// The bytes of `file` (its variable's path or the repository's), or
+/// None after saying loudly which script makes them.
+fn image_file(file: ImageFile) -> Option<Vec<u8>> {
+    match file.read(&file.path(None)) {
         Ok(bytes) => Some(bytes),
         Err(error) => {
             eprintln!("==================================================================");
-            eprintln!("SKIPPED: no {what} at {path} ({error}).");
-            eprintln!("Make it with guest-linux/{script} (or set {variable}).");
+            eprintln!("SKIPPED: {error}.");
             eprintln!("==================================================================");
             None
         }
@@ -78,22 +76,12 @@ fn disk() -> MemStore {
 
 /// The kernel's bytes, or None after saying loudly how to fetch it.
 fn kernel() -> Option<Vec<u8>> {
-    guest_file(
-        "LOCKSTEP_LINUX_KERNEL",
-        KERNEL_PATH,
-        "Linux kernel",
-        "fetch-kernel.sh",
-    )
+    image_file(ImageFile::Kernel)
 }
 
 /// The initramfs's bytes, or None after saying loudly how to build it.
 fn initramfs() -> Option<Vec<u8>> {
-    guest_file(
-        "LOCKSTEP_LINUX_INITRAMFS",
-        INITRAMFS_PATH,
-        "initramfs",
-        "build-initramfs.sh",
-    )
+    image_file(ImageFile::Initramfs)
 }
 
 /// The vCPUs of the boot tests' machine: LOCKSTEP_LINUX_VCPUS, default 1.

@@ -5,23 +5,18 @@
 //! NIC, [`machine::linux::net`]) and judges the replies by the journal on
 //! the virtio disk.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::bail;
-use cpu_model::{DirtyTracking, EmuConfig, EmuEngine, Quantum};
+use cpu_model::linux::{run_to_serving, ImageFile, LinuxGuest};
 use machine::devices::MemStore;
 use machine::guests::ledger::TABLE_ENTRIES;
 use machine::guests::ledger_load::{check_disk_journal, LedgerConfig, LedgerLoad};
-use machine::linux::{linux_bus, load, DEFAULT_CMDLINE, INITRAMFS_PATH, KERNEL_PATH, SERVING_LINE};
-use machine::{Engine, Instructions, Machine, Shape};
+use machine::linux::DEFAULT_CMDLINE;
+use machine::{Engine, Instructions};
 
-/// Guest instructions per boot step, between looks at the console.
-const BOOT_CHUNK: u64 = 20_000_000;
-/// How far the boot goes before it is declared stuck (the ledger serves
-/// by about 5.3 G).
-const BOOT_INSTRUCTIONS_MAX: u64 = 20_000_000_000;
 /// Guest time per load step (1 ms): the longest a reply waits in the
 /// NIC's queue for the load to take it.
 const SERVE_SLICE: Instructions = Instructions(1_000_000);
@@ -36,7 +31,7 @@ const SERVE_NS_MAX: u64 = 1_000_000_000_000;
 const DISK_BLOCKS: u64 = 4096;
 /// The guest memory the kernel needs (it decompresses to 16 MiB and
 /// needs 64 MiB there), unless told otherwise.
-pub(super) const MEMORY_MIB_DEFAULT: u64 = 256;
+pub(super) const MEMORY_MIB_DEFAULT: u64 = cpu_model::linux::LINUX_MEMORY_BYTES >> 20;
 /// Console lines the report shows.
 const CONSOLE_TAIL_LINES: usize = 12;
 
@@ -53,77 +48,6 @@ pub(super) struct LinuxRun {
     pub initramfs: Option<PathBuf>,
 }
 
-/// A guest file: the flag's path, else the environment variable's (the
-/// boot tests' own), else the repository's `default`; missing, an error
-/// that names the script making it.
-/// The file a flag, its variable, the repository's default and the
-/// script that makes it name.
-struct GuestFile<'a> {
-    what: &'a str,
-    flag: &'a str,
-    variable: &'a str,
-    default: &'a str,
-    script: &'a str,
-}
-
-fn guest_file(given: Option<&Path>, file: &GuestFile<'_>) -> anyhow::Result<(PathBuf, Vec<u8>)> {
-    let GuestFile {
-        what,
-        flag,
-        variable,
-        default,
-        script,
-    } = file;
-    let path = given
-        .map(Path::to_path_buf)
-        .or_else(|| std::env::var_os(variable).map(PathBuf::from))
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join(default));
-    match std::fs::read(&path) {
-        Ok(bytes) => Ok((path, bytes)),
-        Err(error) => bail!(
-            "no {what} at {} ({error}): run guest-linux/{script}, or name one with {flag} \
-             or {variable}",
-            path.display()
-        ),
-    }
-}
-
-/// The Linux machine on the emulated engine, booted from `kernel` and
-/// `initramfs` with `seed`.
-fn boot(run: &LinuxRun, kernel: &[u8], initramfs: &[u8]) -> anyhow::Result<Machine<EmuEngine>> {
-    let shape = Shape::new(run.vcpus, run.memory_mib << 20)?;
-    let image = load(&shape, kernel, DEFAULT_CMDLINE, Some(initramfs))?;
-    let config = EmuConfig {
-        seed: run.seed,
-        quantum: Quantum::default(),
-    };
-    let mut engine = EmuEngine::boot(shape, &image.memory, image.vcpu_states, config)?;
-    // The kernel writes most of its memory once while it decompresses,
-    // and this run takes no checkpoint.
-    engine.set_dirty_tracking(DirtyTracking::EveryPage)?;
-    let bus = linux_bus(run.vcpus, Box::new(MemStore::new(DISK_BLOCKS)));
-    Ok(Machine::new(shape, engine, bus))
-}
-
-/// Runs the boot until the ledger's serving line is on the console:
-/// when (guest ns) and how long (wall seconds) it took.
-fn boot_to_serving(
-    machine: &mut Machine<EmuEngine>,
-    console: &mut Vec<u8>,
-) -> anyhow::Result<(u64, f64)> {
-    let started = Instant::now();
-    while !String::from_utf8_lossy(console).contains(SERVING_LINE) {
-        let now = machine.engine().now().0;
-        if now >= BOOT_INSTRUCTIONS_MAX {
-            print_console_tail(console);
-            bail!("no '{SERVING_LINE}' on the console by {now} instructions");
-        }
-        machine.run(Instructions(BOOT_CHUNK))?;
-        console.extend(machine.bus().console.take());
-    }
-    Ok((machine.engine().now().0, started.elapsed().as_secs_f64()))
-}
-
 fn print_console_tail(console: &[u8]) {
     let text = String::from_utf8_lossy(console);
     let lines: Vec<&str> = text.lines().collect();
@@ -136,35 +60,27 @@ fn print_console_tail(console: &[u8]) {
     }
 }
 
-const KERNEL: GuestFile<'static> = GuestFile {
-    what: "Linux kernel",
-    flag: "--kernel",
-    variable: "LOCKSTEP_LINUX_KERNEL",
-    default: KERNEL_PATH,
-    script: "fetch-kernel.sh",
-};
-const INITRAMFS: GuestFile<'static> = GuestFile {
-    what: "initramfs",
-    flag: "--initramfs",
-    variable: "LOCKSTEP_LINUX_INITRAMFS",
-    default: INITRAMFS_PATH,
-    script: "build-initramfs.sh",
-};
-
 /// Boots the Linux guest, serves `run.requests` and reports.
 pub(super) fn run_linux(run: &LinuxRun) -> anyhow::Result<ExitCode> {
     if run.requests >= TABLE_ENTRIES {
         bail!("at most {} requests", TABLE_ENTRIES - 1);
     }
-    let (kernel_path, kernel) = guest_file(run.kernel.as_deref(), &KERNEL)?;
-    let (initramfs_path, initramfs) = guest_file(run.initramfs.as_deref(), &INITRAMFS)?;
+    let kernel_path = ImageFile::Kernel.path(run.kernel.as_deref());
+    let initramfs_path = ImageFile::Initramfs.path(run.initramfs.as_deref());
     println!("kernel:             {}", kernel_path.display());
     println!("initramfs:          {}", initramfs_path.display());
+    let guest = LinuxGuest::read(&kernel_path, &initramfs_path, DEFAULT_CMDLINE)?
+        .with_memory(run.memory_mib << 20);
     let started = Instant::now();
-    let mut machine = boot(run, &kernel, &initramfs)?;
+    // The simulator's machine: the same platform, devices and dirty log.
+    let mut machine = guest.machine(run.vcpus, run.seed, Box::new(MemStore::new(DISK_BLOCKS)))?;
     let mut console = Vec::new();
-    let (serving_ns, boot_s) = boot_to_serving(&mut machine, &mut console)?;
-    println!("ledger serving at:  {serving_ns} guest instructions, {boot_s:.1} s");
+    run_to_serving(&mut machine, &mut console)?;
+    let serving_ns = machine.engine().now().0;
+    println!(
+        "ledger serving at:  {serving_ns} guest instructions, {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
 
     let mut config = LedgerConfig::with_requests(run.requests);
     config.window = 64;
