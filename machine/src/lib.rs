@@ -16,6 +16,7 @@ pub mod guests;
 pub mod layout;
 pub mod linux;
 pub mod machine;
+pub mod paging;
 pub mod pc;
 pub mod rng;
 pub mod units;

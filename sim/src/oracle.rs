@@ -17,8 +17,12 @@ use std::collections::BTreeMap;
 
 pub use reports::{Violation, ViolationKind};
 
+/// Bytes of code a listing shows at each vCPU's rip.
+const LISTING_BYTES: usize = 48;
+
 /// Each vCPU of host `index` at the end: its rip and the instructions
-/// there, for the report of a failed run.
+/// there (read through the guest's page tables), for the report of a
+/// failed run.
 pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
     let Some(host) = world.hosts[index].host.as_mut() else {
         return vec![format!("{} is down\n", HOST_NAMES[index])];
@@ -37,13 +41,26 @@ pub fn vcpu_listings(world: &mut World, index: usize) -> Vec<String> {
         .iter()
         .enumerate()
         .map(|(vcpu, state)| {
-            let mut bytes = [0u8; 48];
-            let read = machine
-                .engine()
-                .read_memory(machine::Gpa(state.rip), &mut bytes);
-            let listing = match read {
-                Ok(()) => cpu_model::listing(&bytes, state.rip),
-                Err(e) => format!("   ({e})\n"),
+            let engine = machine.engine();
+            let linear = machine::paging::code_address(state);
+            let mut entry = |gpa: machine::Gpa, len: usize| {
+                let mut bytes = [0u8; 8];
+                engine.read_memory(gpa, &mut bytes[..len]).ok()?;
+                Some(u64::from_le_bytes(bytes))
+            };
+            let listing = match machine::paging::translate(state, linear, &mut entry) {
+                // Up to the page's end: the next page may map elsewhere.
+                Some(gpa) => {
+                    let to_page_end = machine::PAGE_SIZE - gpa.0 % machine::PAGE_SIZE;
+                    let mut bytes = vec![0u8; LISTING_BYTES.min(to_page_end as usize)];
+                    match engine.read_memory(gpa, &mut bytes) {
+                        Ok(()) => cpu_model::listing(&bytes, state.rip),
+                        Err(e) => format!("   ({e})\n"),
+                    }
+                }
+                None => {
+                    format!("   (linear {linear:#x} is not mapped by the guest's page tables)\n")
+                }
             };
             format!(
                 "{} vCPU {vcpu} rip {:#x}:\n{listing}",
@@ -194,6 +211,33 @@ mod tests {
         for (kind, oracle) in sorted {
             let v = ledger_violation(LedgerProblem::new(kind, "reply does not match"));
             assert_eq!(v.oracle, oracle, "{kind:?}");
+        }
+    }
+
+    /// The Linux kernel runs at 0xffffffff8...: its listing is read
+    /// through its page tables, not at rip as a physical address.
+    #[test]
+    fn a_linux_guests_listing_reads_its_kernel_code_through_its_page_tables() {
+        if let Err(e) = cpu_model::linux::LinuxGuest::from_env() {
+            eprintln!("==================================================================");
+            eprintln!("SKIPPED: {e}");
+            eprintln!("==================================================================");
+            return;
+        }
+        let mut spec = RunSpec::baseline("listing-linux", 1);
+        spec.guest = GuestKind::Linux;
+        let mut world = World::new(spec, false);
+        world.boot_host(0, Time(0));
+        let listings = vcpu_listings(&mut world, 0);
+        assert_eq!(listings.len(), 2, "{listings:?}");
+        for listing in &listings {
+            let header = listing.lines().next().expect("a header line");
+            assert!(header.contains(" rip 0xffffffff8"), "kernel text: {header}");
+            assert!(
+                listing.lines().nth(1).is_some_and(|l| l.starts_with("=> ")),
+                "an instruction listed: {listing}"
+            );
+            assert!(!listing.contains("not mapped"), "{listing}");
         }
     }
 
