@@ -282,6 +282,24 @@ impl EmuEngine {
         EmuEngine::start(shape, memory, boot_states, Halts::unswept(), config)
     }
 
+    /// A machine of `shape` whose memory is all zero and whose vCPUs are
+    /// in `states`, for a restore to fill ([`machine::Machine::restore`]):
+    /// nothing is copied or scanned, and the host backs a page only once
+    /// it is written. Its code is not swept, as with [`EmuEngine::boot`].
+    pub fn blank(
+        shape: Shape,
+        states: Vec<VcpuState>,
+        config: EmuConfig,
+    ) -> Result<EmuEngine, EngineError> {
+        if states.len() != usize::from(shape.vcpus()) {
+            return Err(EngineError::Backend(format!(
+                "blank: {} vCPU states for {shape:?}",
+                states.len()
+            )));
+        }
+        EmuEngine::start(shape, &[], states, Halts::unswept(), config)
+    }
+
     fn start(
         shape: Shape,
         memory: &[u8],
@@ -289,7 +307,8 @@ impl EmuEngine {
         halts: Halts,
         config: EmuConfig,
     ) -> Result<EmuEngine, EngineError> {
-        let ram = ram::GuestRam::new(memory);
+        let bytes = usize::try_from(shape.memory_bytes()).expect("guest memory fits the host");
+        let ram = ram::GuestRam::new(bytes, memory);
         let shared: Shared = Rc::new(RefCell::new(HookState::new(
             shape.vcpus(),
             shape.pages(),
@@ -1022,5 +1041,41 @@ mod tests {
             .set_dirty_tracking(DirtyTracking::WriteProtect)
             .is_err());
         assert!(open.set_dirty_tracking(DirtyTracking::EveryPage).is_ok());
+    }
+
+    /// A blank machine (no image copied, memory all zero) restored from a
+    /// full checkpoint is the machine it was taken from, and runs on as it
+    /// does: what every Linux run of the simulator starts from.
+    #[test]
+    fn a_blank_machine_restored_from_a_checkpoint_runs_on_as_the_original() {
+        let shape = Shape::new(2, machine::layout::MEMORY_BYTES_MIN).expect("valid");
+        let image = machine::guests::Guest::Compute
+            .image([1_000_000, 0, 0, 0, 0, 0, 0, 0])
+            .expect("assembles");
+        let store = || Box::new(machine::devices::MemStore::new(4));
+        let mut original = emulated_machine(shape, &image, config(), store()).expect("boots");
+        original.run(Instructions(50_000)).expect("runs");
+        let checkpoint = original
+            .checkpoint(machine::Kind::Full)
+            .expect("checkpoint");
+        let engine =
+            EmuEngine::blank(shape, checkpoint.vcpu_states.clone(), config()).expect("builds");
+        let mut restored =
+            machine::Machine::new(shape, engine, DeviceBus::new(shape.vcpus(), store()));
+        restored.restore(&checkpoint).expect("restores");
+        assert_eq!(
+            restored.state_hash().expect("hash"),
+            original.state_hash().expect("hash")
+        );
+        original.run(Instructions(200_000)).expect("runs");
+        restored.run(Instructions(200_000)).expect("runs");
+        assert_eq!(
+            restored.state_hash().expect("hash"),
+            original.state_hash().expect("hash")
+        );
+        assert!(
+            EmuEngine::blank(shape, Vec::new(), config()).is_err(),
+            "a vCPU state per vCPU"
+        );
     }
 }

@@ -299,9 +299,7 @@ pub fn restored(
     store: Box<dyn BlockStore>,
 ) -> Result<Machine<EmuEngine>, LinuxGuestError> {
     let shape = Shape::new(checkpoint.vcpus, checkpoint.memory_bytes)?;
-    let memory = vec![0u8; usize::try_from(shape.memory_bytes()).expect("fits the host")];
-    let mut engine = EmuEngine::boot(shape, &memory, checkpoint.vcpu_states.clone(), config(seed))?;
-    drop(memory);
+    let mut engine = EmuEngine::blank(shape, checkpoint.vcpu_states.clone(), config(seed))?;
     // The dirty log, not write-protection: exact, and a store runs at
     // full speed once its page is logged; a kernel under write-protection
     // takes each first store to a page through a hook (and the boot

@@ -27,11 +27,13 @@ pub(crate) struct GuestRam {
 }
 
 impl GuestRam {
-    /// A zeroed buffer of `bytes` bytes holding `initial`.
-    pub(crate) fn new(initial: &[u8]) -> GuestRam {
-        let layout = Layout::from_size_align(initial.len(), PAGE_SIZE as usize)
+    /// A zeroed buffer of `bytes` bytes holding `initial` from its start
+    /// (the rest zero: a machine a restore fills is given nothing to copy).
+    pub(crate) fn new(bytes: usize, initial: &[u8]) -> GuestRam {
+        let layout = Layout::from_size_align(bytes, PAGE_SIZE as usize)
             .expect("memory size is a checked multiple of the page size");
         assert!(layout.size() > 0);
+        assert!(initial.len() <= bytes, "the initial image fits the memory");
         // A mapping of its own, not the allocator's: `alloc_zeroed` with a
         // page alignment writes every byte (it zeroes what it cannot know
         // is zero), and so takes a host page for every guest page at once.
@@ -207,7 +209,7 @@ mod tests {
         let mut initial = vec![0u8; pages * PAGE_SIZE as usize];
         initial[5 * PAGE_SIZE as usize + 7] = 0xAB;
         initial[1000 * PAGE_SIZE as usize] = 0xCD;
-        let mut ram = GuestRam::new(&initial);
+        let mut ram = GuestRam::new(initial.len(), &initial);
         assert!(
             resident_pages(&ram) < pages / 2,
             "a fresh buffer is not all backed: {} of {pages}",
@@ -220,5 +222,24 @@ mod tests {
         let mut read = vec![0u8; initial.len()];
         ram.read(0, &mut read);
         assert!(read == initial, "backing changed bytes");
+    }
+
+    #[test]
+    fn a_short_initial_image_leaves_the_rest_zero_and_unbacked() {
+        let pages = 16_384;
+        let bytes = pages * PAGE_SIZE as usize;
+        let ram = GuestRam::new(bytes, &[1, 2, 3]);
+        assert_eq!(ram.len(), bytes as u64);
+        let mut start = [9u8; 5];
+        ram.read(0, &mut start);
+        assert_eq!(start, [1, 2, 3, 0, 0]);
+        let mut end = [9u8; 4];
+        ram.read(bytes as u64 - 4, &mut end);
+        assert_eq!(end, [0; 4]);
+        assert!(
+            resident_pages(&ram) < pages / 2,
+            "{} of {pages} backed",
+            resident_pages(&ram)
+        );
     }
 }
