@@ -228,7 +228,8 @@ const LOOPBACK_FIRST_PORT: u16 = 10_000;
 /// link reconnecting to a dead peer, other tests) is ever given one of
 /// them. Inside the range, node b's reconnects to the killed a could be
 /// given a's own listening port, connect to themselves and keep it from
-/// the restarted a. Spread by process id, so runs side by side do not meet.
+/// the restarted a. Spread by process id and skipping slots in use, so
+/// runs side by side do not meet.
 fn loopback_base(cluster: u16) -> u16 {
     assert!(cluster < LOOPBACK_CLUSTERS);
     let range = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range").unwrap();
@@ -239,8 +240,21 @@ fn loopback_base(cluster: u16) -> u16 {
         slots > 0,
         "the ephemeral range starts at {low}: no room below it for the loopback cluster"
     );
-    let slot = u16::try_from(std::process::id() % u32::from(slots)).unwrap();
-    LOOPBACK_FIRST_PORT + slot * run_ports + cluster * LOOPBACK_PORTS
+    let first = std::process::id() % u32::from(slots);
+    (0..u32::from(slots))
+        .map(|k| u16::try_from((first + k) % u32::from(slots)).unwrap())
+        .map(|slot| LOOPBACK_FIRST_PORT + slot * run_ports + cluster * LOOPBACK_PORTS)
+        .find(|base| ports_free(*base))
+        .expect("a free slot below the ephemeral range")
+}
+
+/// Whether the ports a loopback cluster at `base` binds are free now (a
+/// run beside this one may hold a slot: the next is taken).
+fn ports_free(base: u16) -> bool {
+    [0, 1, 2, 10, 11].iter().all(|k| {
+        let addr = ("127.0.0.1", base + k);
+        std::net::UdpSocket::bind(addr).is_ok() && std::net::TcpListener::bind(addr).is_ok()
+    })
 }
 
 #[test]
