@@ -370,6 +370,10 @@ fn sigkilled_primary_under_load(name: &str, cluster: u16, after: AfterReprotecti
         &dir.join("load.log"),
     );
     std::thread::sleep(Duration::from_millis(500));
+    // A primary that went on alone meanwhile (it suspected a slow backup)
+    // takes the guest with it when killed: the VM is lost, rightly, and
+    // no takeover comes. Kill a protected one.
+    wait_until("protection before the kill", || protected(&dir, first));
     let killed = &mut nodes[usize::from(first)].0;
     let _ = killed.kill();
     let _ = killed.wait();
