@@ -32,9 +32,12 @@ const FLUSH_EVERY: Duration = Duration::from_millis(100);
 
 #[derive(Debug, clap::Args)]
 pub struct LoadArgs {
-    /// The service address (the virtual IP and port).
-    #[arg(long)]
-    target: SocketAddr,
+    /// The service address (the virtual IP and port). Repeated, every
+    /// request goes to each: a pair without a moving address serves on
+    /// each host's own, and only the primary answers (a backup drops
+    /// requests), so the clients follow a failover either way.
+    #[arg(long, required = true)]
+    target: Vec<SocketAddr>,
     /// Clients, each with its own socket and ids.
     #[arg(long, default_value_t = 4)]
     clients: u16,
@@ -148,12 +151,17 @@ async fn run_fleet(args: &LoadArgs, out: Writer) -> anyhow::Result<Vec<Client>> 
             args.accounts,
             args.seed,
         );
+        // Not connected: a connected socket takes replies from one
+        // address only, and turns an ICMP error into the next send's
+        // failure.
         let socket = UdpSocket::bind("0.0.0.0:0").await?;
-        socket.connect(args.target).await?;
         tasks.push(local.spawn_local(one_client(
             k,
             client,
-            socket,
+            Link {
+                socket,
+                targets: args.target.clone(),
+            },
             started,
             (stop_at, give_up),
             Rc::clone(&stop),
@@ -194,10 +202,37 @@ fn now_since(started: Instant) -> Time {
     Time(u64::try_from(started.elapsed().as_nanos()).expect("short loads"))
 }
 
+/// A client's socket and the addresses it sends each request to.
+struct Link {
+    socket: UdpSocket,
+    targets: Vec<SocketAddr>,
+}
+
+impl Link {
+    /// Sends `packet` to every target. A send refused (no route while the
+    /// address moves, nobody on a port) is retried with the request.
+    async fn send(&self, packet: &[u8]) {
+        for target in &self.targets {
+            let _ = self.socket.send_to(packet, target).await;
+        }
+    }
+
+    /// The next datagram from one of the targets (others are not replies).
+    async fn recv(&self, buf: &mut [u8]) -> usize {
+        loop {
+            if let Ok((n, from)) = self.socket.recv_from(buf).await {
+                if self.targets.contains(&from) {
+                    return n;
+                }
+            }
+        }
+    }
+}
+
 async fn one_client(
     index: u16,
     mut client: Client,
-    socket: UdpSocket,
+    link: Link,
     started: Instant,
     (stop_at, give_up): (Instant, Instant),
     stop: Rc<std::cell::Cell<bool>>,
@@ -232,8 +267,7 @@ async fn one_client(
                     },
                 );
             }
-            // A send refused (no route while the address moves) is retried.
-            let _ = socket.send(&packet).await;
+            link.send(&packet).await;
         }
         let wake = client
             .next_retry()
@@ -242,14 +276,10 @@ async fn one_client(
             })
             .min(Duration::from_millis(20));
         tokio::select! {
-            received = socket.recv(&mut buf) => {
-                // ICMP errors (nobody holds the address yet) come back as
-                // receive errors: the retry covers them.
-                if let Ok(n) = received {
-                    let now = now_since(started);
-                    record(&out, &Line::Reply { t_ns: now.0, client: index, packet: hex(&buf[..n]) });
-                    client.receive(now, &buf[..n]);
-                }
+            n = link.recv(&mut buf) => {
+                let now = now_since(started);
+                record(&out, &Line::Reply { t_ns: now.0, client: index, packet: hex(&buf[..n]) });
+                client.receive(now, &buf[..n]);
             }
             () = tokio::time::sleep(wake) => {}
         }
