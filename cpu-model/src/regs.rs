@@ -55,6 +55,9 @@ pub(crate) mod pseudo {
     /// A whole segment register (uc_x86_mmr), in QEMU's order: es, cs,
     /// ss, ds, fs, gs from this id on.
     pub const SEG_ES: i32 = 1010;
+    /// Write a guest-physical page number: drop the translations of code
+    /// in that page (write only).
+    pub const INVALIDATE: i32 = 1016;
 }
 
 /// Our segment order (cs, ds, es, fs, gs, ss) to QEMU's (es, cs, ss, ds,

@@ -3,7 +3,8 @@
 # crates.io with Lockstep's delivery.patch applied (QEMU's own x86 delivery
 # through the guest's IDT, external interrupts, syscall, RDMSR/WRMSR hooks,
 # CPUID leaf 1 feature words, an exact instruction budget counted inline
-# per translation block; see the
+# per translation block, the exit-request check made by the slow-path
+# load and store helpers instead of after every guest access; see the
 # pseudo-registers in its include/unicorn/x86.h and cpu-model/EXCEPTIONS.md).
 #
 # To change the patch: edit the prepared tree, then regenerate the patch

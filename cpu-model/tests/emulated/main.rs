@@ -6,6 +6,7 @@ mod checkpoint;
 mod delivery;
 mod dirty;
 mod exceptions;
+mod exitreq;
 mod guests;
 mod ledger;
 mod linux;
