@@ -49,6 +49,10 @@ pub(crate) struct HookState {
     pub disk_wait_ns: u64,
     /// Set by the hook on a `pause`: the vCPU yields its quantum.
     pub yielded: bool,
+    /// Set by the local APIC's hook when the vCPU wrote its ICR (sent an
+    /// IPI): the engine then shares what it wrote with the other vCPUs'
+    /// translations (`EmuEngine::share_stores`).
+    pub ipi_sent: bool,
     /// Where the slice began: a `pause` there is the one the vCPU yielded
     /// at last time (a code hook runs before its instruction), so it runs.
     pub slice_start: Option<u64>,
@@ -100,6 +104,7 @@ impl HookState {
             fault: None,
             disk_wait_ns: 0,
             yielded: false,
+            ipi_sent: false,
             slice_start: None,
             delivery: vec![Delivery::Hooks; usize::from(vcpus)],
             offered: vec![None; usize::from(vcpus)],

@@ -155,6 +155,9 @@ pub struct EmuEngine {
     /// first run with a bus that has the platform).
     platform_mapped: bool,
     dirty_tracking: DirtyTracking,
+    /// Pages of the dirty logs fetched between checkpoints
+    /// ([`EmuEngine::share_stores`]), for the next [`Engine::take_dirty_pages`].
+    logged: Option<Vec<u64>>,
 }
 
 impl std::fmt::Debug for EmuEngine {
@@ -343,6 +346,7 @@ impl EmuEngine {
             vcpu_switches: 0,
             platform_mapped: false,
             dirty_tracking: DirtyTracking::WriteProtect,
+            logged: None,
         })
     }
 
@@ -397,12 +401,64 @@ impl EmuEngine {
         Ok(())
     }
 
+    /// Keeps the other vCPUs from running stale translations of code that
+    /// vCPU `v` rewrote: the pages it wrote since its dirty log was last
+    /// fetched (fetched now, and kept for the epoch's checkpoint) lose
+    /// their translations in every other instance. Each instance drops
+    /// its own stale code as QEMU does, but knows nothing of the others',
+    /// and a kernel rewrites its text on one vCPU while the others have it
+    /// translated (static keys and `text_poke`, module loading). Done when
+    /// `v` sends an IPI, which is how x86 code tells the others to look
+    /// (Linux's `text_poke_sync`, TLB shootdowns), and at every fetch of
+    /// the logs ([`EmuEngine::take_logged_pages`]); not after every slice,
+    /// which would fetch the log millions of times a boot.
+    fn share_stores(&mut self, v: usize) -> Result<(), EngineError> {
+        if self.vcpus.len() < 2 || self.dirty_tracking != DirtyTracking::Log {
+            return Ok(());
+        }
+        let mut written = dirty_log::bitmap(self.shape.pages());
+        dirty_log::fetch_into(&mut self.vcpus[v], &mut written).map_err(backend)?;
+        self.invalidate_in_others(v, &written)?;
+        let kept = self
+            .logged
+            .get_or_insert_with(|| dirty_log::bitmap(self.shape.pages()));
+        for (kept, word) in kept.iter_mut().zip(&written) {
+            *kept |= word;
+        }
+        Ok(())
+    }
+
+    /// Drops the translations of the pages set in `written` in every
+    /// instance but `v`'s.
+    fn invalidate_in_others(&mut self, v: usize, written: &[u64]) -> Result<(), EngineError> {
+        for page in dirty_log::pages(written) {
+            for (i, uc) in self.vcpus.iter_mut().enumerate() {
+                if i != v {
+                    uc.reg_write(regs::pseudo::INVALIDATE, u64::from(page.0))
+                        .map_err(backend)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// The pages written since the last call by the instances (their dirty
-    /// logs) and from the host side (devices, `write_memory`), in order.
+    /// logs, and what [`EmuEngine::share_stores`] fetched of them) and
+    /// from the host side (devices, `write_memory`), in order.
     fn take_logged_pages(&mut self) -> Result<Vec<PageIndex>, EngineError> {
-        let mut words = dirty_log::bitmap(self.shape.pages());
-        for uc in &mut self.vcpus {
-            dirty_log::fetch_into(uc, &mut words).map_err(backend)?;
+        let mut words = self
+            .logged
+            .take()
+            .unwrap_or_else(|| dirty_log::bitmap(self.shape.pages()));
+        for v in 0..self.vcpus.len() {
+            let mut written = dirty_log::bitmap(self.shape.pages());
+            dirty_log::fetch_into(&mut self.vcpus[v], &mut written).map_err(backend)?;
+            if self.vcpus.len() > 1 {
+                self.invalidate_in_others(v, &written)?;
+            }
+            for (word, got) in words.iter_mut().zip(&written) {
+                *word |= got;
+            }
         }
         let mut state = self.shared.borrow_mut();
         for page in std::mem::take(&mut state.dirty_list) {
@@ -543,6 +599,9 @@ impl EmuEngine {
             let waits = startup::waits(&self.shared.borrow(), VcpuId(v as u16));
             if self.run_states[v] == RunState::Running && !waits {
                 let ran = self.execute_offered(v, slice)?;
+                if std::mem::take(&mut self.shared.borrow_mut().ipi_sent) {
+                    self.share_stores(v)?;
+                }
                 self.instructions += ran.instructions;
                 if let SliceEnd::Halted = ran.end {
                     self.run_states[v] = RunState::Halted;

@@ -10,7 +10,7 @@ use std::ffi::c_void;
 
 use machine::devices::IoContext;
 use machine::pc::ioapic::{IOAPIC_BASE, IOAPIC_WINDOW_BYTES};
-use machine::pc::lapic::{APIC_BASE_DEFAULT, APIC_PAGE_BYTES};
+use machine::pc::lapic::{self, APIC_BASE_DEFAULT, APIC_PAGE_BYTES};
 use machine::pc::vectors::Vector;
 use machine::pc::{CpuidRegs, MsrWrite, Pc};
 use machine::virtio::{VirtioSlot, VIRTIO_MMIO_WINDOW_BYTES};
@@ -58,6 +58,9 @@ pub(crate) fn map_mmio(uc: &mut Vcpu, vcpu: VcpuId, shared: &Shared) -> Result<(
                     settle_taken(uc, &mut state, vcpu);
                     let ctx = io_context(&state, vcpu);
                     let len = size.min(ACCESS_BYTES_MAX);
+                    if base == APIC_BASE_DEFAULT && offset == u64::from(lapic::reg::ICR_LOW) {
+                        state.ipi_sent = true;
+                    }
                     state
                         .bus
                         .mmio_write(ctx, Gpa(base + offset), &value.to_le_bytes()[..len]);

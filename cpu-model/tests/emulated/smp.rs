@@ -137,16 +137,23 @@ fn wait_for_starts(a: &mut CodeAssembler, starts: u32) -> Asm {
     a.jb(again)
 }
 
-/// The BSP: starts the AP, waits for it, INITs it, checks it stopped,
-/// starts it again.
-fn bootstrap(a: &mut CodeAssembler) -> Asm {
-    let mut spin = a.create_label();
+/// Starts the AP as Linux does (INIT, INIT de-assert, two SIPIs), after
+/// a delay, and waits until it has arrived in long mode; r13 is the APIC.
+fn start_the_ap(a: &mut CodeAssembler) -> Asm {
     a.mov(r13, APIC_BASE_DEFAULT)?;
     delay(a, DELAY_LOOPS)?;
     for low in [ICR_INIT_ASSERT, ICR_INIT_DEASSERT, ICR_STARTUP, ICR_STARTUP] {
         icr(a, 1, low)?;
     }
     wait_for_starts(a, 1)?;
+    Ok(())
+}
+
+/// The BSP: starts the AP, waits for it, INITs it, checks it stopped,
+/// starts it again.
+fn bootstrap(a: &mut CodeAssembler) -> Asm {
+    let mut spin = a.create_label();
+    start_the_ap(a)?;
     icr(a, 1, ICR_INIT_ASSERT)?;
     a.mov(rax, qword_ptr(AP_SPIN))?;
     a.mov(qword_ptr(SPIN_AT_INIT), rax)?;
@@ -188,6 +195,15 @@ fn put(memory: &mut [u8], at: u64, bytes: &[u8]) {
 /// IPI in INIT's state, the BSP running `bsp`, the trampoline at the
 /// start-up page and the APIC page mapped.
 fn machine(seed: u64, bsp: impl Fn(&mut CodeAssembler) -> Asm) -> Machine<EmuEngine> {
+    machine_with(seed, bsp, long_mode)
+}
+
+/// [`machine`] with `ap` as the AP's 64-bit code at LONG64.
+fn machine_with(
+    seed: u64,
+    bsp: impl Fn(&mut CodeAssembler) -> Asm,
+    ap: impl Fn(&mut CodeAssembler) -> Asm,
+) -> Machine<EmuEngine> {
     let shape = Shape::new(2, MEMORY_BYTES_MIN).expect("valid");
     let image = GuestImage {
         code: assemble(64, GUEST_CODE.0, bsp),
@@ -196,7 +212,7 @@ fn machine(seed: u64, bsp: impl Fn(&mut CodeAssembler) -> Asm) -> Machine<EmuEng
     let mut memory = image.boot_memory(&shape);
     put(&mut memory, TRAMPOLINE, &assemble(16, 0, real_mode));
     put(&mut memory, PROT32, &assemble(32, PROT32, protected_mode));
-    put(&mut memory, LONG64, &assemble(64, LONG64, long_mode));
+    put(&mut memory, LONG64, &assemble(64, LONG64, ap));
     for (i, entry) in TRAMPOLINE_GDT_ENTRIES.iter().enumerate() {
         put(
             &mut memory,
@@ -357,4 +373,73 @@ fn a_hlt_in_unswept_code_halts_the_vcpu_and_the_machine_idles() {
     assert!(ran <= 2, "cli and hlt, once: {ran}");
     let bsp = machine.engine().vcpu_state(VcpuId(0)).expect("state");
     assert_eq!(bsp.run_state, machine::RunState::Halted);
+}
+
+/// The function the AP calls and the BSP rewrites: `mov eax, imm32; ret`.
+const FUNCTION: u64 = TRAMPOLINE + 0x800;
+/// What the AP's last call of it returned.
+const AP_RESULT: u64 = GUEST_DATA.0 + 0x140;
+/// The top of the AP's stack (INIT left rsp 0).
+const AP_STACK: u64 = GUEST_DATA.0 + 0x3000;
+/// A fixed IPI, vector 0x40 (the AP runs with interrupts off: it stays
+/// pending, as a `text_poke_sync` IPI would until taken).
+const ICR_FIXED: u32 = 0x4040;
+
+/// The AP in long mode: calls FUNCTION for good, keeping what it returns.
+fn calling(a: &mut CodeAssembler) -> Asm {
+    let mut spin = a.create_label();
+    a.mov(rsp, AP_STACK)?;
+    a.lock().inc(qword_ptr(STARTS))?;
+    a.set_label(&mut spin)?;
+    a.mov(rax, FUNCTION)?;
+    a.call(rax)?;
+    a.mov(qword_ptr(AP_RESULT), rax)?;
+    a.inc(qword_ptr(AP_SPIN))?;
+    a.jmp(spin)
+}
+
+/// The BSP: starts the AP, lets it call FUNCTION a while (translated in
+/// its instance), rewrites the function to return 2 and sends the AP an
+/// IPI, as Linux's text_poke does after patching its text.
+fn patcher(a: &mut CodeAssembler) -> Asm {
+    let mut spin = a.create_label();
+    let mut called = a.create_label();
+    start_the_ap(a)?;
+    a.set_label(&mut called)?;
+    a.cmp(qword_ptr(AP_SPIN), 1000)?;
+    a.jb(called)?;
+    a.mov(dword_ptr(FUNCTION + 1), 2)?;
+    icr(a, 1, ICR_FIXED)?;
+    a.mov(qword_ptr(BSP_DONE), 1)?;
+    a.set_label(&mut spin)?;
+    a.jmp(spin)
+}
+
+/// x86 fetches what was stored: code one vCPU rewrote and announced with
+/// an IPI runs rewritten on the other, though that vCPU's unicorn
+/// instance had it translated (with the dirty log, which tells the
+/// engine which pages the writer stored to).
+#[test]
+fn code_rewritten_by_one_vcpu_runs_rewritten_on_the_other() {
+    for seed in [3, 4] {
+        let function = assemble(64, FUNCTION, |a| {
+            a.mov(eax, 1)?;
+            a.ret()
+        });
+        let mut machine = machine_with(seed, patcher, calling);
+        machine
+            .engine_mut()
+            .set_dirty_tracking(cpu_model::DirtyTracking::Log)
+            .expect("switches");
+        machine
+            .engine_mut()
+            .write_memory(machine::Gpa(FUNCTION), &function)
+            .expect("writes");
+        machine.run(Instructions(RUN_INSTRUCTIONS)).expect("runs");
+        assert_eq!(q(&machine, BSP_DONE), 1, "the BSP patched the function");
+        let spins = q(&machine, AP_SPIN);
+        machine.run(Instructions(100_000)).expect("runs");
+        assert!(q(&machine, AP_SPIN) > spins, "the AP goes on calling");
+        assert_eq!(q(&machine, AP_RESULT), 2, "the rewritten function ran");
+    }
 }
