@@ -249,6 +249,12 @@ impl LedgerLoad {
         self.retries.as_ref().map_or(0, |r| r.resent)
     }
 
+    /// How many distinct ids the journal must hold: every request's, once
+    /// the load is done; unknown before.
+    fn expected_ids(&self) -> Option<u64> {
+        self.done().then_some(self.config.requests)
+    }
+
     /// Whether every request has an answer (and, without retries, every
     /// packet sent).
     pub fn done(&self) -> bool {
@@ -583,13 +589,12 @@ pub fn check<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
 ) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
-    let expected_ids = load.done().then_some(load.config.requests);
     check_ledger(
         machine,
         &load.config,
         &load.replies,
         &load.bad_replies,
-        expected_ids,
+        load.expected_ids(),
     )
 }
 
@@ -625,26 +630,39 @@ pub fn check_ledger<E: Engine>(
             ));
         }
     }
+    let mut contended = Vec::new();
+    for vcpu in 0..u64::from(machine.shape().vcpus()) {
+        contended.push(read_u64(machine, CONTENDED + 8 * vcpu)?);
+    }
+    let report = LedgerReport {
+        journal_records: records,
+        applied,
+        refused,
+        total_money,
+        contended,
+    };
+    Ok(conclude(&config, violations, report))
+}
+
+/// The report, unless problems were found or the money the ledger ends
+/// with is not the money it began with (one more problem).
+fn conclude(
+    config: &LedgerConfig,
+    mut violations: Vec<LedgerProblem>,
+    report: LedgerReport,
+) -> Result<LedgerReport, Vec<LedgerProblem>> {
+    let total_money = report.total_money;
     if total_money != config.accounts * config.initial_balance {
         violations.push(LedgerProblem::new(
             ProblemKind::MoneyNotConserved,
             format!("money not conserved: {total_money}"),
         ));
     }
-    let mut contended = Vec::new();
-    for vcpu in 0..u64::from(machine.shape().vcpus()) {
-        contended.push(read_u64(machine, CONTENDED + 8 * vcpu)?);
+    if violations.is_empty() {
+        Ok(report)
+    } else {
+        Err(violations)
     }
-    if !violations.is_empty() {
-        return Ok(Err(violations));
-    }
-    Ok(Ok(LedgerReport {
-        journal_records: records,
-        applied,
-        refused,
-        total_money,
-        contended,
-    }))
 }
 
 /// [`check`] for a service that keeps nothing the host can read in guest
@@ -654,13 +672,12 @@ pub fn check_disk_journal<E: Engine>(
     machine: &mut Machine<E>,
     load: &LedgerLoad,
 ) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
-    let expected_ids = load.done().then_some(load.config.requests);
     check_disk_ledger(
         machine,
         &load.config,
         &load.replies,
         &load.bad_replies,
-        expected_ids,
+        load.expected_ids(),
     )
 }
 
@@ -678,28 +695,19 @@ pub fn check_disk_ledger<E: Engine>(
 ) -> Result<Result<LedgerReport, Vec<LedgerProblem>>, MachineError> {
     let journal = journal_from_blocks(&journal_blocks(machine.bus())?);
     let JournalCheck {
-        mut violations,
+        violations,
         balances,
         applied,
         refused,
     } = check_journal(config, &journal, replies, bad_replies, expected_ids);
-    let total_money = balances.iter().fold(0u64, |sum, b| sum.wrapping_add(*b));
-    if total_money != config.accounts * config.initial_balance {
-        violations.push(LedgerProblem::new(
-            ProblemKind::MoneyNotConserved,
-            format!("money not conserved: {total_money}"),
-        ));
-    }
-    if !violations.is_empty() {
-        return Ok(Err(violations));
-    }
-    Ok(Ok(LedgerReport {
+    let report = LedgerReport {
         journal_records: journal.len() as u64,
         applied,
         refused,
-        total_money,
+        total_money: balances.iter().fold(0u64, |sum, b| sum.wrapping_add(*b)),
         contended: Vec::new(),
-    }))
+    };
+    Ok(conclude(config, violations, report))
 }
 
 /// The disk's blocks from block 0 through the first that holds an
