@@ -76,6 +76,14 @@ pub(crate) fn fetch_into(uc: &mut Vcpu, words: &mut [u64]) -> Result<(), uc_erro
     Ok(())
 }
 
+/// Drops `uc`'s translations of code in guest-physical page `page`, by
+/// the patch's INVALIDATE: a page written where `uc` cannot see it (by a
+/// device, or by another vCPU's instance). Not `ctl_remove_cache`, which
+/// takes guest-virtual addresses and walks the current page tables.
+pub(crate) fn drop_translations(uc: &mut Vcpu, page: u32) -> Result<(), uc_error> {
+    uc.reg_write(pseudo::INVALIDATE, u64::from(page))
+}
+
 /// Sets page `page`'s bit in `words`.
 pub(crate) fn set(words: &mut [u64], page: u32) {
     words[page as usize / 64] |= 1 << (page % 64);

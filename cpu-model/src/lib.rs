@@ -434,8 +434,7 @@ impl EmuEngine {
         for page in dirty_log::pages(written) {
             for (i, uc) in self.vcpus.iter_mut().enumerate() {
                 if i != v {
-                    uc.reg_write(regs::pseudo::INVALIDATE, u64::from(page.0))
-                        .map_err(backend)?;
+                    dirty_log::drop_translations(uc, page.0).map_err(backend)?;
                 }
             }
         }

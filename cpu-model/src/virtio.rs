@@ -19,7 +19,6 @@ use crate::backend;
 use crate::dirty_log;
 use crate::hooks::{mark_dirty, Shared, Vcpu};
 use crate::ram::DeviceMemory;
-use crate::regs;
 
 /// Serves the virtio devices if they have work, on behalf of `vcpu` (the
 /// store time of its requests is its wait); whether they had any.
@@ -68,8 +67,7 @@ pub(crate) fn serve(
     if read {
         for uc in vcpus {
             for &page in &pages {
-                uc.reg_write(regs::pseudo::INVALIDATE, u64::from(page))
-                    .map_err(backend)?;
+                dirty_log::drop_translations(uc, page).map_err(backend)?;
             }
         }
     }

@@ -23,7 +23,7 @@ use crate::delivery::{none, Guest, Labels, Main, ABSENT2};
 use crate::longmode::{ABSENT, DATA, PT};
 
 /// Our patch's BUDGET pseudo-register (its include/unicorn/x86.h).
-const BUDGET: i32 = 1007;
+pub(crate) const BUDGET: i32 = 1007;
 
 const REGISTERS: [RegisterX86; 19] = [
     RegisterX86::RAX,

@@ -19,10 +19,9 @@ use unicorn_engine::unicorn_const::{
 };
 use unicorn_engine::{RegisterX86, Unicorn};
 
+use crate::budget::BUDGET;
 use crate::longmode::{self, DATA, KERNEL_CODE};
 
-/// Our patch's BUDGET pseudo-register (its include/unicorn/x86.h).
-const BUDGET: i32 = 1007;
 /// An MMIO page (identity-mapped, as all of the first 4 MiB).
 const MMIO: u64 = 0x30_5000;
 /// A RAM page, write-protected in some probes.
